@@ -1,0 +1,126 @@
+"""The one conversation format, shared by training and the runtime.
+
+A conversation is a list of :class:`Turn`. The persona speaks as ``assistant``;
+everyone else speaks as ``user`` (in a group chat, several people map to
+``user``). Turns are rendered in ChatML, the template of the default backbone
+(SmolLM2-Instruct)::
+
+    <|im_start|>user\\nhey, back from the trip?<|im_end|>\\n
+    <|im_start|>assistant\\nyes! still jetlagged<|im_end|>\\n
+
+Training (``example_ids``) and chatting (``prompt_ids``) build token ids with
+the same functions, so the persona prefix sees at inference exactly the layout
+it was trained on. Turns are tokenised one at a time; because every turn starts
+and ends at a special token, this equals tokenising the whole string, and lets
+the context budget drop whole turns, oldest first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tokenizers import Tokenizer
+
+USER = "user"
+ASSISTANT = "assistant"
+ROLES = (USER, ASSISTANT)
+TURN_START = "<|im_start|>"
+TURN_END = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn: consecutive messages of one side, joined by newlines."""
+
+    role: str  # USER (anyone else) or ASSISTANT (me / the persona)
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"turn role must be one of {ROLES}, got {self.role!r}")
+
+
+def render_turn(turn: Turn) -> str:
+    """The text of one finished turn."""
+    return f"{TURN_START}{turn.role}\n{turn.text}{TURN_END}\n"
+
+
+REPLY_HEADER = f"{TURN_START}{ASSISTANT}\n"
+
+
+def render_prompt(history: Sequence[Turn]) -> str:
+    """History followed by the header that asks the persona to speak."""
+    return "".join(render_turn(t) for t in history) + REPLY_HEADER
+
+
+class ChatFormat:
+    """Turns <-> token ids for one tokenizer, with context budgets."""
+
+    def __init__(self, tokenizer: "Tokenizer") -> None:
+        self.tokenizer = tokenizer
+        end = tokenizer.token_to_id(TURN_END)
+        self.end_id: int | None = end
+        self.header_ids = self.encode(REPLY_HEADER)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def turn_ids(self, turn: Turn) -> list[int]:
+        return self.encode(render_turn(turn))
+
+    def prompt_ids(self, history: Sequence[Turn], budget: int) -> list[int]:
+        """Ids of ``history`` + reply header, at most ``budget`` tokens.
+
+        Oldest turns are dropped first. The newest turn is always kept; if it
+        alone is over budget, its oldest tokens are cut.
+        """
+        return _fit(self.header_ids, [self.turn_ids(t) for t in history], budget)
+
+    def reply_ids(self, reply: str, budget: int | None = None) -> list[int]:
+        """Ids the persona must produce for ``reply``, ending with end-of-turn."""
+        ids = self.encode(reply)
+        if budget is not None:
+            ids = ids[: max(budget - 1, 0)]
+        return ids + ([self.end_id] if self.end_id is not None else [])
+
+    def example_ids(
+        self,
+        context: Sequence[Turn],
+        reply: str,
+        context_budget: int,
+        reply_budget: int | None = None,
+    ) -> tuple[list[int], int]:
+        """(ids, n_prompt): a training example; loss goes on ``ids[n_prompt:]``."""
+        prompt = self.prompt_ids(context, context_budget)
+        return prompt + self.reply_ids(reply, reply_budget), len(prompt)
+
+
+def _fit(tail: list[int], turns: list[list[int]], budget: int) -> list[int]:
+    if budget <= len(tail):
+        raise ConfigError(f"context budget {budget} is too small (needs > {len(tail)} tokens)")
+    room = budget - len(tail)
+    kept: list[list[int]] = []
+    for ids in reversed(turns):
+        if len(ids) <= room:
+            kept.append(ids)
+            room -= len(ids)
+        else:
+            if not kept:  # the newest turn alone is too long: keep its end
+                kept.append(ids[len(ids) - room :])
+            break
+    out: list[int] = []
+    for ids in reversed(kept):
+        out.extend(ids)
+    return out + tail
+
+
+def count_tokens_fn(fmt: ChatFormat) -> Callable[[str], int]:
+    """A token counter for code that budgets plain text."""
+    return lambda text: len(fmt.encode(text))

