@@ -49,3 +49,26 @@ class ConfigError(PersonaError):
 
 class MissingDependencyError(PersonaError):
     """An optional dependency (e.g. torch for training/export) is not installed."""
+
+
+# --- enrollment: trainer, source prefix, enroll ---------------------------------
+class TrainingError(PersonaError):
+    """Training a persona prefix failed or its settings are invalid."""
+
+
+class NotEnoughDataError(TrainingError):
+    """Too few of "my" replies to learn a persona from (checked before training)."""
+
+
+class SourcePrefixError(TrainingError):
+    """The source prefix is missing, corrupt, or does not fit the backbone."""
+
+
+class EnrollmentCancelled(PersonaError):
+    """Training was interrupted (Ctrl-C or a stop request); nothing was saved."""
+
+    exit_code = 130
+
+    def __init__(self, message: str = "enrollment interrupted; nothing was saved", best=None) -> None:
+        super().__init__(message)
+        self.best = best  # the best Prefix so far (in memory only), or None
