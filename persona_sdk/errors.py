@@ -72,3 +72,32 @@ class EnrollmentCancelled(PersonaError):
     def __init__(self, message: str = "enrollment interrupted; nothing was saved", best=None) -> None:
         super().__init__(message)
         self.best = best  # the best Prefix so far (in memory only), or None
+
+
+# --- chats, importers, examples (issue 3) ---------------------------------------
+class ChatsError(PersonaError):
+    """The chat history cannot be used (base of the chat-input errors)."""
+
+
+class ChatFileError(ChatsError):
+    """A chat file is missing, empty, binary or not readable text."""
+
+
+class ChatFileTooLargeError(ChatFileError):
+    """A chat file is larger than any real chat history (size limit)."""
+
+
+class ChatFormatError(ChatsError):
+    """A chat file is not a recognised export or has the wrong shape."""
+
+
+class UnknownSpeakerError(ChatsError):
+    """The name given as "me" matches no sender in the chats."""
+
+
+class AmbiguousSpeakerError(ChatsError):
+    """It is not clear which sender is "me"; pass --me."""
+
+
+class TooLittleDataError(ChatsError):
+    """Too few of "my" replies to learn a persona from."""
