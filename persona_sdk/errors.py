@@ -101,3 +101,12 @@ class AmbiguousSpeakerError(ChatsError):
 
 class TooLittleDataError(ChatsError):
     """Too few of "my" replies to learn a persona from."""
+
+
+# --- evaluation: split, metrics, persona eval ----------------------------------
+class SplitDataError(PersonaError):
+    """The benchmark corpus (e.g. chitchat-dataset) is missing or malformed."""
+
+
+class MetricError(PersonaError):
+    """A metric got inputs it cannot score (empty, mismatched lengths or shapes)."""
