@@ -1,0 +1,158 @@
+"""PersonaAgent: the embedding API for desktop apps.
+
+    from persona_sdk import PersonaAgent
+
+    with PersonaAgent() as agent:                 # bare default backbone
+        print(agent.reply("hi, what do you do on weekends?"))
+
+    with PersonaAgent.open("me", passphrase=...) as agent:   # an enrolled persona
+        for piece in agent.stream("hey!"):
+            print(piece, end="", flush=True)
+
+Threading: one lock serialises generation, so a GUI may call the agent from
+any thread; never call it on the UI thread itself — use ``areply``/``astream``
+from an asyncio loop, or run ``reply`` in a worker thread and post the result
+back. Cancelling a stream (``break`` out of the loop, ``close()`` the iterator,
+``cancel()`` from another thread, or cancelling the ``astream`` task) stops
+decoding at the next token and leaves the agent usable; the partial reply is
+kept in the history, as the user saw it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import AsyncIterator, Callable, Iterator
+
+from .config import GenerationConfig, RuntimeConfig
+from .conversation import ASSISTANT, USER, Turn
+from .errors import GenerationError
+from .prefix import Prefix
+
+
+class PersonaAgent:
+    """Chat with the backbone, optionally in a persona's voice."""
+
+    def __init__(
+        self,
+        prefix: Prefix | None = None,
+        *,
+        backbone: str | Path | None = None,
+        variant: str | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+        generation: GenerationConfig | None = None,
+        progress: Callable[[str], None] | None = None,
+        engine=None,
+    ) -> None:
+        from .runtime import open_engine
+
+        runtime = RuntimeConfig(device=device, threads=threads, **({"variant": variant} if variant else {}))
+        self.engine = engine if engine is not None else open_engine(backbone, runtime, progress)
+        self.engine.check_prefix(prefix)
+        self.prefix = prefix
+        self.generation = generation or GenerationConfig()
+        self._history: list[Turn] = []
+        # generation lock: held across a whole stream, possibly released from another
+        # thread (astream steps the iterator in worker threads), hence a plain Lock;
+        # state lock: short holds around the history.
+        self._lock = threading.Lock()
+        self._state = threading.Lock()
+        self._cancel = threading.Event()
+        self._closed = False
+
+    @classmethod
+    def open(cls, name: str, passphrase: str | None = None, **kwargs) -> "PersonaAgent":
+        """An agent speaking as the enrolled profile ``name`` (decrypted into memory only)."""
+        from .runtime import open_engine
+        from .vault import Vault
+
+        runtime = RuntimeConfig(device=kwargs.pop("device", "auto"), threads=kwargs.pop("threads", None),
+                                **({"variant": kwargs.pop("variant")} if kwargs.get("variant") else {}))
+        kwargs.pop("variant", None)
+        engine = kwargs.pop("engine", None) or open_engine(kwargs.pop("backbone", None), runtime,
+                                                           kwargs.pop("progress", None))
+        prefix = Vault().load(name, passphrase, fingerprint=engine.fingerprint)
+        return cls(prefix, engine=engine, **kwargs)
+
+    # --- conversation state ----------------------------------------------------
+    @property
+    def history(self) -> list[Turn]:
+        """A copy of the conversation so far (oldest first)."""
+        with self._state:
+            return list(self._history)
+
+    def reset(self) -> None:
+        """Forget the conversation (the persona stays)."""
+        with self._state:
+            self._history.clear()
+
+    def cancel(self) -> None:
+        """Stop the reply being generated (from any thread); the agent stays usable."""
+        self._cancel.set()
+
+    # --- generation ------------------------------------------------------------
+    def reply(self, text: str, **settings) -> str:
+        """The persona's whole reply to ``text``."""
+        return "".join(self.stream(text, **settings))
+
+    def stream(self, text: str, **settings) -> Iterator[str]:
+        """Yield the reply piece by piece as it is decoded."""
+        if self._closed:
+            raise GenerationError("this PersonaAgent is closed")
+        if not isinstance(text, str) or not text.strip():
+            raise GenerationError("the message is empty")
+        gen = self.generation.replace(**settings) if settings else self.generation
+        return self._stream(text, gen)
+
+    def _stream(self, text: str, gen: GenerationConfig) -> Iterator[str]:
+        with self._lock:
+            self._cancel.clear()
+            with self._state:
+                history = self._history + [Turn(USER, text)]
+            ids = self.engine.prompt_ids(history, self.prefix, gen)
+            pieces: list[str] = []
+            try:
+                for piece in self.engine.stream_text(ids, self.prefix, gen, should_stop=self._cancel.is_set):
+                    pieces.append(piece)
+                    yield piece
+                    if self._cancel.is_set():
+                        break
+            finally:  # also on cancel / GeneratorExit: keep what the user saw
+                with self._state:
+                    self._history = history + [Turn(ASSISTANT, "".join(pieces).strip())]
+
+    async def areply(self, text: str, **settings) -> str:
+        """``reply`` without blocking the event loop."""
+        return await asyncio.to_thread(self.reply, text, **settings)
+
+    async def astream(self, text: str, **settings) -> AsyncIterator[str]:
+        """``stream`` for asyncio: decoding runs in a worker thread."""
+        iterator = self.stream(text, **settings)
+        done = object()
+        try:
+            while True:
+                piece = await asyncio.to_thread(next, iterator, done)
+                if piece is done:
+                    break
+                yield piece
+        finally:
+            self.cancel()
+            await asyncio.to_thread(iterator.close)
+
+    # --- lifetime ----------------------------------------------------------------
+    def close(self) -> None:
+        """Release the model session and drop the persona from memory."""
+        self.cancel()
+        with self._lock, self._state:
+            self._closed = True
+            self.prefix = None
+            self._history.clear()
+            self.engine = None
+
+    def __enter__(self) -> "PersonaAgent":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

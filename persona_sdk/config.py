@@ -1,0 +1,81 @@
+"""Generation and runtime settings: dataclasses that reject bad values early."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+VARIANTS = ("fp32", "int8", "int4", "fp16")
+DEFAULT_VARIANT = "fp32"
+
+
+def _meta(help: str) -> dict:
+    return {"help": help}
+
+
+@dataclass
+class GenerationConfig:
+    """How replies are decoded. ``temperature=0`` (or ``do_sample=False``) is greedy."""
+
+    max_new_tokens: int = field(default=128, metadata=_meta("Most tokens in one reply."))
+    do_sample: bool = field(default=True, metadata=_meta("Sample (True) or pick the most likely token (False)."))
+    temperature: float = field(default=0.7, metadata=_meta("Softmax temperature for sampling; 0 means greedy."))
+    top_k: int = field(default=50, metadata=_meta("Sample among the k most likely tokens; 0 disables."))
+    top_p: float = field(default=0.9, metadata=_meta("Nucleus sampling mass in (0, 1]; 1 disables."))
+    repetition_penalty: float = field(default=1.1, metadata=_meta("Penalty >= 1 on tokens already in the conversation."))
+    num_beams: int = field(default=1, metadata=_meta("Beam search width; > 1 turns sampling off (PersonaPKT uses 5)."))
+    length_penalty: float = field(default=1.0, metadata=_meta("Beam score = log-prob / length**length_penalty."))
+    stop: tuple[str, ...] = field(default=(), metadata=_meta("Extra strings that end a reply (not included)."))
+    seed: int | None = field(default=None, metadata=_meta("Seed for reproducible sampling; None = fresh randomness."))
+    context_budget: int = field(default=1024, metadata=_meta("Most conversation tokens fed to the model; oldest turns drop first."))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"top_k must be an int >= 0 (0 disables), got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.repetition_penalty < 1:
+            raise ConfigError(f"repetition_penalty must be >= 1, got {self.repetition_penalty!r}")
+        if not isinstance(self.num_beams, int) or self.num_beams < 1:
+            raise ConfigError(f"num_beams must be an int >= 1, got {self.num_beams!r}")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(s for s in self.stop if s)
+        if not isinstance(self.context_budget, int) or self.context_budget < 16:
+            raise ConfigError(f"context_budget must be an int >= 16, got {self.context_budget!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def replace(self, **changes) -> "GenerationConfig":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown generation setting(s): {', '.join(sorted(unknown))}; "
+                              f"allowed: {', '.join(f.name for f in fields(self))}")
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return GenerationConfig(**values)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the ONNX backbone runs."""
+
+    device: str = field(default="auto", metadata=_meta("auto (CUDA when available), cpu or cuda."))
+    variant: str = field(default=DEFAULT_VARIANT, metadata=_meta("ONNX variant: fp32, int8, int4 (CPU) or fp16 (GPU)."))
+    threads: int | None = field(default=None, metadata=_meta("Intra-op threads; None lets onnxruntime decide."))
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive int or None, got {self.threads!r}")

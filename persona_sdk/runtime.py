@@ -1,0 +1,386 @@
+"""The ONNX Runtime decode loop with persona prefix injection. No torch here.
+
+The backbone is an ordinary "decoder with past" graph::
+
+    inputs   input_ids (B, T)   attention_mask (B, past+T)   position_ids (B, T)
+             past_key_values.{i}.key / .value   (B, kv_heads, past, head_dim)
+    outputs  logits (B, T, V)   present.{i}.key / .value   (B, kv_heads, past+T, head_dim)
+
+A persona is fed as the initial past: the KV block ``(layers, 2, kv_heads, P,
+head_dim)`` becomes ``past_key_values.{l}.key = kv[l, 0][None]`` etc., the
+attention mask gets P leading ones and positions start at P. Without a persona
+the initial past is empty (length 0). The KV cache stays inside onnxruntime
+between steps (IO binding: the ``present`` OrtValues of one step are bound as
+the ``past`` of the next, no copies through numpy, and on CUDA it stays on the
+GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .config import GenerationConfig, RuntimeConfig
+from .conversation import ChatFormat, Turn
+from .errors import DeviceError, GenerationError, ModelFileError
+from .prefix import Prefix, PrefixSpec
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "persona-onnx/1"
+_REQUIRED_KEYS = ("format", "variant", "fingerprint", "inputs", "outputs", "layers", "kv_heads", "head_dim",
+                  "vocab_size", "kv_dtype", "files")
+
+
+# --- manifest + session --------------------------------------------------------
+def load_manifest(export_dir: Path) -> dict:
+    """Read and sanity-check an export's manifest and model files (sizes)."""
+    export_dir = Path(export_dir)
+    path = export_dir / MANIFEST
+    if not path.is_file():
+        raise ModelFileError(f"no {MANIFEST} in {export_dir}: export the backbone again (`persona backbone export`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ModelFileError(f"{path} is corrupt (not JSON): export the backbone again") from None
+    if not isinstance(manifest, dict):
+        raise ModelFileError(f"{path} is corrupt (not an object)")
+    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ModelFileError(f"{path} lacks {', '.join(missing)}: export the backbone again")
+    if manifest["format"] != MANIFEST_FORMAT:
+        raise ModelFileError(f"{path} has format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or "model.onnx" not in files:
+        raise ModelFileError(f"{path} does not list model.onnx")
+    for name, info in files.items():
+        f = export_dir / name
+        if not f.is_file():
+            raise ModelFileError(f"{f} is missing: export the backbone again")
+        size = info.get("size") if isinstance(info, dict) else None
+        if size is not None and f.stat().st_size != size:
+            raise ModelFileError(f"{f} is corrupt (size {f.stat().st_size}, manifest says {size}): export again")
+    if not (export_dir / "tokenizer.json").is_file():
+        raise ModelFileError(f"{export_dir / 'tokenizer.json'} is missing: export the backbone again")
+    return manifest
+
+
+def choose_providers(device: str) -> list[str]:
+    """onnxruntime execution providers for ``device`` (auto | cpu | cuda)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    has_cuda = "CUDAExecutionProvider" in available
+    if device == "cuda":
+        if not has_cuda:
+            raise DeviceError(
+                "CUDA was requested but onnxruntime has no CUDA provider here "
+                f"(available: {', '.join(available)}); install persona-sdk[gpu] on a machine with an NVIDIA GPU, "
+                "or use --device cpu"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return (["CUDAExecutionProvider"] if has_cuda else []) + ["CPUExecutionProvider"]
+
+
+@dataclass
+class StepOutput:
+    logits: np.ndarray  # (B, V) float32, last position
+    past: list  # OrtValues: [l0.key, l0.value, l1.key, ...] each (B, kv_heads, past, head_dim)
+    past_len: int
+
+
+class Engine:
+    """One ONNX backbone session. Thread-compatible; :class:`PersonaAgent` adds the lock."""
+
+    def __init__(self, export_dir: Path, runtime: RuntimeConfig | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.export_dir = Path(export_dir)
+        self.runtime = runtime or RuntimeConfig()
+        self.manifest = load_manifest(self.export_dir)
+        m = self.manifest
+        self.fingerprint: str = m["fingerprint"]
+        self.layers, self.kv_heads, self.head_dim = int(m["layers"]), int(m["kv_heads"]), int(m["head_dim"])
+        self.vocab_size = int(m["vocab_size"])
+        self.kv_dtype = np.dtype(m["kv_dtype"])
+        self.max_positions = int(m.get("max_positions", 2048))
+        providers = choose_providers(self.runtime.device)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.runtime.threads:
+            opts.intra_op_num_threads = self.runtime.threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.export_dir / "model.onnx"), opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelFileError(
+                f"onnxruntime could not load {self.export_dir / 'model.onnx'} ({type(exc).__name__}); "
+                "the file is corrupt or from an incompatible export: export the backbone again"
+            ) from None
+        used = self.session.get_providers()
+        if self.runtime.device == "auto" and providers[0] == "CUDAExecutionProvider" and used[0] != providers[0]:
+            log.warning("CUDA provider is installed but no GPU could be used; running on CPU")
+        self.device = "cuda" if used[0] == "CUDAExecutionProvider" else "cpu"
+        names = [i.name for i in self.session.get_inputs()]
+        self.past_names = [f"past_key_values.{l}.{kv}" for l in range(self.layers) for kv in ("key", "value")]
+        self.present_names = [f"present.{l}.{kv}" for l in range(self.layers) for kv in ("key", "value")]
+        expected = {"input_ids", "attention_mask", *self.past_names}
+        if not expected <= set(names):
+            raise ModelFileError(f"{self.export_dir / 'model.onnx'} is not a decoder-with-past graph for "
+                                 f"{self.layers} layers (inputs: {', '.join(names[:6])}...)")
+        self.has_position_ids = "position_ids" in names
+        self.tokenizer = Tokenizer.from_file(str(self.export_dir / "tokenizer.json"))
+        self.format = ChatFormat(self.tokenizer)
+        stop = set(int(i) for i in m.get("stop_token_ids", []))
+        if self.format.end_id is not None:
+            stop.add(self.format.end_id)
+        self.stop_ids = stop
+        self._ort = ort
+        self._device_type = "cuda" if self.device == "cuda" else "cpu"
+
+    # --- prefix ----------------------------------------------------------------
+    @property
+    def spec(self) -> PrefixSpec:
+        return PrefixSpec(self.layers, self.kv_heads, 1, self.head_dim, self.kv_dtype.name)
+
+    def check_prefix(self, prefix: Prefix | None) -> None:
+        if prefix is None:
+            return
+        prefix.check(self.spec, self.fingerprint)
+
+    def initial_past(self, prefix: Prefix | None, batch: int = 1) -> tuple[list, int]:
+        """The persona block as per-layer past OrtValues, or an empty past."""
+        if prefix is None:
+            block = np.zeros((self.layers, 2, self.kv_heads, 0, self.head_dim), self.kv_dtype)
+        else:
+            self.check_prefix(prefix)
+            block = prefix.kv.astype(self.kv_dtype, copy=False)  # (layers, 2, kv_heads, P, head_dim)
+        plen = block.shape[3]
+        past = []
+        for l in range(self.layers):
+            for kv in (0, 1):
+                arr = np.ascontiguousarray(np.broadcast_to(block[l, kv][None], (batch, *block[l, kv].shape)))
+                past.append(self._ort.OrtValue.ortvalue_from_numpy(arr, self._device_type, 0))
+        return past, plen
+
+    # --- one forward -------------------------------------------------------------
+    def forward(self, ids: np.ndarray, past: list, past_len: int, all_logits: bool = False) -> StepOutput:
+        """Run ``ids`` (B, T) after ``past`` of length ``past_len`` (prefix included)."""
+        batch, t = ids.shape
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ones((batch, past_len + t), dtype=np.int64))
+        if self.has_position_ids:
+            pos = np.broadcast_to(np.arange(past_len, past_len + t, dtype=np.int64), (batch, t))
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(pos))
+        for name, value in zip(self.past_names, past):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, self._device_type)
+        self.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        logits = outs[0].numpy()  # (B, T, V)
+        logits = logits if all_logits else logits[:, -1, :]
+        return StepOutput(np.asarray(logits, dtype=np.float32), list(outs[1:]), past_len + t)
+
+    def token_losses(self, ids: Sequence[int], n_prompt: int, prefix: Prefix | None = None) -> np.ndarray:
+        """Negative log-likelihood of ``ids[n_prompt:]`` given what precedes it (and the persona)."""
+        if not 0 < n_prompt < len(ids):
+            raise GenerationError("token_losses needs at least one prompt and one target token")
+        past, plen = self.initial_past(prefix)
+        out = self.forward(np.asarray([ids], dtype=np.int64), past, plen, all_logits=True)
+        logits = out.logits[0, n_prompt - 1 : len(ids) - 1]  # (n_target, V)
+        targets = np.asarray(ids[n_prompt:], dtype=np.int64)
+        logp = _log_softmax(logits)
+        return -logp[np.arange(len(targets)), targets]
+
+    # --- generation --------------------------------------------------------------
+    def budget(self, prefix: Prefix | None, gen: GenerationConfig) -> int:
+        plen = prefix.length if prefix is not None else 0
+        return max(16, min(gen.context_budget, self.max_positions - plen - gen.max_new_tokens))
+
+    def prompt_ids(self, history: Sequence[Turn], prefix: Prefix | None, gen: GenerationConfig) -> list[int]:
+        return self.format.prompt_ids(history, self.budget(prefix, gen))
+
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[int],
+        prefix: Prefix | None = None,
+        gen: GenerationConfig | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[int]:
+        """Yield reply token ids one at a time (sampling/greedy). Stops at end-of-turn."""
+        gen = gen or GenerationConfig()
+        if gen.num_beams > 1:
+            yield from self.beam_search(prompt_ids, prefix, gen)
+            return
+        rng = np.random.default_rng(gen.seed)
+        past, plen = self.initial_past(prefix)
+        seen = np.zeros(self.vocab_size, dtype=bool)
+        seen[np.asarray(prompt_ids, dtype=np.int64)] = True
+        out = self.forward(np.asarray([prompt_ids], dtype=np.int64), past, plen)
+        for _ in range(gen.max_new_tokens):
+            token = pick_token(out.logits[0], seen, gen, rng)
+            if token in self.stop_ids:
+                return
+            yield token
+            if should_stop is not None and should_stop():
+                return
+            seen[token] = True
+            out = self.forward(np.asarray([[token]], dtype=np.int64), out.past, out.past_len)
+
+    def beam_search(self, prompt_ids: Sequence[int], prefix: Prefix | None, gen: GenerationConfig) -> Iterator[int]:
+        """Beam search (log-prob / length**length_penalty); yields the best beam's tokens."""
+        k = gen.num_beams
+        past, plen = self.initial_past(prefix, batch=1)
+        out = self.forward(np.asarray([prompt_ids], dtype=np.int64), past, plen)
+        logp = _log_softmax(out.logits)  # (1, V)
+        beams: list[list[int]] = [[]]
+        scores = np.zeros(1, dtype=np.float64)
+        finished: list[tuple[float, list[int]]] = []
+        past_np = [v.numpy() for v in out.past]  # each (1, kv_heads, L, head_dim)
+        past_len = out.past_len
+        for step in range(gen.max_new_tokens):
+            cand = scores[:, None] + logp  # (beams, V)
+            flat = np.argsort(-cand, axis=None)[: 2 * k]
+            next_beams, next_scores, parents = [], [], []
+            for idx in flat:
+                b, tok = divmod(int(idx), self.vocab_size)
+                seq = beams[b] + [tok]
+                if tok in self.stop_ids:
+                    finished.append((float(cand[b, tok]) / max(len(seq) - 1, 1) ** gen.length_penalty, beams[b]))
+                    continue
+                next_beams.append(seq)
+                next_scores.append(float(cand[b, tok]))
+                parents.append(b)
+                if len(next_beams) == k:
+                    break
+            best_open = max(next_scores) / (step + 1) ** gen.length_penalty if next_scores else -np.inf
+            if len(finished) >= k and max(f[0] for f in finished) >= best_open:
+                break
+            if not next_beams:
+                break
+            beams, scores = next_beams, np.asarray(next_scores)
+            order = np.asarray(parents)
+            past = [self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(p[order]), self._device_type, 0)
+                    for p in past_np]
+            step_ids = np.asarray([[s[-1]] for s in beams], dtype=np.int64)
+            out = self.forward(step_ids, past, past_len)
+            past_np = [v.numpy() for v in out.past]
+            past_len = out.past_len
+            logp = _log_softmax(out.logits)
+        for seq, score in zip(beams, scores):
+            finished.append((float(score) / max(len(seq), 1) ** gen.length_penalty, seq))
+        best = max(finished, key=lambda f: f[0])[1] if finished else []
+        yield from best
+
+    def stream_text(
+        self,
+        prompt_ids: Sequence[int],
+        prefix: Prefix | None = None,
+        gen: GenerationConfig | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[str]:
+        """Yield reply text pieces as they are decoded, honouring stop strings."""
+        gen = gen or GenerationConfig()
+        stops = gen.stop
+        hold = max((len(s) for s in stops), default=1) - 1
+        ids: list[int] = []
+        sent = 0
+        text = ""
+        for token in self.generate_ids(prompt_ids, prefix, gen, should_stop):
+            ids.append(token)
+            text = self.format.decode(ids)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
+                continue
+            cut = _find_stop(text, stops)
+            if cut is not None:
+                if cut > sent:
+                    yield text[sent:cut]
+                return
+            safe = len(text) - hold if stops else len(text)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        text = text.rstrip("\ufffd")
+        cut = _find_stop(text, stops)
+        end = cut if cut is not None else len(text)
+        if end > sent:
+            yield text[sent:end]
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s in text]
+    return min(hits) if hits else None
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64, copy=False)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def pick_token(logits: np.ndarray, seen: np.ndarray, gen: GenerationConfig, rng: np.random.Generator) -> int:
+    """Next token from last-position ``logits`` (V,) under ``gen``'s settings."""
+    logits = logits.astype(np.float64, copy=True)
+    if gen.repetition_penalty != 1.0:
+        hit = logits[seen]
+        logits[seen] = np.where(hit > 0, hit / gen.repetition_penalty, hit * gen.repetition_penalty)
+    if gen.greedy:
+        return int(np.argmax(logits))
+    logits = logits / gen.temperature
+    if 0 < gen.top_k < logits.size:
+        kth = np.partition(logits, -gen.top_k)[-gen.top_k]
+        logits[logits < kth] = -np.inf
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    if gen.top_p < 1.0:
+        order = np.argsort(-probs)
+        cum = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cum, gen.top_p) + 1)]
+        mask = np.zeros_like(probs, dtype=bool)
+        mask[keep] = True
+        probs = np.where(mask, probs, 0.0)
+        probs /= probs.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+# --- opening a backbone for chat ------------------------------------------------
+def open_engine(
+    backbone: str | Path | None = None,
+    runtime: RuntimeConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Engine:
+    """An :class:`Engine` for a backbone folder (None = the embedded default).
+
+    The ONNX export is looked up in the cache and, on first use, built and
+    validated (that step needs the ``[export]`` extra: torch, optimum).
+    """
+    runtime = runtime or RuntimeConfig()
+    export_dir = find_export(backbone, runtime.variant, progress)
+    return Engine(export_dir, runtime)
+
+
+def find_export(backbone: str | Path | None, variant: str, progress: Callable[[str], None] | None = None) -> Path:
+    from . import backbone as bb
+
+    path = Path(backbone) if backbone not in (None, "", "default") else None
+    if path is not None and (path / MANIFEST).is_file():  # an export folder itself
+        return path
+    model_dir = bb.resolve(backbone, progress)
+    try:
+        from .exporters import ensure_exported
+    except ImportError as exc:
+        raise ModelFileError(f"the ONNX exporter is unavailable ({exc.name})") from None
+    return ensure_exported(model_dir, variant, progress=progress)
+
