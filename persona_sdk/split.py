@@ -1,0 +1,289 @@
+"""The deterministic speaker split of chitchat-dataset (the evaluation protocol).
+
+Speakers are split into three disjoint parts:
+
+* **A** — source-prefix training (everyone not in B or C);
+* **B** — held-out *regular* speakers: ``b_min``–``b_max`` reply conversations;
+* **C** — held-out *few-shot* speakers: ``c_min``–``c_max`` reply conversations.
+
+A speaker's *reply conversations* are the two-person conversations in which
+they answer at least once (a turn of theirs follows a turn of the partner);
+single-sender conversations (unanswered openers, ~44% of chitchat) carry no
+replies and are ignored.
+
+Everything is a pure function of the data: speakers are ordered by
+``sha256(salt:speaker_id)`` and the first ``n_b`` B-candidates go to B, the
+first ``n_c`` C-candidates to C. Within a speaker, conversations are ordered by
+``sha256(salt:conversation_id)`` (a *global* order, so two partners tend to agree
+on which conversations are held out) and split 8:1:1: ``test`` first, then
+``val``, the rest ``train`` (see :func:`bucket_sizes`).
+
+Leakage rule: nothing a held-out (B/C) speaker holds out (their ``val`` and
+``test`` conversations) is ever a *training input* for anyone — not as reply,
+not as context. Concretely a conversation held out by a B/C speaker is removed
+from the partner's ``train`` (whatever part the partner is in) and from the
+source-training and source-validation sets. The held-out speaker's ``val`` /
+``test`` sets themselves are never shrunk. Held-out speakers' *train*
+conversations may feed source training as context of their A partner's replies;
+that is not held-out data.
+
+The protocol in words is in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from .conversation import ASSISTANT, USER, Turn
+from .errors import ConfigError, SplitDataError
+
+PARTS = ("A", "B", "C")
+BUCKETS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Sizes of the split. Defaults are the documented protocol (``benchmarks/README.md``)."""
+
+    n_b: int = 30  # B speakers (persona identification at K = 20 and K = all of B)
+    n_c: int = 50  # C speakers
+    b_min: int = 20  # B candidates: b_min <= reply conversations <= b_max
+    b_max: int = 200
+    c_min: int = 2  # C candidates: c_min <= reply conversations <= c_max
+    c_max: int = 5
+    salt: str = "persona-split-v1"
+
+    def __post_init__(self) -> None:
+        for name in ("n_b", "n_c", "b_min", "b_max", "c_min", "c_max"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"SplitConfig.{name} must be an integer >= 0, got {value!r}")
+        if self.c_min < 2:
+            raise ConfigError("SplitConfig.c_min must be >= 2 (one train and one test conversation)")
+        if self.b_min < 10:
+            raise ConfigError("SplitConfig.b_min must be >= 10 so 8:1:1 leaves a val and a test conversation")
+        if not self.c_min <= self.c_max < self.b_min <= self.b_max:
+            raise ConfigError(
+                "SplitConfig needs c_min <= c_max < b_min <= b_max so B and C candidates are disjoint"
+            )
+        if not self.salt:
+            raise ConfigError("SplitConfig.salt must be a non-empty string")
+
+
+@dataclass(frozen=True)
+class SpeakerSplit:
+    """One speaker's part and conversation ids per bucket (each in hash order)."""
+
+    speaker: str
+    part: str  # one of PARTS
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    @property
+    def held_out(self) -> tuple[str, ...]:
+        return self.val + self.test
+
+
+@dataclass(frozen=True)
+class Split:
+    """The result of :func:`split_speakers`."""
+
+    config: SplitConfig
+    speakers: Mapping[str, SpeakerSplit]  # every speaker with >= 1 reply conversation
+    order: tuple[str, ...] = field(repr=False)  # all speakers in hash order
+
+    def part(self, name: str) -> list[SpeakerSplit]:
+        """Speakers of part ``name`` ("A", "B" or "C") in hash order."""
+        if name not in PARTS:
+            raise ConfigError(f"part must be one of {PARTS}, got {name!r}")
+        return [self.speakers[s] for s in self.order if self.speakers[s].part == name]
+
+    def source_train(self) -> list[tuple[str, str]]:
+        """(conversation id, speaker) pairs for source training: A speakers' train replies."""
+        return [(c, s.speaker) for s in self.part("A") for c in s.train]
+
+    def source_val(self) -> list[tuple[str, str]]:
+        """(conversation id, speaker) pairs for source validation: A speakers' val replies."""
+        return [(c, s.speaker) for s in self.part("A") for c in s.val]
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Counts per part: speakers and conversations per bucket (no ids, no text)."""
+        out: dict[str, dict[str, int]] = {}
+        for p in PARTS:
+            members = self.part(p)
+            out[p] = {"speakers": len(members)}
+            for b in BUCKETS:
+                out[p][b] = sum(len(getattr(s, b)) for s in members)
+        return out
+
+
+def _key(salt: str, ident: str) -> str:
+    return hashlib.sha256(f"{salt}:{ident}".encode("utf-8")).hexdigest()
+
+
+def sender_turns(senders: Sequence[str]) -> list[str]:
+    """Message senders -> turn senders (consecutive messages of one sender = one turn)."""
+    turns: list[str] = []
+    for s in senders:
+        if not turns or turns[-1] != s:
+            turns.append(s)
+    return turns
+
+
+def repliers(senders: Sequence[str]) -> set[str]:
+    """Speakers who reply at least once in a two-person conversation (else empty)."""
+    turns = sender_turns(senders)
+    if len(set(turns)) != 2:
+        return set()
+    return set(turns[1:])
+
+
+def bucket_sizes(n: int) -> tuple[int, int, int]:
+    """(train, val, test) sizes for a speaker with ``n`` reply conversations.
+
+    8:1:1 rounded half up; at least one test conversation when n >= 2 and one val
+    conversation when n >= 3; a single conversation is train only.
+    2 -> (1, 0, 1), 3 -> (1, 1, 1), 5 -> (3, 1, 1), 20 -> (16, 2, 2), 25 -> (19, 3, 3).
+    """
+    if n < 0:
+        raise ConfigError(f"conversation count must be >= 0, got {n}")
+    tenth = (n + 5) // 10
+    n_test = max(1, tenth) if n >= 2 else 0
+    n_val = max(1, tenth) if n >= 3 else 0
+    return n - n_val - n_test, n_val, n_test
+
+
+def split_speakers(
+    conversations: Mapping[str, Sequence[str]], config: SplitConfig | None = None
+) -> Split:
+    """Split speakers and their conversations.
+
+    ``conversations`` maps conversation id -> the sender id of each message, in
+    order (text is not needed: the split never looks at it).
+    """
+    config = config or SplitConfig()
+    if not conversations:
+        raise SplitDataError("no conversations to split")
+    convs_of: dict[str, list[str]] = defaultdict(list)
+    partners: dict[str, dict[str, str]] = defaultdict(dict)  # conv -> speaker -> partner
+    for cid, senders in conversations.items():
+        turns = sender_turns(senders)
+        people = sorted(set(turns))
+        for s in repliers(senders):
+            convs_of[s].append(cid)
+        if len(people) == 2:
+            partners[cid] = {people[0]: people[1], people[1]: people[0]}
+    if not convs_of:
+        raise SplitDataError("no two-person conversation with a reply in the data")
+
+    order = tuple(sorted(convs_of, key=lambda s: (_key(config.salt, s), s)))
+    b_cand = [s for s in order if config.b_min <= len(convs_of[s]) <= config.b_max]
+    c_cand = [s for s in order if config.c_min <= len(convs_of[s]) <= config.c_max]
+    part = {s: "A" for s in order}
+    for s in b_cand[: config.n_b]:
+        part[s] = "B"
+    for s in c_cand[: config.n_c]:
+        part[s] = "C"
+
+    buckets: dict[str, dict[str, list[str]]] = {}
+    for s in order:
+        ids = sorted(convs_of[s], key=lambda c: (_key(config.salt, c), c))
+        n_train, n_val, n_test = bucket_sizes(len(ids))
+        buckets[s] = {
+            "test": ids[:n_test],
+            "val": ids[n_test : n_test + n_val],
+            "train": ids[n_test + n_val :],
+        }
+    # conversations some held-out (B/C) speaker holds out: no one trains on them
+    quarantined = {
+        c for s in order if part[s] != "A" for c in buckets[s]["val"] + buckets[s]["test"]
+    }
+
+    speakers: dict[str, SpeakerSplit] = {}
+    for s in order:
+        b = buckets[s]
+        train = [c for c in b["train"] if c not in quarantined]
+        val, test = b["val"], b["test"]
+        if part[s] == "A":  # source validation must not see held-out data either
+            val = [c for c in val if c not in quarantined]
+            test = [c for c in test if c not in quarantined]
+        speakers[s] = SpeakerSplit(s, part[s], tuple(train), tuple(val), tuple(test))
+    return Split(config=config, speakers=speakers, order=order)
+
+
+# --- chitchat-dataset ------------------------------------------------------------
+# TODO(importers): replace _read_chitchat with persona_sdk.importers.load_chitchat
+# once it lands, so chitchat is parsed in exactly one place.
+
+
+def chitchat_path() -> str:
+    """Path of ``dataset.json`` in the installed PyPI package ``chitchat-dataset``."""
+    spec = importlib.util.find_spec("chitchat_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise SplitDataError("the chitchat-dataset package is not installed (pip install chitchat-dataset)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "dataset.json")
+    if not os.path.isfile(path):
+        raise SplitDataError("chitchat-dataset is installed but its dataset.json is missing")
+    return path
+
+
+def _read_chitchat(path: str) -> dict[str, list[tuple[str, str]]]:
+    """conversation id -> [(sender, text)] for chitchat's ``dataset.json`` layout:
+    ``{id: {"messages": [[{"sender", "text", "timestamp"}, ...], ...], ...}}``."""
+    try:
+        with open(path, "rb") as fh:
+            raw = json.loads(fh.read().decode("utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SplitDataError(f"cannot read chitchat data at {path}: {type(exc).__name__}") from None
+    if not isinstance(raw, dict):
+        raise SplitDataError("chitchat data must be a JSON object of conversations")
+    out: dict[str, list[tuple[str, str]]] = {}
+    for i, (cid, conv) in enumerate(raw.items()):
+        groups = conv.get("messages") if isinstance(conv, dict) else None
+        if not isinstance(groups, list):
+            raise SplitDataError(f"conversation {i}: missing 'messages' list")
+        msgs: list[tuple[str, str]] = []
+        for j, group in enumerate(groups):
+            for k, m in enumerate(group if isinstance(group, list) else [group]):
+                if not isinstance(m, dict) or not isinstance(m.get("sender"), str) or not isinstance(
+                    m.get("text"), str
+                ):
+                    raise SplitDataError(f"conversation {i}, message group {j}, item {k}: needs 'sender' and 'text'")
+                msgs.append((m["sender"], m["text"]))
+        out[str(cid)] = msgs
+    return out
+
+
+def load_chitchat(path: str | None = None) -> dict[str, list[tuple[str, str]]]:
+    """chitchat conversations: id -> [(sender, text)] (from the installed package by default)."""
+    return _read_chitchat(path or chitchat_path())
+
+
+def chitchat_split(
+    path: str | None = None, config: SplitConfig | None = None
+) -> tuple[dict[str, list[tuple[str, str]]], Split]:
+    """Load chitchat and split it: ``(conversations, split)``."""
+    convs = load_chitchat(path)
+    return convs, split_speakers({c: [s for s, _ in m] for c, m in convs.items()}, config)
+
+
+def turns_for(messages: Iterable[tuple[str, str]], speaker: str) -> list[Turn]:
+    """A conversation seen from ``speaker``: their turns are ASSISTANT, the partner's USER.
+    Consecutive messages of one sender join into one turn with newlines."""
+    turns: list[Turn] = []
+    last: str | None = None
+    for sender, text in messages:
+        role = ASSISTANT if sender == speaker else USER
+        if turns and last == sender:
+            turns[-1] = Turn(role, turns[-1].text + "\n" + text)
+        else:
+            turns.append(Turn(role, text))
+        last = sender
+    return turns
