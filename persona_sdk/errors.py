@@ -110,3 +110,44 @@ class SplitDataError(PersonaError):
 
 class MetricError(PersonaError):
     """A metric got inputs it cannot score (empty, mismatched lengths or shapes)."""
+
+
+# --- vault: encrypted profiles, export / import --------------------------------
+class VaultError(PersonaError):
+    """The encrypted profile store failed (locking, permissions, I/O)."""
+
+
+class ProfileNameError(VaultError):
+    """A profile name is empty, too long, or has characters other than letters, digits, '.', '_', '-'."""
+
+
+class ProfileNotFoundError(VaultError):
+    """No profile with that name exists in the vault."""
+
+
+class ProfileExistsError(VaultError):
+    """A profile with that name already exists (pass force / --force to replace it)."""
+
+
+class PassphraseRequiredError(VaultError):
+    """A passphrase is needed but none was given (prompt, or set PERSONA_PASSPHRASE)."""
+
+
+class KeyringUnavailableError(VaultError):
+    """The profile's key lives in the OS keyring, which is unavailable or has no entry for it."""
+
+
+class PersonaFileError(VaultError):
+    """A persona file cannot be opened; every reason below is one of its subclasses."""
+
+
+class DecryptionError(PersonaFileError):
+    """Wrong passphrase or key, or the file was modified (indistinguishable on purpose)."""
+
+
+class UnsupportedFormatError(PersonaFileError):
+    """Not a persona file, an unsupported format version, or a truncated / padded file."""
+
+
+class KdfParameterError(PersonaFileError):
+    """Key-derivation parameters are below the security floor or above the resource cap."""
