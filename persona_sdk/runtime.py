@@ -252,7 +252,9 @@ class Engine:
         past_len = out.past_len
         for step in range(gen.max_new_tokens):
             cand = scores[:, None] + logp  # (beams, V)
-            flat = np.argsort(-cand, axis=None)[: 2 * k]
+            n = min(2 * k, cand.size)
+            top = np.argpartition(-cand, n - 1, axis=None)[:n]
+            flat = top[np.argsort(-cand.ravel()[top], kind="stable")]
             next_beams, next_scores, parents = [], [], []
             for idx in flat:
                 b, tok = divmod(int(idx), self.vocab_size)
@@ -271,6 +273,8 @@ class Engine:
             if not next_beams:
                 break
             beams, scores = next_beams, np.asarray(next_scores)
+            if step == gen.max_new_tokens - 1:
+                break
             order = np.asarray(parents)
             past = [self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(p[order]), self._device_type, 0)
                     for p in past_np]

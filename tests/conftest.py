@@ -83,3 +83,13 @@ def tiny_backbone(tmp_path_factory) -> Path:
 def pytest_configure(config):
     # torch on 2 cores: keep test processes from oversubscribing
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_backbone, tmp_path_factory) -> Path:
+    """The tiny backbone exported to ONNX (fp32, decoder with past) with its manifest."""
+    from persona_sdk.exporters.onnx_export import export
+
+    out = tmp_path_factory.mktemp("tiny-onnx") / "fp32"
+    export(tiny_backbone, out, "fp32")
+    return out

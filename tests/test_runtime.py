@@ -1,0 +1,220 @@
+"""The ONNX decode loop: prefix injection, decoding strategies, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from persona_sdk.config import GenerationConfig, RuntimeConfig
+from persona_sdk.conversation import ASSISTANT, USER, Turn
+from persona_sdk.errors import (BackboneMismatchError, ConfigError, DeviceError, ModelFileError,
+                                PrefixShapeError)
+from persona_sdk.prefix import Prefix
+from persona_sdk.runtime import Engine, choose_providers
+
+GREEDY = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_onnx):
+    return Engine(tiny_onnx)
+
+
+def _prefix(engine, length=5, seed=0, fingerprint=None):
+    rng = np.random.default_rng(seed)
+    kv = rng.normal(size=(engine.layers, 2, engine.kv_heads, length, engine.head_dim)).astype(np.float32)
+    return Prefix(kv, fingerprint or engine.fingerprint, method="test")
+
+
+def _prompt(engine, text="hi there, how are you doing today?"):
+    return engine.format.prompt_ids([Turn(USER, text)], 200)
+
+
+def test_greedy_with_prefix_matches_torch_reference(engine, tiny_backbone):
+    """Prefix as initial past, mask with P leading ones, positions from P: same tokens as torch."""
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    engine_stop = engine.stop_ids
+    engine.stop_ids = set()  # compare a full 24 steps
+    try:
+        prefix = _prefix(engine)
+        ids = _prompt(engine)
+        ours = list(engine.generate_ids(ids, prefix, GREEDY))
+    finally:
+        engine.stop_ids = engine_stop
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_backbone)).eval()
+    cache = DynamicCache()
+    for layer in range(engine.layers):
+        cache.update(torch.tensor(prefix.kv[layer, 0][None]), torch.tensor(prefix.kv[layer, 1][None]), layer)
+    p, seq, x = prefix.length, list(ids), torch.tensor([ids])
+    ref: list[int] = []
+    with torch.no_grad():
+        out = model(input_ids=x, attention_mask=torch.ones(1, p + len(seq), dtype=torch.long),
+                    position_ids=torch.arange(p, p + len(seq))[None], past_key_values=cache)
+        ort_logits = engine.forward(np.asarray([ids]), *engine.initial_past(prefix)).logits[0]
+        np.testing.assert_allclose(ort_logits, out.logits[0, -1].numpy(), atol=1e-4)
+        for _ in range(GREEDY.max_new_tokens):
+            tok = int(out.logits[0, -1].argmax())
+            ref.append(tok)
+            seq.append(tok)
+            out = model(input_ids=torch.tensor([[tok]]), attention_mask=torch.ones(1, p + len(seq), dtype=torch.long),
+                        position_ids=torch.tensor([[p + len(seq) - 1]]), past_key_values=out.past_key_values)
+    assert ours == ref
+
+
+def test_prefix_changes_the_output(engine):
+    ids = _prompt(engine)
+    with_prefix = engine.forward(np.asarray([ids]), *engine.initial_past(_prefix(engine))).logits
+    without = engine.forward(np.asarray([ids]), *engine.initial_past(None)).logits
+    assert not np.allclose(with_prefix, without, atol=1e-3)
+
+
+def test_sampling_with_a_seed_is_reproducible(engine):
+    ids, prefix = _prompt(engine), _prefix(engine)
+    gen = GenerationConfig(seed=7, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=20)
+    a = list(engine.generate_ids(ids, prefix, gen))
+    b = list(engine.generate_ids(ids, prefix, gen))
+    c = list(engine.generate_ids(ids, prefix, gen.replace(seed=8)))
+    assert a == b and len(a) > 0
+    assert a != c
+
+
+def test_top_k_1_is_greedy(engine):
+    ids, prefix = _prompt(engine), _prefix(engine)
+    sampled = list(engine.generate_ids(ids, prefix, GREEDY.replace(do_sample=True, temperature=1.0, top_k=1, seed=3)))
+    assert sampled == list(engine.generate_ids(ids, prefix, GREEDY))
+
+
+def test_beam_of_one_is_greedy(engine):
+    ids, prefix = _prompt(engine), _prefix(engine)
+    assert list(engine.generate_ids(ids, prefix, GREEDY.replace(num_beams=1))) == list(
+        engine.beam_search(ids, prefix, GREEDY.replace(num_beams=1)))
+
+
+def test_beam_search_returns_the_best_beam(engine):
+    """With beams >= vocab over two steps the search is exhaustive: compare with brute force."""
+    ids, prefix = _prompt(engine), _prefix(engine)
+    v = engine.vocab_size
+    saved, engine.stop_ids = engine.stop_ids, set()
+    try:
+        best = list(engine.beam_search(ids, prefix, GREEDY.replace(num_beams=v, max_new_tokens=2, length_penalty=0.0)))
+    finally:
+        engine.stop_ids = saved
+    first = engine.forward(np.asarray([ids]), *engine.initial_past(prefix))
+    lp1 = first.logits[0] - np.logaddexp.reduce(first.logits[0])  # (V,)
+    past_np = [p.numpy() for p in first.past]
+    import onnxruntime as ort
+    past = [ort.OrtValue.ortvalue_from_numpy(np.repeat(p, v, axis=0)) for p in past_np]
+    second = engine.forward(np.arange(v)[:, None], past, first.past_len)
+    lp2 = second.logits - np.logaddexp.reduce(second.logits, axis=1, keepdims=True)  # (V, V)
+    total = lp1[:, None] + lp2
+    t1, t2 = np.unravel_index(np.argmax(total), total.shape)
+    assert best == [int(t1), int(t2)]
+
+
+def test_stop_strings_end_the_reply(engine):
+    ids, prefix = _prompt(engine), _prefix(engine)
+    full = "".join(engine.stream_text(ids, prefix, GREEDY))
+    assert len(full) > 6
+    stop = full[3:5]
+    cut = "".join(engine.stream_text(ids, prefix, GREEDY.replace(stop=(stop,))))
+    assert cut == full[: full.index(stop)]
+
+
+def test_streaming_pieces_join_to_the_text(engine):
+    ids, prefix = _prompt(engine), _prefix(engine)
+    pieces = list(engine.stream_text(ids, prefix, GREEDY))
+    assert len(pieces) > 1
+    assert "".join(pieces) == engine.format.decode(list(engine.generate_ids(ids, prefix, GREEDY)))
+
+
+def test_token_losses_match_the_forward_pass(engine):
+    ids, prefix = _prompt(engine), _prefix(engine)
+    reply = engine.format.reply_ids("i am fine thanks")
+    losses = engine.token_losses(ids + reply, len(ids), prefix)
+    assert losses.shape == (len(reply),) and np.all(losses > 0)
+    out = engine.forward(np.asarray([ids]), *engine.initial_past(prefix)).logits[0]
+    assert losses[0] == pytest.approx(-(out[reply[0]] - np.logaddexp.reduce(out)), rel=1e-4)
+
+
+def test_context_budget_drops_oldest_turns_but_keeps_the_prefix(engine):
+    history = [Turn(USER if i % 2 == 0 else ASSISTANT, "the quick brown fox jumps over the lazy dog")
+               for i in range(40)] + [Turn(USER, "hi there")]
+    gen = GREEDY.replace(context_budget=64, max_new_tokens=5)
+    prefix = _prefix(engine, length=8)
+    ids = engine.prompt_ids(history, prefix, gen)
+    assert len(ids) <= 64
+    assert ids[-len(engine.format.header_ids):] == engine.format.header_ids
+    assert len(list(engine.generate_ids(ids, prefix, gen))) <= 5  # and the prefix still goes in
+
+
+def test_prefix_of_the_wrong_shape_is_refused(engine):
+    bad = Prefix(np.zeros((engine.layers + 1, 2, engine.kv_heads, 4, engine.head_dim), np.float32), engine.fingerprint)
+    with pytest.raises(PrefixShapeError, match="does not match the backbone"):
+        engine.initial_past(bad)
+
+
+def test_prefix_for_another_backbone_is_refused(engine):
+    with pytest.raises(BackboneMismatchError, match="different|made for backbone"):
+        engine.initial_past(_prefix(engine, fingerprint="f" * 64))
+
+
+def test_missing_and_corrupt_exports_give_clear_errors(tiny_onnx, tmp_path):
+    broken = tmp_path / "export"
+    shutil.copytree(tiny_onnx, broken)
+    (broken / "manifest.json").unlink()
+    with pytest.raises(ModelFileError, match="manifest.json"):
+        Engine(broken)
+    shutil.copy(tiny_onnx / "manifest.json", broken / "manifest.json")
+    (broken / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="corrupt|JSON"):
+        Engine(broken)
+    shutil.copy(tiny_onnx / "manifest.json", broken / "manifest.json")
+    size = (broken / "model.onnx").stat().st_size
+    (broken / "model.onnx").write_bytes(b"\x00garbage" * (size // 8) + b"\x00" * (size % 8))
+    with pytest.raises(ModelFileError, match="model.onnx"):
+        Engine(broken)
+    (broken / "model.onnx").write_bytes(b"short")
+    with pytest.raises(ModelFileError, match="model.onnx"):
+        Engine(broken)
+
+
+def test_provider_selection(monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert choose_providers("auto") == ["CPUExecutionProvider"]
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(DeviceError, match="CUDA was requested"):
+        choose_providers("cuda")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert choose_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("cuda")[0] == "CUDAExecutionProvider"
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+
+
+def test_bad_settings_name_the_allowed_values():
+    with pytest.raises(ConfigError, match="auto, cpu, cuda"):
+        RuntimeConfig(device="tpu")
+    with pytest.raises(ConfigError, match="top_p"):
+        GenerationConfig(top_p=0)
+    with pytest.raises(ConfigError, match="allowed"):
+        GenerationConfig().replace(temprature=1.0)
+
+
+def test_runtime_path_imports_no_torch(tiny_onnx):
+    code = (
+        "import sys, json; import persona_sdk, persona_sdk.cli; from persona_sdk.agent import PersonaAgent\n"
+        f"a = PersonaAgent(backbone={str(tiny_onnx)!r})\n"
+        "r = a.reply('hi there', max_new_tokens=5, seed=1)\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'transformers': 'transformers' in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"torch": False, "transformers": False}
