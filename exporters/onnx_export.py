@@ -1,0 +1,299 @@
+"""Export a Hugging Face causal LM to ONNX as a decoder with past, plus quantised variants.
+
+Graph contract, identical across variants (the runtime treats them the same)::
+
+    inputs : input_ids (B, T) int64, attention_mask (B, past+T) int64,
+             position_ids (B, T) int64,
+             past_key_values.{i}.key / .value (B, kv_heads, past, head_dim) kv_dtype
+    outputs: logits (B, T, vocab) logits_dtype, present.{i}.key / .value (B, kv_heads, past+T, head_dim)
+
+A persona block ``(layers, 2, kv_heads, P, head_dim)`` goes in as the first
+past (mask with P leading ones, positions from P); past may be longer than the
+new input, which is how every decode step after the first runs anyway.
+
+Variants:
+- ``fp32``: optimum-onnx ``main_export``, task ``text-generation-with-past``
+  (the reference every other variant is derived from).
+- ``int8``: weight-only 8-bit ``MatMulNBits`` on every MatMul with a constant
+  weight (lm_head included). Plain ``quantize_dynamic`` (int8 activations too)
+  drifts in greedy text; weight-only keeps activations fp32.
+- ``int4``: weight-only 4-bit ``MatMulNBits`` (block 32, asymmetric), lm_head
+  included, with CPU accuracy level 4 (int8 dot products inside the kernel).
+- ``fp16``: every float tensor in half precision, KV and logits too (GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from persona_sdk.backbone import BackboneSpec, fingerprint, read_config
+from persona_sdk.errors import BackboneError, ExportError, MissingDependencyError
+
+from .manifest import FORMAT, MODEL, VARIANTS, file_entries, io_names, write_manifest
+
+Progress = Callable[[str], None]
+COPIED_FILES = ("tokenizer.json", "config.json", "generation_config.json", "tokenizer_config.json")
+INT4_BLOCK = 32
+INT4_ACCURACY = 4  # CPU: int8 activations inside MatMulNBits (fast); 0 = fp32 activations
+INT8_BLOCK = 32
+
+
+def _need_export_deps() -> None:
+    try:
+        import onnx  # noqa: F401
+        import optimum.exporters.onnx  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(
+            "exporting a backbone to ONNX needs the [export] extra (torch, transformers, optimum-onnx, onnx)"
+        ) from None
+
+
+def stop_token_ids(backbone_dir: Path, config: dict) -> list[int]:
+    """End-of-sequence ids: config/generation_config eos plus ChatML's ``<|im_end|>``."""
+    ids: set[int] = set()
+
+    def add(value: Any) -> None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            ids.add(value)
+        elif isinstance(value, list):
+            for v in value:
+                add(v)
+
+    add(config.get("eos_token_id"))
+    gen = Path(backbone_dir) / "generation_config.json"
+    if gen.is_file():
+        try:
+            add(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id"))
+        except (OSError, ValueError, AttributeError):
+            pass
+    tok = Path(backbone_dir) / "tokenizer.json"
+    if tok.is_file():
+        from tokenizers import Tokenizer
+
+        end = Tokenizer.from_file(str(tok)).token_to_id("<|im_end|>")
+        if end is not None:
+            ids.add(int(end))
+    return sorted(ids)
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name, dist in (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("optimum", "optimum-onnx"),
+                       ("torch", "torch"), ("transformers", "transformers")):
+        try:
+            out[name] = version(dist)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _graph_io(model_path: Path) -> tuple[list[str], list[str], dict[str, int], int]:
+    """Input names, output names, elem types by name, and the default-domain opset."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.input) + list(model.graph.output)}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return [i.name for i in model.graph.input], [o.name for o in model.graph.output], types, int(opset)
+
+
+def _check_contract(model_path: Path, spec: BackboneSpec) -> tuple[str, str, int]:
+    """Raise ExportError unless the graph has the decoder-with-past contract; return (kv, logits dtype, opset)."""
+    import onnx
+
+    inputs, outputs, types, opset = _graph_io(model_path)
+    want_in, want_out = io_names(spec.layers)
+    if inputs != want_in or outputs != want_out:
+        raise ExportError(
+            f"exported graph does not have the decoder-with-past contract "
+            f"(inputs {inputs[:4]}..., {len(inputs)} total; expected {len(want_in)})"
+        )
+    name = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+    kv = types["past_key_values.0.key"]
+    logits = types["logits"]
+    if kv not in name or logits not in name:
+        raise ExportError("exported graph has KV/logits of an unsupported dtype")
+    return name[kv], name[logits], opset
+
+
+# --- the fp32 reference export ---------------------------------------------------
+def _export_fp32(backbone_dir: Path, out_dir: Path, say: Progress) -> None:
+    _need_export_deps()
+    import logging
+
+    import torch
+    from optimum.exporters.onnx import main_export
+
+    say("Exporting the backbone to ONNX (fp32, decoder with past)...")
+    tmp = out_dir / ".optimum"
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in ("optimum", "transformers", "torch.onnx"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+            main_export(
+                str(backbone_dir), output=str(tmp), task="text-generation-with-past", device="cpu",
+                do_validation=False, local_files_only=True, library_name="transformers",
+            )
+    except (ExportError, MissingDependencyError):
+        raise
+    except Exception as exc:  # optimum raises many kinds; one clear error
+        raise ExportError(f"optimum could not export {backbone_dir} ({type(exc).__name__}: {str(exc)[:200]})") from None
+    finally:
+        torch.set_num_threads(threads)
+    produced = [f for f in tmp.iterdir() if f.name == MODEL or f.name.startswith(MODEL + "_data") or f.suffix == ".data"]
+    if not (tmp / MODEL).is_file():
+        raise ExportError(f"optimum produced no {MODEL} for {backbone_dir}")
+    for f in produced:
+        f.rename(out_dir / f.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    _fold_constant_transposes(out_dir / MODEL)
+
+
+def _fold_constant_transposes(model_path: Path) -> None:
+    """Turn ``MatMul(x, Transpose(initializer))`` into ``MatMul(x, initializer')``.
+
+    A tied lm_head exports as a Transpose of the embedding table; folded, it is
+    a constant weight that ``MatMulNBits`` can quantise (28M of SmolLM2-135M's
+    135M parameters). ORT would fold it at load time anyway, in memory.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    changed = False
+    for node in list(graph.node):
+        if node.op_type != "MatMul" or node.input[1] in inits:
+            continue
+        tr = producers.get(node.input[1])
+        if tr is None or tr.op_type != "Transpose" or tr.input[0] not in inits:
+            continue
+        perm = [a.ints for a in tr.attribute if a.name == "perm"]
+        weight = numpy_helper.to_array(inits[tr.input[0]])
+        folded = weight.T if not perm else weight.transpose(list(perm[0]))
+        name = f"{node.name.strip('/').replace('/', '.')}.weight_folded"
+        graph.initializer.append(numpy_helper.from_array(folded.copy(), name))
+        node.input[1] = name
+        if consumers.get(tr.output[0], 0) == 1:
+            graph.node.remove(tr)
+        changed = True
+    if changed:
+        onnx.save_model(model, str(model_path))
+
+
+# --- derived variants ------------------------------------------------------------
+def _quantize_nbits(src: Path, dst: Path, bits: int, block: int, accuracy: int | None) -> None:
+    import onnx
+    import logging
+
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    model = onnx.load(str(src))
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block, is_symmetric=False, accuracy_level=accuracy, quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=("MatMul",), bits=bits,
+    )
+    quant = MatMulNBitsQuantizer(model, algo_config=config)
+    quant.process()
+    onnx.save_model(quant.model.model, str(dst))
+
+
+def _convert_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    # keep_io_types=False: KV and logits in fp16 too (recorded in the manifest),
+    # so a GPU runtime never round-trips the cache through fp32.
+    model16 = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
+    onnx.save_model(model16, str(dst))
+
+
+def _derive(fp32_dir: Path, out_dir: Path, variant: str, say: Progress) -> None:
+    src = fp32_dir / MODEL
+    dst = out_dir / MODEL
+    say(f"Deriving the {variant} variant from the fp32 export...")
+    try:
+        if variant == "int8":
+            _quantize_nbits(src, dst, bits=8, block=INT8_BLOCK, accuracy=None)
+        elif variant == "int4":
+            _quantize_nbits(src, dst, bits=4, block=INT4_BLOCK, accuracy=INT4_ACCURACY)
+        elif variant == "fp16":
+            _convert_fp16(src, dst)
+        else:  # pragma: no cover - guarded by the caller
+            raise ExportError(f"unknown variant {variant!r}")
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"building the {variant} variant failed ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+# --- public ------------------------------------------------------------------------
+def export(backbone_dir: Path, out_dir: Path, variant: str = "fp32", fp32_dir: Path | None = None,
+           progress: Progress | None = None) -> Path:
+    """Write ``variant`` of ``backbone_dir`` into ``out_dir`` with a manifest (not yet validated).
+
+    Quantised/fp16 variants are derived from an fp32 export (``fp32_dir``; made
+    in a temp folder when not given). ``out_dir`` must not exist or be empty.
+    Use :func:`persona_sdk.exporters.ensure_exported` for the validated,
+    cached, atomic path.
+    """
+    if variant not in VARIANTS:
+        raise ExportError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    say = progress or (lambda msg: None)
+    backbone_dir = Path(backbone_dir)
+    config = read_config(backbone_dir)
+    archs = config.get("architectures") or []
+    if not archs:
+        raise BackboneError(f"{backbone_dir} is not a causal LM (config.json names no architecture)")
+    spec = BackboneSpec.from_config(config)
+    fp = fingerprint(backbone_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(out_dir.iterdir()):
+        raise ExportError(f"export folder {out_dir} is not empty")
+    if variant == "fp32":
+        _export_fp32(backbone_dir, out_dir, say)
+    else:
+        if fp32_dir is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix=".fp32-", dir=out_dir.parent) as tmp:
+                export(backbone_dir, Path(tmp) / "fp32", "fp32", progress=progress)
+                _derive(Path(tmp) / "fp32", out_dir, variant, say)
+        else:
+            _derive(Path(fp32_dir), out_dir, variant, say)
+    kv_dtype, logits_dtype, opset = _check_contract(out_dir / MODEL, spec)
+    for name in COPIED_FILES:
+        if (backbone_dir / name).is_file():
+            shutil.copy2(backbone_dir / name, out_dir / name)
+    if not (out_dir / "tokenizer.json").is_file():
+        raise BackboneError(f"{backbone_dir} has no tokenizer.json (persona needs a fast tokenizer file)")
+    inputs, outputs = io_names(spec.layers)
+    manifest = {
+        "format": FORMAT, "variant": variant, "fingerprint": fp, "inputs": inputs, "outputs": outputs,
+        "layers": spec.layers, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim, "vocab_size": spec.vocab_size,
+        "kv_dtype": kv_dtype, "logits_dtype": logits_dtype, "opset": opset, "versions": versions(),
+        "files": file_entries(out_dir), "stop_token_ids": stop_token_ids(backbone_dir, config),
+        "validation": {}, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_manifest(out_dir, manifest)
+    return out_dir
