@@ -89,14 +89,16 @@ class Chats:
     skipped: tuple[tuple[str, str], ...] = ()
 
     def sender_counts(self) -> Counter:
-        """Messages per sender (all kinds), most frequent first when iterated via most_common."""
-        return Counter(m.sender for c in self.conversations for m in c.messages)
+        """Messages per sender (system lines not counted); ``.most_common()`` orders them."""
+        return Counter(m.sender for c in self.conversations for m in c.messages if m.kind != SYSTEM)
 
     def with_sender(self, sender: str) -> "Chats":
         """Only the conversations in which ``sender`` (matched loosely) wrote something."""
         key = normalize_name(sender)
         keep = tuple(
-            c for c in self.conversations if any(normalize_name(m.sender) == key for m in c.messages)
+            c
+            for c in self.conversations
+            if any(m.kind != SYSTEM and normalize_name(m.sender) == key for m in c.messages)
         )
         return Chats(keep, self.me, self.formats, self.skipped)
 
@@ -146,7 +148,9 @@ def who_is_me(chats: Chats, me: str | None = None) -> tuple[str, str]:
         return matches[0], how
     everywhere: set[str] | None = None
     for conv in chats.conversations:
-        present = {normalize_name(m.sender) for m in conv.messages}
+        present = {normalize_name(m.sender) for m in conv.messages if m.kind != SYSTEM}
+        if not present:
+            continue
         everywhere = present if everywhere is None else everywhere & present
     if everywhere and len(everywhere) == 1:
         key = next(iter(everywhere))
@@ -249,13 +253,15 @@ def detect_format(text: str) -> str | None:
     """The format of a decoded chat file, from its content; None if unknown."""
     from .importers import whatsapp
 
+    if whatsapp.detect(text):
+        return "whatsapp"
     if text.lstrip()[:1] in ("{", "["):
         try:
             obj = json.loads(text)
         except (json.JSONDecodeError, RecursionError):
             return None
         return detect_json_format(obj)
-    return "whatsapp" if whatsapp.detect(text) else None
+    return None
 
 
 def detect_json_format(obj: Any) -> str | None:
@@ -281,13 +287,15 @@ def parse_chat_text(text: str, where: str, fmt: str | None = None) -> tuple[str,
 
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"format must be one of {FORMAT_CHOICES}, got {fmt!r}")
-    if fmt == "whatsapp" or (fmt is None and text.lstrip()[:1] not in ("{", "[")):
-        if fmt is None and not importers.whatsapp.detect(text):
-            raise ChatFormatError(
-                f"{where} is not a recognised chat export (not JSON, and not a WhatsApp "
-                "\"Export chat\" text file); supported: " + ", ".join(FORMATS)
-            )
+    if fmt is None and importers.whatsapp.detect(text):
+        fmt = "whatsapp"
+    if fmt == "whatsapp":
         return "whatsapp", importers.whatsapp.parse(text, where), None
+    if fmt is None and text.lstrip()[:1] not in ("{", "["):
+        raise ChatFormatError(
+            f"{where} is not a recognised chat export (not JSON, and not a WhatsApp "
+            "\"Export chat\" text file); supported: " + ", ".join(FORMATS)
+        )
     obj = parse_json(text, where)
     if fmt is None:
         fmt = detect_json_format(obj)
