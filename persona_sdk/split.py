@@ -33,15 +33,14 @@ The protocol in words is in ``benchmarks/README.md``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-from .conversation import ASSISTANT, USER, Turn
 from .errors import ConfigError, SplitDataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .chats import Chats
 
 PARTS = ("A", "B", "C")
 BUCKETS = ("train", "val", "test")
@@ -219,71 +218,36 @@ def split_speakers(
 
 
 # --- chitchat-dataset ------------------------------------------------------------
-# TODO(importers): replace _read_chitchat with persona_sdk.importers.load_chitchat
-# once it lands, so chitchat is parsed in exactly one place.
 
 
-def chitchat_path() -> str:
-    """Path of ``dataset.json`` in the installed PyPI package ``chitchat-dataset``."""
-    spec = importlib.util.find_spec("chitchat_dataset")
-    if spec is None or not spec.submodule_search_locations:
-        raise SplitDataError("the chitchat-dataset package is not installed (pip install chitchat-dataset)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "dataset.json")
-    if not os.path.isfile(path):
-        raise SplitDataError("chitchat-dataset is installed but its dataset.json is missing")
-    return path
+def conversation_senders(chats: "Chats") -> dict[str, list[str]]:
+    """conversation id -> sender of each text message, in order: the input of
+    :func:`split_speakers`. Placeholders and empty messages are skipped, exactly
+    as :func:`persona_sdk.examples.conversation_turns` skips them, so "reply
+    conversations" here are those that yield examples there."""
+    from .chats import TEXT
 
-
-def _read_chitchat(path: str) -> dict[str, list[tuple[str, str]]]:
-    """conversation id -> [(sender, text)] for chitchat's ``dataset.json`` layout:
-    ``{id: {"messages": [[{"sender", "text", "timestamp"}, ...], ...], ...}}``."""
-    try:
-        with open(path, "rb") as fh:
-            raw = json.loads(fh.read().decode("utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SplitDataError(f"cannot read chitchat data at {path}: {type(exc).__name__}") from None
-    if not isinstance(raw, dict):
-        raise SplitDataError("chitchat data must be a JSON object of conversations")
-    out: dict[str, list[tuple[str, str]]] = {}
-    for i, (cid, conv) in enumerate(raw.items()):
-        groups = conv.get("messages") if isinstance(conv, dict) else None
-        if not isinstance(groups, list):
-            raise SplitDataError(f"conversation {i}: missing 'messages' list")
-        msgs: list[tuple[str, str]] = []
-        for j, group in enumerate(groups):
-            for k, m in enumerate(group if isinstance(group, list) else [group]):
-                if not isinstance(m, dict) or not isinstance(m.get("sender"), str) or not isinstance(
-                    m.get("text"), str
-                ):
-                    raise SplitDataError(f"conversation {i}, message group {j}, item {k}: needs 'sender' and 'text'")
-                msgs.append((m["sender"], m["text"]))
-        out[str(cid)] = msgs
+    out: dict[str, list[str]] = {}
+    for i, conv in enumerate(chats.conversations):
+        if conv.id in out:
+            raise SplitDataError(f"conversation {i + 1}: duplicate conversation id")
+        out[conv.id] = [m.sender for m in conv.messages if m.kind == TEXT and m.text.strip()]
     return out
 
 
-def load_chitchat(path: str | None = None) -> dict[str, list[tuple[str, str]]]:
-    """chitchat conversations: id -> [(sender, text)] (from the installed package by default)."""
-    return _read_chitchat(path or chitchat_path())
+def select(chats: "Chats", conversation_ids: Iterable[str]) -> "Chats":
+    """The conversations of ``chats`` whose id is in ``conversation_ids`` (in
+    ``chats`` order), e.g. ``build_examples(select(chats, s.train), s.speaker)``."""
+    from .chats import Chats
+
+    keep = set(conversation_ids)
+    return Chats(tuple(c for c in chats.conversations if c.id in keep), chats.me, chats.formats)
 
 
-def chitchat_split(
-    path: str | None = None, config: SplitConfig | None = None
-) -> tuple[dict[str, list[tuple[str, str]]], Split]:
-    """Load chitchat and split it: ``(conversations, split)``."""
-    convs = load_chitchat(path)
-    return convs, split_speakers({c: [s for s, _ in m] for c, m in convs.items()}, config)
+def chitchat_split(path: str | None = None, config: SplitConfig | None = None) -> tuple["Chats", Split]:
+    """Load chitchat-dataset (the installed package, or ``path``) and split it:
+    ``(chats, split)``. Parsing is :func:`persona_sdk.importers.chitchat.load_chitchat`."""
+    from .importers.chitchat import load_chitchat
 
-
-def turns_for(messages: Iterable[tuple[str, str]], speaker: str) -> list[Turn]:
-    """A conversation seen from ``speaker``: their turns are ASSISTANT, the partner's USER.
-    Consecutive messages of one sender join into one turn with newlines."""
-    turns: list[Turn] = []
-    last: str | None = None
-    for sender, text in messages:
-        role = ASSISTANT if sender == speaker else USER
-        if turns and last == sender:
-            turns[-1] = Turn(role, turns[-1].text + "\n" + text)
-        else:
-            turns.append(Turn(role, text))
-        last = sender
-    return turns
+    chats = load_chitchat(path)
+    return chats, split_speakers(conversation_senders(chats), config)

@@ -7,15 +7,17 @@ import random
 
 import pytest
 
-from persona_sdk.conversation import ASSISTANT, USER, Turn
-from persona_sdk.errors import ConfigError, SplitDataError
+from persona_sdk.conversation import ASSISTANT, USER
+from persona_sdk.errors import ConfigError, PersonaError, SplitDataError
+from persona_sdk.examples import build_examples, conversation_turns
 from persona_sdk.split import (
     SplitConfig,
     bucket_sizes,
     chitchat_split,
+    conversation_senders,
     repliers,
+    select,
     split_speakers,
-    turns_for,
 )
 
 CFG = SplitConfig(n_b=3, n_c=4, b_min=10, b_max=40, c_min=2, c_max=5)
@@ -35,7 +37,7 @@ def _synthetic(seed: int = 0) -> dict:
         groups = []
         for t in range(n_turns):
             who = a if t % 2 == 0 else b
-            groups.append([{"sender": who, "text": f"msg {t}", "timestamp": "2018-05-02T19:38:15Z"}
+            groups.append([{"sender": who, "text": f"{cid} msg {t}", "timestamp": "2018-05-02T19:38:15Z"}
                            for _ in range(rng.randint(1, 2))])
         data[cid] = {"messages": groups, "prompt": "", "ratings": {}, "start": ""}
 
@@ -54,7 +56,7 @@ def _synthetic(seed: int = 0) -> dict:
     for i in range(10):
         conv(f"once{i}", "hub")
     for i in range(5):  # unanswered openers: one sender only
-        data[f"u{i}"] = {"messages": [[{"sender": "reg0", "text": "hi", "timestamp": ""}]]}
+        data[f"u{i}"] = {"messages": [[{"sender": "reg0", "text": "hi", "timestamp": "2018-05-02T19:38:15Z"}]]}
     return data
 
 
@@ -135,41 +137,45 @@ def test_config_rejects_bad_values():
         split_speakers({"x": ["a", "a"]}, CFG)
 
 
-def test_chitchat_file_roundtrip_and_turns(tmp_path):
+def test_chitchat_file_split_feeds_examples(tmp_path):
     data = _synthetic()
+    # a placeholder-only message does not make its sender a replier
+    data["media"] = {"messages": [[{"sender": "few0", "text": "x", "timestamp": "2018-05-02T19:38:15Z"}],
+                                  [{"sender": "hub", "text": "", "timestamp": "2018-05-02T19:38:15Z"}]]}
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps(data))
-    convs, sp = chitchat_split(str(path), CFG)
+    chats, sp = chitchat_split(str(path), CFG)
+    assert "media" not in {c for s in sp.speakers.values() for c in s.train + s.val + s.test}
+    del data["media"]
     assert sp.speakers == split_speakers(_senders(data), CFG).speakers
-    cid = sp.part("B")[0].test[0]
-    speaker = sp.part("B")[0].speaker
-    turns = turns_for(convs[cid], speaker)
-    assert all(isinstance(t, Turn) for t in turns)
-    # consecutive messages of one sender are one turn; roles alternate
-    assert all(a.role != b.role for a, b in zip(turns, turns[1:]))
+    b = sp.part("B")[0]
+    test_chats = select(chats, b.test)
+    assert [c.id for c in test_chats.conversations] == sorted(b.test, key=lambda c: list(data).index(c))
+    turns, _ = conversation_turns(test_chats, 0, b.speaker)
     assert {t.role for t in turns} == {USER, ASSISTANT}
-    assert turns_for([("x", "a"), ("x", "b"), ("y", "c")], "y") == [Turn(USER, "a\nb"), Turn(ASSISTANT, "c")]
+    ex = build_examples(select(chats, b.train), b.speaker, val_fraction=0.0, min_replies=1)
+    assert len(ex.train) >= len(b.train)  # at least one reply per reply conversation
 
 
 def test_malformed_chitchat_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"c1": {"messages": [[{"text": "secret words"}]]}}')
-    with pytest.raises(SplitDataError, match="conversation 0") as exc:
+    with pytest.raises(PersonaError, match="conversation 1") as exc:
         chitchat_split(str(bad))
     assert "secret" not in str(exc.value)
     bad.write_bytes(b"\x00\xff\xfe not json")
-    with pytest.raises(SplitDataError):
+    with pytest.raises(PersonaError):
         chitchat_split(str(bad))
 
 
 def test_installed_chitchat_split_matches_protocol():
     """The real corpus (PyPI package chitchat-dataset): sizes in benchmarks/README.md."""
-    convs, sp = chitchat_split()
+    chats, sp = chitchat_split()
     summary = sp.summary()
     assert summary["B"]["speakers"] == 30 and summary["C"]["speakers"] == 50
     n_of: dict[str, int] = {}
-    for msgs in convs.values():
-        for s in repliers([m[0] for m in msgs]):
+    for seq in conversation_senders(chats).values():
+        for s in repliers(seq):
             n_of[s] = n_of.get(s, 0) + 1
     assert all(20 <= n_of[s.speaker] <= 200 for s in sp.part("B"))
     assert all(2 <= n_of[s.speaker] <= 5 for s in sp.part("C"))
