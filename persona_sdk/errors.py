@@ -112,6 +112,10 @@ class MetricError(PersonaError):
     """A metric got inputs it cannot score (empty, mismatched lengths or shapes)."""
 
 
+class EvalError(PersonaError):
+    """`persona eval` cannot run on the given chats, prefixes or report path."""
+
+
 # --- vault: encrypted profiles, export / import --------------------------------
 class VaultError(PersonaError):
     """The encrypted profile store failed (locking, permissions, I/O)."""
