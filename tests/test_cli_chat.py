@@ -1,0 +1,80 @@
+"""`persona chat` and `persona --help` from the outside, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PERSONA = [sys.executable, "-m", "persona_sdk"]
+
+
+def run(args, **kw):
+    return subprocess.run(PERSONA + args, capture_output=True, text=True, timeout=180, **kw)
+
+
+def test_message_prints_only_the_reply(tiny_onnx):
+    out = run(["chat", "--backbone", str(tiny_onnx), "--message", "hi there", "--seed", "1", "--temperature", "1",
+               "--max-new-tokens", "8"])
+    assert out.returncode == 0, out.stderr
+    again = run(["chat", "--backbone", str(tiny_onnx), "--message", "hi there", "--seed", "1", "--temperature", "1",
+                 "--max-new-tokens", "8"])
+    assert out.stdout == again.stdout  # the reply, and nothing else, is on stdout
+    assert out.stdout.endswith("\n") and out.stdout.count("\n") >= 1
+
+
+def test_interactive_chat_reset_and_exit(tiny_onnx):
+    out = run(["chat", "--backbone", str(tiny_onnx), "--max-new-tokens", "4"],
+              input="hi there\n/reset\nwhat do you do on weekends?\n/exit\nnever read\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("persona> ") == 2
+    assert "forgotten" in out.stderr
+
+
+def test_ctrl_d_exits_cleanly(tiny_onnx):
+    out = run(["chat", "--backbone", str(tiny_onnx), "--max-new-tokens", "4"], input="hi there\n")
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_backbone_is_a_one_line_error(tmp_path):
+    not_a_model = tmp_path / "photos"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    for target, needle in ((tmp_path / "missing", "not found"), (not_a_model, "not a causal LM")):
+        out = run(["chat", "--backbone", str(target), "--message", "hi"])
+        assert out.returncode == 1
+        assert out.stdout == ""
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], out.stderr
+
+
+def test_cuda_requested_without_gpu_is_clear(tiny_onnx):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # a GPU build: the error cannot happen
+        return
+    out = run(["chat", "--backbone", str(tiny_onnx), "--device", "cuda", "--message", "hi"])
+    assert out.returncode == 1
+    assert "CUDA was requested" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_help_is_fast_and_loads_no_heavy_modules():
+    code = ("import sys, time; t = time.perf_counter(); from persona_sdk.cli import main\n"
+            "rc = main(['--help'])\n"
+            "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'peft', 'optimum') if m in sys.modules]\n"
+            "print('RESULT', rc, heavy, time.perf_counter() - t, file=sys.stderr)")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - start
+    line = [l for l in out.stderr.splitlines() if l.startswith("RESULT")][0]
+    assert line.split()[1] == "0" and line.split()[2] == "[]", line
+    assert "chat" in out.stdout and "backbone" in out.stdout
+    assert wall < 3.0  # generous for a loaded 2-core CI box; ~0.3 s quiet
+
+
+def test_python_dash_m_works():
+    out = run(["--help"])
+    assert out.returncode == 0 and "chat" in out.stdout
