@@ -570,6 +570,19 @@ CHILD = textwrap.dedent(r"""
     def prefix(i):
         return Prefix(np.full((2, 2, 1, 4, 8), float(i % 5), np.float32), backbone=fp, method="v")
 
+    if mode.startswith("stall-"):  # freeze at one point of the write, to be killed there
+        import os, time
+        _, point, mode = mode.split("-")
+        real = getattr(os, point)
+
+        def stall(*args):
+            if point == "write":  # half the bytes reach the temp file first
+                real(args[0], bytes(args[1])[: len(args[1]) // 2])
+            print("stalled", flush=True)
+            time.sleep(600)
+
+        setattr(os, point, stall)
+
     cur = "pw"
     if mode == "rekey":
         try:
@@ -637,4 +650,25 @@ def test_two_processes_saving_at_once(vault):
         prefix = vault.load(name, "pw")
         # the 6th and last write of each process is prefix(5): all 5 % 5 = 0.0
         assert float(prefix.kv.flat[0]) == 0.0 and len(np.unique(prefix.kv)) == 1
+    assert tmp_files(vault.root) == []
+
+
+@pytest.mark.parametrize("op", ["save", "rekey"])
+@pytest.mark.parametrize("point", ["write", "fsync", "replace"])
+def test_sigkill_at_each_step_of_a_write(vault, op, point):
+    """Deterministic companion of the random-kill loop: kill while half-written, before fsync,
+    and just before the rename; the old profile stays whole and the leftover goes."""
+    vault.save("p", make_prefix(3.0), "pw")
+    before = vault.path("p").read_bytes()
+    proc = _child([f"stall-{point}-{op}", "p", "0"])
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        assert proc.stdout.readline() == b"stalled\n"
+        assert tmp_files(vault.root), "the child should be inside a write"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert vault.path("p").read_bytes() == before
+    assert float(vault.load("p", "pw").kv.flat[0]) == 3.0
     assert tmp_files(vault.root) == []
