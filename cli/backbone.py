@@ -50,7 +50,7 @@ def info(
 
     from persona_sdk import backbone as bb
     from persona_sdk import paths
-    from persona_sdk.runtime import MANIFEST
+    from persona_sdk.exporters.manifest import MANIFEST
 
     model_dir = bb.resolve(backbone, progress=err)
     spec = bb.spec_of(model_dir)

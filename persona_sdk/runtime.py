@@ -28,46 +28,18 @@ import numpy as np
 from .config import GenerationConfig, RuntimeConfig
 from .conversation import ChatFormat, Turn
 from .errors import DeviceError, GenerationError, ModelFileError
+from .backbone import BackboneSpec
 from .prefix import Prefix, PrefixSpec
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "persona-onnx/1"
-_REQUIRED_KEYS = ("format", "variant", "fingerprint", "inputs", "outputs", "layers", "kv_heads", "head_dim",
-                  "vocab_size", "kv_dtype", "files")
-
-
-# --- manifest + session --------------------------------------------------------
 def load_manifest(export_dir: Path) -> dict:
-    """Read and sanity-check an export's manifest and model files (sizes)."""
-    export_dir = Path(export_dir)
-    path = export_dir / MANIFEST
-    if not path.is_file():
-        raise ModelFileError(f"no {MANIFEST} in {export_dir}: export the backbone again (`persona backbone export`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ModelFileError(f"{path} is corrupt (not JSON): export the backbone again") from None
-    if not isinstance(manifest, dict):
-        raise ModelFileError(f"{path} is corrupt (not an object)")
-    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise ModelFileError(f"{path} lacks {', '.join(missing)}: export the backbone again")
-    if manifest["format"] != MANIFEST_FORMAT:
-        raise ModelFileError(f"{path} has format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
-    files = manifest["files"]
-    if not isinstance(files, dict) or "model.onnx" not in files:
-        raise ModelFileError(f"{path} does not list model.onnx")
-    for name, info in files.items():
-        f = export_dir / name
-        if not f.is_file():
-            raise ModelFileError(f"{f} is missing: export the backbone again")
-        size = info.get("size") if isinstance(info, dict) else None
-        if size is not None and f.stat().st_size != size:
-            raise ModelFileError(f"{f} is corrupt (size {f.stat().st_size}, manifest says {size}): export again")
-    if not (export_dir / "tokenizer.json").is_file():
-        raise ModelFileError(f"{export_dir / 'tokenizer.json'} is missing: export the backbone again")
+    """An export's manifest after checking it, its model files (sizes) and tokenizer."""
+    from .exporters.manifest import read_manifest
+
+    manifest = read_manifest(export_dir)
+    if not (Path(export_dir) / "tokenizer.json").is_file():
+        raise ModelFileError(f"{Path(export_dir) / 'tokenizer.json'} is missing; delete {export_dir} and re-export")
     return manifest
 
 
@@ -112,7 +84,9 @@ class Engine:
         self.layers, self.kv_heads, self.head_dim = int(m["layers"]), int(m["kv_heads"]), int(m["head_dim"])
         self.vocab_size = int(m["vocab_size"])
         self.kv_dtype = np.dtype(m["kv_dtype"])
-        self.max_positions = int(m.get("max_positions", 2048))
+        config = self.export_dir / "config.json"
+        self.max_positions = (BackboneSpec.from_config(json.loads(config.read_text())).max_positions
+                              if config.is_file() else 2048)
         providers = choose_providers(self.runtime.device)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -379,7 +353,7 @@ def find_export(backbone: str | Path | None, variant: str, progress: Callable[[s
     from . import backbone as bb
 
     path = Path(backbone) if backbone not in (None, "", "default") else None
-    if path is not None and (path / MANIFEST).is_file():  # an export folder itself
+    if path is not None and (path / "manifest.json").is_file():  # an export folder itself
         return path
     model_dir = bb.resolve(backbone, progress)
     try:
