@@ -1,0 +1,88 @@
+"""`persona eval`: perplexity of your held-out replies with and without your persona."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from ._common import err
+
+
+@app.command("eval")
+def eval_(
+    profile: str = typer.Argument(..., help="Enrolled profile to evaluate (see `persona list`)."),
+    chats: Path = typer.Option(..., "--chats", help="Held-out chats (chats.json or an export) the persona was NOT trained on."),
+    me: Optional[str] = typer.Option(None, "--me", help="Your sender name in the chats (default: from the file, or the one sender in every conversation)."),
+    fmt: str = typer.Option("auto", "--format", help="Chats format: auto, chats, whatsapp, telegram, discord or chitchat."),
+    source: Optional[Path] = typer.Option(None, "--source", help="Source prefix file (.safetensors) to compare against (persona identification vs source)."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML report with a plot and the side-by-side replies (contains your chat text)."),
+    samples: int = typer.Option(3, "--samples", help="Side-by-side replies to generate and print (0 = none; only numbers are printed)."),
+    max_replies: int = typer.Option(300, "--max-replies", help="Score at most this many replies (evenly spread)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON (never any chat text)."),
+    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder or ONNX export (default: embedded SmolLM2-135M-Instruct)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8, int4 or fp16."),
+) -> None:
+    """Measure how much your persona explains your own held-out replies.
+
+    Example: persona eval me --chats held_out.json --me Alice --html report.html
+
+    Prints perplexity of your replies with the backbone alone, with the source
+    prefix (if --source) and with your persona, the relative gain, and a few
+    generated replies next to your real ones. Nothing is written unless you pass
+    --html.
+    """
+    from persona_sdk.chats import load_chats, resolve_me
+    from persona_sdk.config import RuntimeConfig
+    from persona_sdk.errors import EvalError
+    from persona_sdk.evaluate import EvalConfig, evaluate, format_samples, held_out_examples, write_html
+    from persona_sdk.prefix import Prefix
+    from persona_sdk.runtime import open_engine
+
+    from .profiles import _unlock, _vault
+
+    if as_json and html_out is None:
+        samples = 0  # nothing would show them
+    config = EvalConfig(samples=samples, max_replies=max_replies)
+    vault = _vault()
+    key = _unlock(vault, profile)
+    loaded = load_chats(chats, fmt)
+    who = resolve_me(loaded, me)
+    runtime = RuntimeConfig(device=device, **({"variant": variant} if variant else {}))
+    engine = open_engine(backbone, runtime, progress=err)
+    persona = vault.load(profile, key, fingerprint=engine.fingerprint)
+    source_prefix = None
+    if source is not None:
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            raise EvalError(f"cannot read the source prefix {source}: {exc.strerror or 'not accessible'}") from None
+        source_prefix = Prefix.from_bytes(data)
+    examples = held_out_examples(engine, loaded, who, config)
+    err(f"Scoring {min(len(examples), config.max_replies)} of your {len(examples)} replies on {engine.device}...")
+    report = evaluate(engine, persona, examples, me=who, source=source_prefix, config=config,
+                      progress=_progress_printer())
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for line in report.summary_lines():
+            typer.echo(line)
+        for line in format_samples(report):
+            typer.echo(line)
+    if html_out is not None:
+        err(f"Wrote {write_html(report, html_out)} (it contains your chat text).")
+
+
+def _progress_printer():
+    step_every = [1]
+
+    def show(done: int, total: int) -> None:
+        step_every[0] = max(1, total // 10)
+        if done == total or done % step_every[0] == 0:
+            err(f"  scored {done}/{total}")
+
+    return show

@@ -1,0 +1,325 @@
+"""`persona eval`: how well a persona explains its owner's *held-out* replies.
+
+For every reply of "me" in the given chats (context -> reply, the same
+examples enrollment builds), the reply tokens are scored by the ONNX backbone
+three ways: with the persona prefix, without any prefix, and (when given) with
+the source prefix the persona started from. Reported: perplexity of each, the
+relative gain, and how often the persona explains a reply better than the
+source prefix (a two-way persona identification; chance 50%). A few replies are
+generated side by side with the real ones.
+
+Runtime side: onnxruntime + numpy only, no torch. Privacy: the report's numbers
+(:meth:`EvalReport.to_dict`, :meth:`EvalReport.summary_lines`) hold no chat
+text; the side-by-side samples live in memory and are written only where the
+caller asks (stdout, or an HTML file the user named).
+
+The chats must be ones the persona was NOT trained on, else the numbers
+measure memorisation.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from . import metrics
+from .config import GenerationConfig
+from .conversation import Turn
+from .errors import ConfigError, EvalError
+from .prefix import Prefix
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .chats import Chats
+    from .examples import Example
+    from .runtime import Engine
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How much of the held-out chats is scored, and how samples are decoded."""
+
+    context_budget: int = 256  # context tokens in front of each reply
+    reply_budget: int = 64  # reply tokens scored per reply (longer replies are cut)
+    max_replies: int = 300  # at most this many replies are scored (evenly spread)
+    samples: int = 3  # side-by-side replies generated
+    max_new_tokens: int = 48  # per generated sample
+    seed: int = 0  # sampling seed of the side-by-side replies
+
+    def __post_init__(self) -> None:
+        for name, low in (("context_budget", 16), ("reply_budget", 1), ("max_replies", 1),
+                          ("samples", 0), ("max_new_tokens", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"EvalConfig.{name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """One held-out reply next to what the models say in its place (in memory only)."""
+
+    context: tuple[Turn, ...]
+    real: str
+    persona: str
+    backbone: str
+
+
+@dataclass
+class EvalReport:
+    me: str
+    conversations: int  # conversations with at least one reply of me
+    replies_available: int
+    replies: int  # scored
+    tokens: int  # reply tokens scored
+    ppl_backbone: float
+    ppl_persona: float
+    ppl_source: float | None
+    persona_tokens: int  # virtual tokens of the persona prefix
+    losses: np.ndarray = field(repr=False)  # (replies, 2 or 3) mean reply-token loss: backbone, persona[, source]
+    samples: list[SideBySide] = field(default_factory=list, repr=False)
+
+    @property
+    def gain_vs_backbone(self) -> float:
+        return metrics.relative_gain(self.ppl_backbone, self.ppl_persona)
+
+    @property
+    def gain_vs_source(self) -> float | None:
+        return None if self.ppl_source is None else metrics.relative_gain(self.ppl_source, self.ppl_persona)
+
+    @property
+    def beats_source(self) -> float | None:
+        """Share of replies the persona explains strictly better than the source prefix."""
+        if self.ppl_source is None:
+            return None
+        return float(np.mean(self.losses[:, 1] < self.losses[:, 2]))
+
+    @property
+    def beats_backbone(self) -> float:
+        return float(np.mean(self.losses[:, 1] < self.losses[:, 0]))
+
+    @property
+    def sample_f1(self) -> float | None:
+        """Mean unigram F1 of the persona's generated samples against the real replies."""
+        if not self.samples:
+            return None
+        return float(np.mean([metrics.unigram_f1(s.persona, s.real) for s in self.samples]))
+
+    def to_dict(self) -> dict:
+        """Numbers only, no chat text."""
+        return {
+            "conversations": self.conversations,
+            "replies_available": self.replies_available,
+            "replies_scored": self.replies,
+            "reply_tokens": self.tokens,
+            "perplexity": {"backbone": self.ppl_backbone, "persona": self.ppl_persona, "source": self.ppl_source},
+            "gain_vs_backbone": self.gain_vs_backbone,
+            "gain_vs_source": self.gain_vs_source,
+            "persona_beats_source": self.beats_source,
+            "persona_beats_backbone": self.beats_backbone,
+            "persona_tokens": self.persona_tokens,
+            "samples": len(self.samples),
+            "sample_unigram_f1": self.sample_f1,
+        }
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable numbers (no chat text)."""
+        lines = [
+            f"held-out replies scored: {self.replies} of {self.replies_available} "
+            f"({self.tokens} reply tokens, {self.conversations} conversations)",
+            f"perplexity, backbone only:  {self.ppl_backbone:8.2f}",
+        ]
+        if self.ppl_source is not None:
+            lines.append(f"perplexity, source prefix:  {self.ppl_source:8.2f}")
+        lines.append(f"perplexity, your persona:   {self.ppl_persona:8.2f}")
+        lines.append(f"gain vs backbone: {100 * self.gain_vs_backbone:+.1f}% "
+                     f"(persona better on {100 * self.beats_backbone:.0f}% of replies)")
+        if self.ppl_source is not None:
+            lines.append(f"gain vs source prefix: {100 * self.gain_vs_source:+.1f}%")
+            lines.append(f"persona identification vs source prefix: {100 * self.beats_source:.0f}% "
+                         "of your replies are better explained by your persona (chance 50%)")
+        else:
+            lines.append("persona identification vs source prefix: skipped (no source prefix given)")
+        if self.sample_f1 is not None:
+            lines.append(f"unigram F1 of {len(self.samples)} generated samples vs your replies: {self.sample_f1:.3f}")
+        return lines
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k indices evenly spread over range(n) (all of them if k >= n)."""
+    if k >= n:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
+
+
+def held_out_examples(engine: "Engine", chats: "Chats", me: str, config: EvalConfig) -> list["Example"]:
+    """Every reply of ``me`` with context, as enrollment builds them (no split, no minimum)."""
+    from .examples import build_examples
+
+    fmt = engine.format
+    ex = build_examples(chats, me, count_tokens=lambda t: len(fmt.encode(t)),
+                        context_budget=config.context_budget, val_fraction=0.0, min_replies=1)
+    return list(ex.train)
+
+
+def evaluate(
+    engine: "Engine",
+    persona: Prefix,
+    examples: Sequence["Example"],
+    *,
+    me: str = "me",
+    source: Prefix | None = None,
+    config: EvalConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Score ``examples`` (held-out replies of ``me``) with and without ``persona``."""
+    config = config or EvalConfig()
+    if not examples:
+        raise EvalError("no replies to evaluate: the chats hold no reply of yours with context before it")
+    engine.check_prefix(persona)
+    if source is not None:
+        engine.check_prefix(source)
+    fmt = engine.format
+    chosen = _spread(len(examples), config.max_replies)
+    settings: list[Prefix | None] = [None, persona] + ([source] if source is not None else [])
+    per_token: list[list[np.ndarray]] = [[] for _ in settings]  # setting -> reply -> (n_reply_tokens,)
+    for step, i in enumerate(chosen):
+        ex = examples[i]
+        ids, n_prompt = fmt.example_ids(ex.context, ex.reply, config.context_budget, config.reply_budget)
+        for s, prefix in enumerate(settings):
+            per_token[s].append(engine.token_losses(ids, n_prompt, prefix))
+        if progress is not None:
+            progress(step + 1, len(chosen))
+    losses = np.array([[float(l.mean()) for l in per_token[s]] for s in range(len(settings))]).T  # (N, S)
+    ppl = [metrics.perplexity(per_token[s]) for s in range(len(settings))]
+
+    samples = []
+    if config.samples:
+        gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed)
+        for i in _spread(len(chosen), config.samples):
+            ex = examples[chosen[i]]
+            samples.append(SideBySide(
+                context=tuple(ex.context), real=ex.reply,
+                persona=_generate(engine, ex.context, persona, gen),
+                backbone=_generate(engine, ex.context, None, gen),
+            ))
+    return EvalReport(
+        me=me,
+        conversations=len({examples[i].conversation for i in range(len(examples))}),
+        replies_available=len(examples),
+        replies=len(chosen),
+        tokens=int(sum(len(l) for l in per_token[0])),
+        ppl_backbone=ppl[0], ppl_persona=ppl[1], ppl_source=ppl[2] if source is not None else None,
+        persona_tokens=persona.length,
+        losses=losses,
+        samples=samples,
+    )
+
+
+def _generate(engine: "Engine", context: Sequence[Turn], prefix: Prefix | None, gen: GenerationConfig) -> str:
+    ids = engine.prompt_ids(list(context), prefix, gen)
+    return engine.format.decode(list(engine.generate_ids(ids, prefix, gen))).strip()
+
+
+def format_samples(report: EvalReport, context_turns: int = 2) -> list[str]:
+    """Side-by-side samples as text lines (contains chat text: print only on request)."""
+    out: list[str] = []
+    for n, s in enumerate(report.samples, start=1):
+        out.append(f"--- sample {n} ---")
+        for t in s.context[-context_turns:]:
+            out.append(f"  [{'them' if t.role == 'user' else 'you'}] {_one_line(t.text)}")
+        out.append(f"  you said:       {_one_line(s.real)}")
+        out.append(f"  your persona:   {_one_line(s.persona)}")
+        out.append(f"  backbone only:  {_one_line(s.backbone)}")
+    return out
+
+
+def _one_line(text: str) -> str:
+    return " / ".join(part.strip() for part in text.splitlines() if part.strip()) or "(empty)"
+
+
+# --- HTML report -------------------------------------------------------------------
+def _scatter_svg(losses: np.ndarray, size: int = 360) -> str:
+    """Per-reply loss, backbone (x) vs persona (y): points under the diagonal are
+    replies the persona explains better."""
+    x, y = losses[:, 0], losses[:, 1]  # (N,), (N,)
+    lo = float(min(x.min(), y.min()))
+    hi = float(max(x.max(), y.max()))
+    if not math.isfinite(lo) or hi - lo < 1e-9:
+        hi = lo + 1.0
+    pad = 40
+
+    def px(v: float) -> float:
+        return pad + (v - lo) / (hi - lo) * (size - 2 * pad)
+
+    def py(v: float) -> float:
+        return size - pad - (v - lo) / (hi - lo) * (size - 2 * pad)
+
+    dots = "".join(f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2.5" fill="#3366cc" fill-opacity="0.6"/>'
+                   for a, b in zip(x, y))
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" role="img">'
+        f'<rect x="{pad}" y="{pad}" width="{size - 2 * pad}" height="{size - 2 * pad}" fill="none" stroke="#999"/>'
+        f'<line x1="{px(lo)}" y1="{py(lo)}" x2="{px(hi)}" y2="{py(hi)}" stroke="#cc3333" stroke-dasharray="4"/>'
+        f"{dots}"
+        f'<text x="{size / 2}" y="{size - 8}" text-anchor="middle" font-size="12">loss per reply, backbone only '
+        f"({lo:.2f}–{hi:.2f})</text>"
+        f'<text x="12" y="{size / 2}" text-anchor="middle" font-size="12" transform="rotate(-90 12 {size / 2})">'
+        "loss per reply, your persona</text></svg>"
+    )
+
+
+def render_html(report: EvalReport) -> str:
+    """A self-contained HTML report (numbers, plot, side-by-side samples)."""
+    e = html.escape
+    rows = "".join(f"<li>{e(line)}</li>" for line in report.summary_lines())
+    samples = []
+    for n, s in enumerate(report.samples, start=1):
+        ctx = "".join(f"<div class='ctx'><b>{'them' if t.role == 'user' else 'you'}:</b> {e(t.text)}</div>"
+                      for t in s.context[-3:])
+        samples.append(
+            f"<h3>Sample {n}</h3>{ctx}<table><tr><th>you said</th><th>your persona</th><th>backbone only</th></tr>"
+            f"<tr><td>{e(s.real)}</td><td>{e(s.persona)}</td><td>{e(s.backbone)}</td></tr></table>"
+        )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>persona eval</title>"
+        "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto}td,th{border:1px solid #ccc;"
+        "padding:6px;vertical-align:top;white-space:pre-wrap}table{border-collapse:collapse}"
+        ".ctx{color:#555;white-space:pre-wrap}</style></head><body>"
+        f"<h1>persona eval</h1><ul>{rows}</ul>"
+        "<h2>Loss per held-out reply</h2><p>Each dot is one of your replies; dots below the dashed "
+        "diagonal are replies your persona explains better than the backbone alone.</p>"
+        f"{_scatter_svg(report.losses)}"
+        f"<h2>Side by side</h2>{''.join(samples) or '<p>(no samples)</p>'}"
+        "<p><small>This file contains your chat text. It was written only because you asked for it.</small></p>"
+        "</body></html>"
+    )
+
+
+def write_html(report: EvalReport, path: str | os.PathLike) -> Path:
+    """Write the HTML report atomically, readable by the owner only (it holds chat text)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise EvalError(f"cannot write the report: folder {folder} does not exist")
+    data = render_html(report).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=".persona-eval-", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise EvalError(f"cannot write the report to {path}: {exc.strerror or type(exc).__name__}") from None
+    return path
