@@ -109,7 +109,7 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\
 
 def strip_marks(text: str) -> str:
     """Remove invisible direction marks (U+200E etc.) that exports carry."""
-    return text.translate(_INVISIBLE)
+    return text if text.isascii() else text.translate(_INVISIBLE)
 
 
 def normalize_name(name: str) -> str:

@@ -54,6 +54,8 @@ _SYSTEM_RE = re.compile(
 )
 _EDITED_RE = re.compile(r"\s*[\u200e\u200f]*<this message was edited>\s*$", re.IGNORECASE)
 _BACK_IN_TIME = timedelta(days=1)
+_DATE_SPLIT = re.compile(r"[./-]")
+_TIME_SPLIT = re.compile(r"[:.]")
 
 
 @dataclass
@@ -63,6 +65,7 @@ class _Head:
     time: str
     ampm: str | None
     rest: str
+    cands: list[str]
 
 
 def _style(m: re.Match, ios: bool) -> tuple:
@@ -104,7 +107,7 @@ def _when(head: _Head, order: str) -> datetime | None:
         d, mo, y = a, b, c
     else:
         mo, d, y = a, b, c
-    parts = re.split(r"[:.]", head.time)
+    parts = _TIME_SPLIT.split(head.time)
     try:
         year = int(y) + (2000 if len(y) <= 2 else 0)
         hour, minute = int(parts[0]), int(parts[1])
@@ -150,8 +153,9 @@ def parse(text: str, where: str) -> list[Conversation]:
             style = s
         elif s != style:
             continue
-        a, b, c = re.split(r"[./-]", m.group("date"))
-        heads[no] = _Head(no, (a, b, c), m.group("time"), m.group("ampm"), m.group("rest"))
+        a, b, c = _DATE_SPLIT.split(m.group("date"))
+        rest = m.group("rest")
+        heads[no] = _Head(no, (a, b, c), m.group("time"), m.group("ampm"), rest, _candidates(rest))
     if not heads:
         raise ChatFormatError(f"{where}: no WhatsApp message lines found (expected e.g. \"31/12/2023, 21:41 - Name: text\")")
     first_text = next((no for no, line in enumerate(lines, start=1) if line.strip(" \t\u200e\u200f")), 1)
@@ -161,7 +165,7 @@ def parse(text: str, where: str) -> list[Conversation]:
     order = _date_order(list(heads.values()))
     counts: Counter = Counter()
     for h in heads.values():
-        counts.update(set(_candidates(h.rest)))
+        counts.update(set(h.cands))
 
     # (time, sender, lines of text, is system line)
     raw: list[tuple[datetime, str, list[str], bool]] = []
@@ -175,7 +179,7 @@ def parse(text: str, where: str) -> list[Conversation]:
                 raw[-1][2].append(line)
             continue
         rest = head.rest
-        cands = _candidates(rest)
+        cands = head.cands
         sender = ""
         if cands:
             best = max(counts[c] for c in cands)
