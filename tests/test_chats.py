@@ -219,3 +219,20 @@ def test_no_plaintext_written(tmp_path, persona_home):
     load_chats(FIX / "whatsapp_android_12h.txt")
     assert not persona_home.exists() or not any(persona_home.rglob("*"))
     assert os.listdir(tmp_path) == ["persona-home"] or os.listdir(tmp_path) == []
+
+
+def test_schema_ships_and_matches_the_loader():
+    from importlib.resources import files
+
+    from persona_sdk.chats import KINDS
+
+    schema = json.loads(files("persona_sdk").joinpath("data/chats.schema.json").read_text(encoding="utf-8"))
+    message = schema["$defs"]["message"]
+    assert message["required"] == ["sender", "text"]
+    assert tuple(message["properties"]["kind"]["enum"]) == KINDS
+    assert schema["oneOf"][0]["required"] == ["conversations"]
+    # the documented example loads
+    example = {"me": "Alice", "conversations": [{"id": "optional", "messages": [
+        {"sender": "Bob", "text": "hey, back from the trip?", "time": "2024-05-01T10:00:00Z"},
+        {"sender": "Alice", "text": "yes! still jetlagged"}]}]}
+    assert detect_format(json.dumps(example)) == "chats"
