@@ -182,6 +182,25 @@ class HitsExample:
     distractors: tuple[str, ...]
 
 
+def pick_distractors(
+    pool: Sequence[tuple[str, str]], speaker: str, key: str, n: int = 19, salt: str = "persona-hits-v1"
+) -> tuple[str, ...]:
+    """``n`` distractor replies for a reply of ``speaker``, deterministically.
+
+    ``pool``: (speaker id, reply text) candidates, e.g. every test reply of the
+    part. Replies by ``speaker`` are excluded; the rest are ordered by
+    ``sha256(salt:key:index)`` (``key`` identifies the reply being ranked, e.g.
+    "conversation id:turn") and the first ``n`` taken. No RNG state.
+    """
+    import hashlib
+
+    others = [(i, text) for i, (who, text) in enumerate(pool) if who != speaker]
+    if len(others) < n:
+        raise MetricError(f"only {len(others)} replies by other speakers, {n} distractors needed")
+    ranked = sorted(others, key=lambda it: hashlib.sha256(f"{salt}:{key}:{it[0]}".encode()).digest())
+    return tuple(text for _, text in ranked[:n])
+
+
 def hits_at_1(
     loss: Callable[[Any, str], float], examples: Sequence[HitsExample], n_distractors: int = 19
 ) -> float:

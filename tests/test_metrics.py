@@ -101,6 +101,17 @@ def test_hits_at_1_with_known_losses():
         M.hits_at_1(loss, [M.HitsExample(0.0, "ok", distractors[:5])])
 
 
+def test_pick_distractors_is_deterministic_and_excludes_the_speaker():
+    pool = [(f"s{i % 5}", f"reply {i}") for i in range(60)]
+    d = M.pick_distractors(pool, "s0", "conv1:3")
+    assert len(d) == 19 and len(set(d)) == 19
+    assert not {f"reply {i}" for i in range(0, 60, 5)} & set(d)  # s0 wrote every 5th reply
+    assert d == M.pick_distractors(list(pool), "s0", "conv1:3")
+    assert d != M.pick_distractors(pool, "s0", "conv2:0")  # a different item gets other distractors
+    with pytest.raises(MetricError, match="distractors needed"):
+        M.pick_distractors(pool[:10], "s0", "k")
+
+
 def test_persona_identification_known_answer():
     # K = 3 prefixes, N = 6 replies, owners 0,0,1,1,2,2
     owners = [0, 0, 1, 1, 2, 2]
