@@ -13,6 +13,7 @@ Errors name a file and a position (``line 2041``, ``conversation 3, message
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -102,6 +103,10 @@ class Chats:
         )
         return Chats(keep, self.me, self.formats, self.skipped)
 
+    def subset(self, indices: Iterable[int]) -> "Chats":
+        """Only the conversations at ``indices`` (in that order); Example.conversation then indexes the subset."""
+        return Chats(tuple(self.conversations[i] for i in indices), self.me, self.formats, self.skipped)
+
 
 # --- names ---------------------------------------------------------------------
 _INVISIBLE = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff\u200b"))
@@ -112,6 +117,7 @@ def strip_marks(text: str) -> str:
     return text if text.isascii() else text.translate(_INVISIBLE)
 
 
+@functools.lru_cache(maxsize=65536)  # sender names repeat on every message
 def normalize_name(name: str) -> str:
     """Case-, width- and whitespace-insensitive key for a sender name."""
     name = unicodedata.normalize("NFKC", strip_marks(name))
@@ -385,8 +391,12 @@ def load_chats(path: str | os.PathLike, fmt: str | None = None, *, max_bytes: in
             if suffix == ".zip":
                 _load_zip(file, fmt, out, max_bytes)
             elif suffix in _CHAT_SUFFIXES:
-                data = _read_limited(file, max_bytes - total)
+                data = _read_limited(file, max_bytes)
                 total += len(data)
+                if total > max_bytes:
+                    raise ChatFileTooLargeError(
+                        f"{root} holds more than {max_bytes / 2**20:.0f} MiB of chat files; pass fewer exports at once"
+                    )
                 _load_one(data, str(file), fmt, out, in_bundle=True)
         if not out.conversations:
             detail = f" ({len(out.skipped)} file(s) were not chat exports)" if out.skipped else ""

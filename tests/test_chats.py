@@ -236,3 +236,14 @@ def test_schema_ships_and_matches_the_loader():
         {"sender": "Bob", "text": "hey, back from the trip?", "time": "2024-05-01T10:00:00Z"},
         {"sender": "Alice", "text": "yes! still jetlagged"}]}]}
     assert detect_format(json.dumps(example)) == "chats"
+
+
+def test_folder_total_size_limit_and_subset(tmp_path):
+    for i in range(3):
+        (tmp_path / f"c{i}.txt").write_bytes((FIX / "whatsapp_ios.txt").read_bytes())
+    size = (FIX / "whatsapp_ios.txt").stat().st_size
+    with pytest.raises(ChatFileTooLargeError, match="more than"):
+        load_chats(tmp_path, max_bytes=2 * size + 10)
+    chats = load_chats(tmp_path)
+    sub = chats.subset([4, 0])
+    assert sub.conversations == (chats.conversations[4], chats.conversations[0])

@@ -10,7 +10,7 @@ For training and benchmarks use :func:`load_chitchat`::
     from persona_sdk.importers.chitchat import load_chitchat, speaker_conversations
     chats = load_chitchat()                      # 7,168 conversations, sender = speaker id
     by_speaker = speaker_conversations(chats)    # {speaker_id: [conversation index, ...]}
-    mine = chats.with_sender(speaker_id)         # only that speaker's conversations
+    mine = chats.subset(by_speaker[speaker_id])  # only that speaker's conversations (fast)
     # build_examples(mine, speaker_id) -> ExampleSet (see persona_sdk.examples)
 
 Conversations keep the dataset's order; ``Conversation.id`` is the dataset's
