@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import PurePath
 
-from ..chats import DELETED, SYSTEM, TEXT, Conversation, Message, classify_text, split_on_silence, strip_marks
+from ..chats import SYSTEM, TEXT, Conversation, Message, classify_text, split_on_silence, strip_marks
 from ..errors import ChatFormatError
 
 SOURCE = "whatsapp"
@@ -229,4 +229,3 @@ def _is_system_text(text: str, marked: bool) -> bool:
     return marked and bool(_SYSTEM_RE.search(text))
 
 
-__all__ = ["SOURCE", "detect", "parse", "DELETED"]
