@@ -170,15 +170,10 @@ def split_speakers(
     config = config or SplitConfig()
     if not conversations:
         raise SplitDataError("no conversations to split")
-    convs_of: dict[str, list[str]] = defaultdict(list)
-    partners: dict[str, dict[str, str]] = defaultdict(dict)  # conv -> speaker -> partner
+    convs_of: dict[str, list[str]] = defaultdict(list)  # speaker -> reply conversations
     for cid, senders in conversations.items():
-        turns = sender_turns(senders)
-        people = sorted(set(turns))
         for s in repliers(senders):
             convs_of[s].append(cid)
-        if len(people) == 2:
-            partners[cid] = {people[0]: people[1], people[1]: people[0]}
     if not convs_of:
         raise SplitDataError("no two-person conversation with a reply in the data")
 
