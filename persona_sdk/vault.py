@@ -386,6 +386,17 @@ class Vault:
             return None
 
 
+def needs_passphrase(name: str | None = None, root: Path | str | None = None) -> bool:
+    """Whether opening profile ``name`` needs a passphrase (False for keyring-mode profiles).
+
+    Without a name the answer is True (cannot tell); a missing profile raises
+    :class:`ProfileNotFoundError`.
+    """
+    if name is None:
+        return True
+    return Vault(root).info(name).mode == "passphrase"
+
+
 # --- helpers -------------------------------------------------------------------
 def _context(name: str | None) -> bytes:
     return b"profile:" + name.encode("utf-8") if name else b""

@@ -174,7 +174,12 @@ def test_keyring_round_trip_wrong_key_and_missing_key(vault, memkeyring):
 
 def test_passphrase_none_uses_keyring_when_present(vault, memkeyring):
     vault.save("me", small_prefix())
+    vault.save("pw", small_prefix(), "pw")
     assert vault.info("me").mode == "keyring"
+    assert vault_mod.needs_passphrase("pw") and not vault_mod.needs_passphrase("me")
+    assert vault_mod.needs_passphrase()  # no name: cannot tell
+    with pytest.raises(ProfileNotFoundError):
+        vault_mod.needs_passphrase("ghost")
 
 
 def test_headless_keyring_falls_back_to_a_passphrase(vault, headless):
@@ -318,7 +323,7 @@ def test_kdf_bytes_and_a_stride_of_the_rest_flipped_passphrase_mode(vault):
     n = vault.path("me").stat().st_size
     # every byte that feeds the KDF (structure, parameters, salt); the rest of the path after
     # the KEK is the keyring-mode test's, which flips every byte: here a stride keeps it fast
-    positions = (list(range(_crypto.OFF_WRAP_NONCE)) + list(range(_crypto.OFF_WRAP_NONCE, n, 5))
+    positions = (list(range(_crypto.OFF_WRAP_NONCE)) + list(range(_crypto.OFF_WRAP_NONCE, n, 7))
                  + list(range(_crypto.OFF_LENGTH, _crypto.OFF_LENGTH + 8)) + [n - 1])
     with pytest.raises(DecryptionError) as wrong:
         vault.load("me", "not-it")
