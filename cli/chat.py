@@ -43,7 +43,7 @@ def chat(
                            do_sample=temperature > 0 and beams == 1)
     kwargs = dict(backbone=backbone, device=device, variant=variant, generation=gen, progress=err)
     if name:
-        agent = PersonaAgent.open(name, passphrase=_vault_passphrase(), **kwargs)
+        agent = PersonaAgent.open(name, passphrase=_vault_passphrase(name), **kwargs)
     else:
         agent = PersonaAgent(**kwargs)
     with agent:
@@ -53,16 +53,13 @@ def chat(
         _repl(agent, name)
 
 
-def _vault_passphrase() -> Optional[str]:
-    """The vault passphrase from PERSONA_PASSPHRASE, else a hidden prompt when needed."""
+def _vault_passphrase(name: str) -> Optional[str]:
+    """PERSONA_PASSPHRASE, else a hidden prompt — only for passphrase-mode profiles."""
     from persona_sdk import vault
 
     value = os.environ.get("PERSONA_PASSPHRASE")
-    if value:
-        return value
-    needs = getattr(vault, "needs_passphrase", None)
-    if needs is not None and not needs():
-        return None
+    if value or not vault.needs_passphrase(name):
+        return value or None
     from ._common import prompt_passphrase
 
     return prompt_passphrase("PERSONA_PASSPHRASE", confirm=False)
