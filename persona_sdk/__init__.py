@@ -17,6 +17,7 @@ _LAZY = {
     "Prefix": "prefix",
     "PrefixSpec": "prefix",
     "Turn": "conversation",
+    "Vault": "vault",
     "errors": None,
 }
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import GenerationConfig
     from .conversation import Turn
     from .prefix import Prefix, PrefixSpec
+    from .vault import Vault
 
 
 def __getattr__(name: str) -> Any:

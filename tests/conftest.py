@@ -83,6 +83,8 @@ def tiny_backbone(tmp_path_factory) -> Path:
 def pytest_configure(config):
     # torch on 2 cores: keep test processes from oversubscribing
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    # never touch a developer's real OS keyring from a test
+    os.environ.setdefault("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
 
 
 @pytest.fixture(scope="session")

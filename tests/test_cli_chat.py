@@ -78,3 +78,28 @@ def test_help_is_fast_and_loads_no_heavy_modules():
 def test_python_dash_m_works():
     out = run(["--help"])
     assert out.returncode == 0 and "chat" in out.stdout
+
+
+def test_chat_as_an_enrolled_profile(tiny_onnx, monkeypatch):
+    import numpy as np
+
+    from persona_sdk.agent import PersonaAgent
+    from persona_sdk.prefix import Prefix
+    from persona_sdk.runtime import Engine
+    from persona_sdk.vault import Vault
+
+    engine = Engine(tiny_onnx)
+    kv = np.random.default_rng(3).normal(size=(engine.layers, 2, engine.kv_heads, 4, engine.head_dim))
+    prefix = Prefix(kv.astype(np.float32), engine.fingerprint, method="test")
+    Vault().save("alice", prefix, "correct horse battery staple")
+    args = ["chat", "--backbone", str(tiny_onnx), "--name", "alice", "--message", "hi there", "--seed", "2",
+            "--temperature", "1", "--max-new-tokens", "8"]
+    wrong = run(args, env={**__import__("os").environ, "PERSONA_PASSPHRASE": "wrong"})
+    assert wrong.returncode == 1 and wrong.stdout == "" and len(wrong.stderr.strip().splitlines()) == 1
+    right = run(args, env={**__import__("os").environ, "PERSONA_PASSPHRASE": "correct horse battery staple"})
+    assert right.returncode == 0, right.stderr
+    with PersonaAgent.open("alice", passphrase="correct horse battery staple", engine=engine,
+                           generation=__import__("persona_sdk").GenerationConfig(
+                               seed=2, temperature=1.0, max_new_tokens=8)) as agent:
+        assert np.array_equal(agent.prefix.kv, prefix.kv)
+        assert right.stdout.strip() == agent.reply("hi there").strip()
