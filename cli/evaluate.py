@@ -21,7 +21,7 @@ def eval_(
     source: Optional[Path] = typer.Option(None, "--source", help="Source prefix file (.safetensors) to compare against (persona identification vs source)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML report with a plot and the side-by-side replies (contains your chat text)."),
     samples: int = typer.Option(3, "--samples", help="Side-by-side replies to generate and print (0 = none; only numbers are printed)."),
-    max_replies: int = typer.Option(300, "--max-replies", help="Score at most this many replies (evenly spread)."),
+    max_replies: int = typer.Option(100, "--max-replies", help="Score at most this many replies (evenly spread)."),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON (never any chat text)."),
     backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder or ONNX export (default: embedded SmolLM2-135M-Instruct)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),

@@ -47,7 +47,7 @@ class EvalConfig:
 
     context_budget: int = 256  # context tokens in front of each reply
     reply_budget: int = 64  # reply tokens scored per reply (longer replies are cut)
-    max_replies: int = 300  # at most this many replies are scored (evenly spread)
+    max_replies: int = 100  # at most this many replies are scored (evenly spread; ~3 forwards each)
     samples: int = 3  # side-by-side replies generated
     max_new_tokens: int = 48  # per generated sample
     seed: int = 0  # sampling seed of the side-by-side replies
