@@ -233,10 +233,8 @@ def conversation_senders(chats: "Chats") -> dict[str, list[str]]:
 def select(chats: "Chats", conversation_ids: Iterable[str]) -> "Chats":
     """The conversations of ``chats`` whose id is in ``conversation_ids`` (in
     ``chats`` order), e.g. ``build_examples(select(chats, s.train), s.speaker)``."""
-    from .chats import Chats
-
     keep = set(conversation_ids)
-    return Chats(tuple(c for c in chats.conversations if c.id in keep), chats.me, chats.formats)
+    return chats.subset(i for i, c in enumerate(chats.conversations) if c.id in keep)
 
 
 def chitchat_split(path: str | None = None, config: SplitConfig | None = None) -> tuple["Chats", Split]:
