@@ -18,6 +18,9 @@ _LAZY = {
     "PrefixSpec": "prefix",
     "Turn": "conversation",
     "Vault": "vault",
+    "enroll": "enroll",
+    "EnrollResult": "enroll",
+    "TrainConfig": "trainer",
     "errors": None,
 }
 

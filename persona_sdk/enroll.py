@@ -1,0 +1,167 @@
+"""Enrollment: chats → examples → trainer → vault, as one function.
+
+``enroll("chats.json", me="Ana", name="ana")`` reads the chat export, picks
+"my" replies, trains a personal KV block (from the shipped source prefix by
+default) and stores it encrypted as a profile. Everything checkable is checked
+before training starts: the profile name (and that it is free unless
+``force``), the chats, who "me" is, that there are enough replies, the source
+prefix. Nothing is written until training has finished; an interruption
+(Ctrl-C) raises :class:`EnrollmentCancelled` and leaves the vault unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import ConfigError, SourcePrefixError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .examples import ExampleReport
+    from .prefix import Prefix
+    from .trainer import TrainConfig, TrainProgress, TrainSummary
+
+SOURCE_DEFAULT = "default"  # the shipped source prefix (when it fits the backbone)
+SOURCE_NONE = "none"
+
+
+@dataclass
+class EnrollResult:
+    """What enrollment produced (numbers and names only, never chat text)."""
+
+    name: str
+    path: Path | None  # the vault file (None if not saved)
+    prefix: "Prefix"
+    summary: "TrainSummary"
+    report: "ExampleReport"
+    me: str
+    backbone: Path
+    source: str  # "shipped", a file path, or "none"
+    notes: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def profile_name_for(me: str) -> str:
+    """A valid profile name derived from a sender name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", me.strip()).strip("-._").lower()[:64]
+    return name or "me"
+
+
+def resolve_source(source: str | Path | None, backbone_dir: Path, fingerprint: str,
+                   notes: list[str]) -> tuple["Prefix | None", str]:
+    """(source prefix or None, label). The default is the shipped prefix if it fits this backbone."""
+    from . import source as src
+
+    if source is None or str(source) == SOURCE_NONE:
+        return None, SOURCE_NONE
+    if str(source) == SOURCE_DEFAULT:
+        if not src.shipped_available():
+            notes.append("no shipped source prefix in this install; starting from a random prefix")
+            return None, SOURCE_NONE
+        prefix = src.load_source()
+        if prefix.backbone != fingerprint:
+            notes.append("the shipped source prefix is for the default backbone; starting from a random prefix")
+            return None, SOURCE_NONE
+        return prefix, "shipped"
+    prefix = src.load_source(source)
+    if prefix.backbone != fingerprint:
+        raise SourcePrefixError(f"source prefix {Path(source).name} was trained for another backbone")
+    return prefix, str(source)
+
+
+def enroll(
+    chats_path: str | Path,
+    *,
+    me: str | None = None,
+    name: str | None = None,
+    fmt: str | None = None,
+    method: str = "prefix",
+    prefix_len: int = 16,
+    max_minutes: float | None = None,
+    backbone: str | Path | None = None,
+    source: str | Path | None = SOURCE_DEFAULT,
+    passphrase: str | None = None,
+    force: bool = False,
+    progress: Callable[["TrainProgress"], None] | None = None,
+    config: "TrainConfig | None" = None,
+    vault: Any = None,
+    save: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> EnrollResult:
+    """Learn the persona of ``me`` from ``chats_path`` and store it as profile ``name``.
+
+    ``source``: ``"default"`` (the shipped source prefix), a file, or ``"none"``.
+    ``config`` overrides the trainer settings (``method``, ``prefix_len`` and
+    ``max_minutes`` given here win). ``passphrase`` None: ``PERSONA_PASSPHRASE``
+    or the vault's keyring mode. Raises before training for every input problem.
+    """
+    from dataclasses import replace
+
+    from . import backbone as bb_mod
+    from .chats import load_chats, resolve_me
+    from .conversation import ChatFormat, count_tokens_fn
+    from .examples import MIN_REPLIES, build_examples
+    from .trainer import TrainConfig, check_enough, load_backbone, train_prefix
+    from .vault import Vault, validate_name
+
+    start = time.monotonic()
+    base = config or TrainConfig()
+    cfg = replace(base, method=method, prefix_len=prefix_len,
+                  max_minutes=max_minutes if max_minutes is not None else base.max_minutes)
+    if fmt is not None and fmt == "auto":
+        fmt = None
+    vault = vault if vault is not None else Vault()
+    notes: list[str] = []
+
+    # --- everything checkable before the expensive part
+    chats = load_chats(chats_path, fmt)
+    who = resolve_me(chats, me)
+    name = validate_name(name if name is not None else profile_name_for(who))
+    if save and not force and vault.exists(name):
+        from .errors import ProfileExistsError
+
+        raise ProfileExistsError(f"profile {name!r} already exists (use --force to replace it)")
+    model_dir = bb_mod.resolve(backbone)
+    from tokenizers import Tokenizer
+
+    tok_file = Path(model_dir) / "tokenizer.json"
+    if not tok_file.is_file():
+        raise ConfigError(f"backbone {model_dir} has no tokenizer.json")
+    fmt_ = ChatFormat(Tokenizer.from_file(str(tok_file)))
+    examples = build_examples(chats, who, count_tokens=count_tokens_fn(fmt_), context_budget=cfg.context_budget,
+                              val_fraction=cfg.val_fraction, seed=cfg.seed,
+                              min_replies=max(MIN_REPLIES, cfg.min_examples))
+    check_enough(len(examples.train), cfg)
+    fingerprint = bb_mod.fingerprint(model_dir)
+    init, source_label = (None, SOURCE_NONE)
+    if cfg.method == "prefix":
+        init, source_label = resolve_source(source, Path(model_dir), fingerprint, notes)
+        if init is not None and init.length != cfg.prefix_len:
+            raise SourcePrefixError(
+                f"the source prefix has {init.length} virtual tokens; use --prefix-len {init.length} or --source none")
+
+    # --- train (nothing written until it is done)
+    tb = load_backbone(model_dir)
+    prefix, summary = train_prefix(examples.train, examples.val or None, backbone=tb, config=cfg, init=init,
+                                   progress=progress, should_stop=should_stop)
+    prefix.meta.update(source="none" if init is None else ("shipped" if source_label == "shipped" else "file"))
+    path = vault.save(name, prefix, passphrase, force=force) if save else None
+    return EnrollResult(name, path, prefix, summary, examples.report, who, Path(model_dir), source_label, notes,
+                        time.monotonic() - start)
+
+
+# `persona_sdk.enroll(...)` works whether Python resolved the name to this
+# module (once imported) or to the function: the module is callable.
+import sys as _sys  # noqa: E402
+import types as _types  # noqa: E402
+
+
+class _CallableModule(_types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> EnrollResult:
+        return enroll(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule
