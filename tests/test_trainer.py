@@ -1,0 +1,230 @@
+"""The personal-prefix trainer on the tiny backbone: learning, parity with the
+ONNX runtime, budgets, cancellation, reproducibility, bad settings."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from persona_sdk import trainer as tr
+from persona_sdk.conversation import ASSISTANT, USER, Turn
+from persona_sdk.errors import ConfigError, EnrollmentCancelled, NotEnoughDataError, SourcePrefixError
+from persona_sdk.prefix import Prefix
+
+QUESTIONS = ["hey, back from the trip?", "what do you do on weekends?", "hi there, how are you doing today?",
+             "did you watch the game last night", "I love pizza and music and long walks"]
+
+
+@dataclass(frozen=True)
+class Ex:
+    context: tuple
+    reply: str
+    conversation: int
+
+
+def quirky_speaker(n: int, seed: int = 0) -> list[Ex]:
+    """A speaker whose every reply is 'lol' + one of two phrases: a learnable quirk."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ctx = (Turn(USER, rng.choice(QUESTIONS)),)
+        if i % 3 == 0:
+            ctx = (Turn(ASSISTANT, "lol yes"),) + ctx
+        out.append(Ex(ctx, "lol " + rng.choice(["yes!", "no, i was asleep"]), i // 4))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bb(tiny_backbone):
+    import torch
+
+    torch.set_num_threads(2)
+    return tr.load_backbone(tiny_backbone)
+
+
+@pytest.fixture(scope="module")
+def sharp(tiny_backbone, tmp_path_factory):
+    """The tiny backbone with 8x embeddings (tied LM head): a random model whose
+    output distribution a prefix can actually move (the plain one is ~uniform)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("sharp") / "tiny-sharp"
+    shutil.copytree(tiny_backbone, out)
+    (out / "persona-fingerprint.json").unlink(missing_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_backbone))
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(8.0)
+    model.save_pretrained(str(out), safe_serialization=True)
+    return tr.load_backbone(out)
+
+
+FAST = dict(batch_size=8, min_examples=8, context_budget=48, reply_budget=16)
+
+
+def test_prefix_learns_quirk_and_beats_no_prefix(sharp):
+    bb = sharp
+    data = quirky_speaker(96)
+    held_out = quirky_speaker(24, seed=1)
+    cfg = tr.TrainConfig(method="rand-prefix", lr=0.2, epochs=3, patience=3, **FAST)
+    reports = []
+    prefix, summary = tr.train_prefix(data[:80], data[80:], backbone=bb, config=cfg, progress=reports.append)
+    assert summary.best_val_loss < summary.init_val_loss - 0.5
+    assert prefix.kv.shape == (bb.layers, 2, bb.kv_heads, 16, bb.head_dim)
+    assert prefix.backbone == bb.fingerprint and prefix.method == "rand-prefix"
+    with_prefix = tr.reply_loss(bb, held_out, prefix, 48, 16)
+    without = tr.reply_loss(bb, held_out, None, 48, 16)
+    assert with_prefix < without - 0.5
+    # progress: load, initial eval, train steps with ETA, done
+    phases = [r.phase for r in reports]
+    assert phases[0] == "load" and phases[1] == "eval" and phases[-1] == "done"
+    steps = [r for r in reports if r.phase == "train"]
+    assert steps and steps[-1].step == summary.steps and all(r.eta is not None for r in steps)
+    assert any(r.val_loss is not None for r in steps)
+    # meta holds numbers only
+    assert all(isinstance(v, (int, float, str, bool)) for v in prefix.meta.values())
+    assert prefix.meta["best_val_loss"] == pytest.approx(summary.best_val_loss, abs=1e-4)
+
+
+def test_prefix_method_starts_from_source_and_is_reproducible(bb):
+    data = quirky_speaker(40)
+    source = Prefix(tr.random_prefix(bb, 16, seed=7), bb.fingerprint, method="source")
+    cfg = tr.TrainConfig(method="prefix", lr=0.05, max_steps=3, **FAST)
+    a, sa = tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, init=source)
+    b, _ = tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, init=source)
+    np.testing.assert_array_equal(a.kv, b.kv)
+    # initial validation loss is the source's own loss (the summary's "vs source alone")
+    assert sa.init_val_loss == pytest.approx(tr.reply_loss(bb, data[32:], source, 48, 16), rel=1e-4)
+    assert sa.steps == 3 and sa.stopped == "max-steps"
+    other = tr.TrainConfig(method="prefix", lr=0.05, max_steps=3, seed=1, **FAST)
+    c, _ = tr.train_prefix(data[:32], data[32:], backbone=bb, config=other, init=source)
+    assert not np.array_equal(a.kv, c.kv)
+
+
+def test_source_of_wrong_shape_or_backbone_is_refused(bb):
+    data = quirky_speaker(40)
+    cfg = tr.TrainConfig(method="prefix", max_steps=1, **FAST)
+    short = Prefix(np.zeros((bb.layers, 2, bb.kv_heads, 4, bb.head_dim), np.float32), bb.fingerprint)
+    with pytest.raises(SourcePrefixError, match="4 virtual tokens"):
+        tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, init=short)
+    foreign = Prefix(np.zeros((bb.layers, 2, bb.kv_heads, 16, bb.head_dim), np.float32), "0" * 64)
+    with pytest.raises(SourcePrefixError, match="does not fit"):
+        tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, init=foreign)
+
+
+def _torch_logits(bb, ids, kv):
+    import torch
+
+    with torch.no_grad():
+        h = tr._hidden(bb, torch.tensor([ids]), kv=torch.from_numpy(kv))
+        return bb.model.lm_head(h)[0].numpy()  # (T, V)
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_trained_block_gives_same_logits_in_torch_and_onnx_runtime(bb, tiny_onnx, method):
+    """The saved KV block (prefix-tuned or compiled from a soft prompt) == what ORT computes with it."""
+    from persona_sdk.runtime import Engine
+
+    data = quirky_speaker(40)
+    cfg = tr.TrainConfig(method=method, lr=0.05, max_steps=4, **FAST)
+    prefix, _ = tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg)
+    prefix = Prefix.from_bytes(prefix.to_bytes())  # exactly what the vault stores
+    engine = Engine(tiny_onnx)
+    assert engine.fingerprint == bb.fingerprint
+    ids, _ = bb.fmt.example_ids(data[0].context, data[0].reply, 48, 16)
+    past, plen = engine.initial_past(prefix)
+    ort_logits = engine.forward(np.asarray([ids]), past, plen, all_logits=True).logits[0]
+    torch_logits = _torch_logits(bb, ids, prefix.kv)
+    assert plen == 16
+    np.testing.assert_allclose(ort_logits, torch_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_prompt_tuning_compiles_to_the_same_function(bb):
+    """Soft prompt in front of the input == its compiled KV block as past (positions from P)."""
+    import torch
+
+    soft = tr.text_embeddings(bb, "a persona", 6) + 0.1  # (P, hidden)
+    data = tr.encode(bb.fmt, quirky_speaker(4), 48, 16)
+    with torch.no_grad():
+        a, n = tr.batch_loss(bb, data, soft=soft)
+        b, m = tr.batch_loss(bb, data, kv=torch.from_numpy(tr.kv_of_embeddings(bb, soft)))
+    assert n == m > 0
+    assert float(a) == pytest.approx(float(b), rel=1e-5)
+
+
+def test_max_minutes_stops_early_with_a_valid_best_prefix(bb):
+    data = quirky_speaker(120)
+    cfg = tr.TrainConfig(method="rand-prefix", lr=0.05, epochs=50, max_minutes=0.04, **FAST)
+    prefix, summary = tr.train_prefix(data[:100], data[100:], backbone=bb, config=cfg)
+    assert summary.stopped == "max-minutes"
+    assert summary.steps < 50 * 13
+    assert summary.wall_seconds < 0.04 * 60 + 5
+    assert np.isfinite(prefix.kv).all()
+    assert summary.best_val_loss <= summary.init_val_loss
+
+
+def test_stop_request_raises_cancelled_with_best_so_far(bb):
+    data = quirky_speaker(40)
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    cfg = tr.TrainConfig(method="rand-prefix", lr=0.05, epochs=20, eval_every=1, **FAST)
+    with pytest.raises(EnrollmentCancelled) as info:
+        tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, should_stop=stop)
+    assert len(calls) == 4
+    best = info.value.best
+    assert best is None or (isinstance(best, Prefix) and np.isfinite(best.kv).all())
+
+
+def test_too_little_data_fails_before_loading_anything(tmp_path):
+    with pytest.raises(NotEnoughDataError, match="at least 20"):
+        tr.train_prefix(quirky_speaker(10), quirky_speaker(4), backbone=tmp_path / "missing",
+                        config=tr.TrainConfig())
+
+
+def test_split_by_conversation_keeps_conversations_whole():
+    data = quirky_speaker(80)
+    train, val = tr.split_by_conversation(data, 0.1, seed=0)
+    assert val and train and len(train) + len(val) == 80
+    assert not {e.conversation for e in train} & {e.conversation for e in val}
+
+
+def test_length_bucketed_batches_cover_everything_once():
+    data = [tr.Encoded(tuple(range(n)), 1, 0) for n in np.random.default_rng(0).integers(3, 90, 100)]
+    batches = tr.make_batches(data, 8, np.random.default_rng(0))
+    assert sorted(id(e) for b in batches for e in b) == sorted(id(e) for e in data)
+    padding = sum(max(len(e.ids) for e in b) * len(b) - sum(len(e.ids) for e in b) for b in batches)
+    naive = sum(max(len(e.ids) for e in data[i:i + 8]) * len(data[i:i + 8]) - sum(len(e.ids) for e in data[i:i + 8])
+                for i in range(0, 100, 8))
+    assert padding < naive / 3
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(method="lora"), "method must be one of"),
+    (dict(prefix_len=0), "prefix_len"),
+    (dict(lr=-1.0), "lr"),
+    (dict(warmup=0.9), "warmup"),
+    (dict(bf16="maybe"), "bf16 must be one of"),
+    (dict(max_minutes=0), "max_minutes"),
+    (dict(batch_size=2.5), "batch_size"),
+])
+def test_config_rejects_bad_values(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        tr.TrainConfig(**bad)
+
+
+def test_import_persona_sdk_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import persona_sdk, persona_sdk.enroll, persona_sdk.source, persona_sdk.trainer, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
