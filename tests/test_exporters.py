@@ -1,0 +1,218 @@
+"""exporters: ONNX export variants, manifest contract, validation, caching, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from persona_sdk.backbone import fingerprint, spec_of
+from persona_sdk.errors import BackboneError, ExportError, ModelFileError
+from persona_sdk.exporters import (
+    MANIFEST, MODEL, VARIANTS, ensure_exported, export_dir_for, io_names, read_manifest,
+)
+
+MANIFEST_KEYS = {"format", "variant", "fingerprint", "inputs", "outputs", "layers", "kv_heads", "head_dim",
+                 "vocab_size", "kv_dtype", "logits_dtype", "opset", "versions", "files", "stop_token_ids",
+                 "validation", "created"}
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("exports") / "cache"
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tiny_backbone, tiny_cache) -> dict[str, Path]:
+    return {v: ensure_exported(tiny_backbone, v, cache_root=tiny_cache) for v in VARIANTS}
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_every_variant_has_the_manifest_contract(tiny_exports, tiny_backbone):
+    spec = spec_of(tiny_backbone)
+    inputs, outputs = io_names(spec.layers)
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert inputs[3:5] == ["past_key_values.0.key", "past_key_values.0.value"]
+    assert outputs[:3] == ["logits", "present.0.key", "present.0.value"]
+    for variant, folder in tiny_exports.items():
+        m = read_manifest(folder, verify_sha256=True)
+        assert set(m) == MANIFEST_KEYS
+        assert m["format"] == "persona-onnx/1" and m["variant"] == variant
+        assert m["fingerprint"] == fingerprint(tiny_backbone)
+        assert (m["layers"], m["kv_heads"], m["head_dim"], m["vocab_size"]) == (
+            spec.layers, spec.kv_heads, spec.head_dim, spec.vocab_size)
+        assert m["inputs"] == inputs and m["outputs"] == outputs
+        assert m["kv_dtype"] == ("float16" if variant == "fp16" else "float32")
+        assert m["opset"] >= 14
+        assert set(m["versions"]) == {"onnx", "onnxruntime", "optimum", "torch", "transformers"}
+        assert MODEL in m["files"] and m["files"][MODEL]["size"] == (folder / MODEL).stat().st_size
+        assert m["stop_token_ids"] == [2]  # <|im_end|> == eos in the tiny tokenizer
+        v = m["validation"]
+        assert v["passed"] is True and v["reference"] == "torch+peft"
+        assert v["prefix_len"] > 0 and v["steps"] >= 20
+        for name in ("tokenizer.json", "config.json"):
+            assert (folder / name).is_file()
+
+
+def test_graph_io_matches_the_manifest(tiny_exports):
+    import onnxruntime as ort
+
+    for variant, folder in tiny_exports.items():
+        m = read_manifest(folder)
+        sess = ort.InferenceSession(str(folder / MODEL), providers=["CPUExecutionProvider"])
+        assert [i.name for i in sess.get_inputs()] == m["inputs"]
+        assert [o.name for o in sess.get_outputs()] == m["outputs"]
+        kv_type = "tensor(float16)" if m["kv_dtype"] == "float16" else "tensor(float)"
+        assert sess.get_inputs()[3].type == kv_type
+
+
+def test_fp32_validation_is_tight_and_greedy_identical(tiny_exports):
+    v = read_manifest(tiny_exports["fp32"])["validation"]
+    assert v["greedy_match"] is True
+    assert v["max_abs_logit_diff"] < 1e-4
+    assert v["top1_agreement"] == 1.0
+
+
+def test_quantised_variants_replace_every_weight_matmul_including_lm_head(tiny_exports):
+    import onnx
+
+    for variant in ("int8", "int4"):
+        model = onnx.load(str(tiny_exports[variant] / MODEL))
+        inits = {i.name for i in model.graph.initializer}
+        nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+        bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in nbits}
+        assert any("lm_head" in name for name in bits)
+        assert not [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
+                    and "_off" not in n.name]
+        if variant == "int4":
+            assert {b for name, b in bits.items() if "lm_head" not in name} == {4}
+        else:
+            assert set(bits.values()) == {8}
+    sizes = {v: (tiny_exports[v] / MODEL).stat().st_size for v in VARIANTS}
+    assert sizes["fp16"] < sizes["fp32"]
+
+
+def test_layout_and_reuse(tiny_exports, tiny_backbone, tiny_cache):
+    fp = fingerprint(tiny_backbone)
+    assert tiny_exports["fp32"] == tiny_cache / "onnx" / fp[:16] / "fp32"
+    before = (tiny_exports["int4"] / MODEL).stat().st_mtime_ns
+    again = ensure_exported(tiny_backbone, "int4", cache_root=tiny_cache)
+    assert again == tiny_exports["int4"]
+    assert (again / MODEL).stat().st_mtime_ns == before  # reused, not rebuilt
+    assert not [p for p in (tiny_cache / "onnx" / fp[:16]).iterdir() if p.name.startswith(".")]
+
+
+def test_default_location_is_under_persona_home(tiny_backbone, persona_home):
+    assert export_dir_for(tiny_backbone, "int8").is_relative_to(persona_home)
+    with pytest.raises(ExportError, match="variant must be one of"):
+        export_dir_for(tiny_backbone, "int3")
+
+
+def test_damaged_export_is_rebuilt(tiny_backbone, tmp_path):
+    cache = tmp_path / "cache"
+    folder = ensure_exported(tiny_backbone, "fp32", cache_root=cache)
+    model = folder / MODEL
+    model.write_bytes(model.read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="corrupt"):
+        read_manifest(folder)
+    again = ensure_exported(tiny_backbone, "fp32", cache_root=cache)
+    assert read_manifest(again, verify_sha256=True)["validation"]["passed"]
+
+
+def test_export_failing_validation_is_not_left_in_place(tiny_backbone, tmp_path, monkeypatch):
+    from persona_sdk.exporters import validation
+
+    monkeypatch.setitem(validation.THRESHOLDS, "fp32", {"rel_logit_diff": 0.0, "abs_logit_diff": -1.0,
+                                                        "top1_agreement": 1.0})
+    cache = tmp_path / "cache"
+    with pytest.raises(ExportError, match="does not match the torch model"):
+        ensure_exported(tiny_backbone, "fp32", cache_root=cache)
+    leftovers = [p for p in (cache / "onnx").rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no-manifest", "no manifest.json"),
+    ("bad-json", "not valid JSON"),
+    ("wrong-format", "format"),
+    ("missing-field", "field 'kv_heads'"),
+    ("no-model", "is missing"),
+    ("truncated", "corrupt"),
+])
+def test_read_manifest_names_the_problem(tiny_exports, tmp_path, damage, message):
+    folder = _copy(tiny_exports["int4"], tmp_path / "x")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if damage == "no-manifest":
+        (folder / MANIFEST).unlink()
+    elif damage == "bad-json":
+        (folder / MANIFEST).write_text("{not json")
+    elif damage == "wrong-format":
+        manifest["format"] = "something/9"
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+    elif damage == "missing-field":
+        del manifest["kv_heads"]
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+    elif damage == "no-model":
+        (folder / MODEL).unlink()
+    elif damage == "truncated":
+        data = (folder / MODEL).read_bytes()
+        (folder / MODEL).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match=message):
+        read_manifest(folder)
+
+
+def test_sha256_checked_on_demand(tiny_exports, tmp_path):
+    folder = _copy(tiny_exports["int8"], tmp_path / "x")
+    data = bytearray((folder / MODEL).read_bytes())
+    data[-1] ^= 0xFF  # same size, different bytes
+    (folder / MODEL).write_bytes(bytes(data))
+    read_manifest(folder)  # size check only: passes
+    with pytest.raises(ModelFileError, match="sha256"):
+        read_manifest(folder, verify_sha256=True)
+
+
+def test_not_a_causal_lm(tmp_path, tiny_backbone):
+    bert = _copy(tiny_backbone, tmp_path / "bert")
+    config = json.loads((bert / "config.json").read_text())
+    config["architectures"] = ["BertModel"]
+    (bert / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BackboneError, match="not a causal LM"):
+        ensure_exported(bert, cache_root=tmp_path / "c")
+    with pytest.raises(BackboneError, match="no config.json"):
+        ensure_exported(tmp_path, cache_root=tmp_path / "c")
+    with pytest.raises(BackboneError, match="not found"):
+        ensure_exported(tmp_path / "nope", cache_root=tmp_path / "c")
+
+
+def test_ort_decoder_runs_every_variant_with_a_prefix(tiny_exports):
+    from persona_sdk.exporters.validation import OrtDecoder, prompt_ids_for, random_block
+
+    ids = prompt_ids_for(tiny_exports["fp32"])
+    results = {}
+    for variant, folder in tiny_exports.items():
+        dec = OrtDecoder(folder, threads=1)
+        kv = random_block(dec.manifest, 4)
+        logits, past = dec.step(ids, dec.empty_past(kv))
+        assert logits.shape == (len(ids), dec.manifest["vocab_size"]) and np.isfinite(logits).all()
+        assert past[0][0].shape[2] == 4 + len(ids)  # prefix + prompt
+        assert past[0][0].dtype == np.dtype(dec.manifest["kv_dtype"])
+        results[variant] = dec.greedy(kv, ids, 5)
+    assert results["fp32"] == results["fp16"]
+
+
+def test_manifest_reading_imports_no_torch(tiny_exports):
+    code = (
+        "import sys; from persona_sdk.exporters import read_manifest; "
+        f"read_manifest({str(tiny_exports['fp32'])!r}); "
+        "assert 'torch' not in sys.modules and 'optimum' not in sys.modules, 'heavy import'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
