@@ -464,9 +464,12 @@ def train_prefix(
     eval_every = config.eval_every or steps_per_epoch
     budget = config.max_minutes * 60 if config.max_minutes else None
 
-    t_eval = time.monotonic()
-    init_val = evaluate()
-    eval_cost = time.monotonic() - t_eval
+    try:
+        t_eval = time.monotonic()
+        init_val = evaluate()
+        eval_cost = time.monotonic() - t_eval
+    except KeyboardInterrupt:
+        raise EnrollmentCancelled() from None
     best_val, best_step, best_state = init_val, 0, [p.detach().clone() for p in params]
     history: list = [(0, None, init_val)]
     say(TrainProgress("eval", 0, total, 0, None, init_val, best_val, time.monotonic() - start))

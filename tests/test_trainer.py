@@ -3,38 +3,14 @@ ONNX runtime, budgets, cancellation, reproducibility, bad settings."""
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
 from persona_sdk import trainer as tr
-from persona_sdk.conversation import ASSISTANT, USER, Turn
 from persona_sdk.errors import ConfigError, EnrollmentCancelled, NotEnoughDataError, SourcePrefixError
 from persona_sdk.prefix import Prefix
 
-QUESTIONS = ["hey, back from the trip?", "what do you do on weekends?", "hi there, how are you doing today?",
-             "did you watch the game last night", "I love pizza and music and long walks"]
-
-
-@dataclass(frozen=True)
-class Ex:
-    context: tuple
-    reply: str
-    conversation: int
-
-
-def quirky_speaker(n: int, seed: int = 0) -> list[Ex]:
-    """A speaker whose every reply is 'lol' + one of two phrases: a learnable quirk."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        ctx = (Turn(USER, rng.choice(QUESTIONS)),)
-        if i % 3 == 0:
-            ctx = (Turn(ASSISTANT, "lol yes"),) + ctx
-        out.append(Ex(ctx, "lol " + rng.choice(["yes!", "no, i was asleep"]), i // 4))
-    return out
+from enroll_helpers import make_sharp, quirky_speaker
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +23,7 @@ def bb(tiny_backbone):
 
 @pytest.fixture(scope="module")
 def sharp(tiny_backbone, tmp_path_factory):
-    """The tiny backbone with 8x embeddings (tied LM head): a random model whose
-    output distribution a prefix can actually move (the plain one is ~uniform)."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("sharp") / "tiny-sharp"
-    shutil.copytree(tiny_backbone, out)
-    (out / "persona-fingerprint.json").unlink(missing_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_backbone))
-    with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(8.0)
-    model.save_pretrained(str(out), safe_serialization=True)
-    return tr.load_backbone(out)
+    return tr.load_backbone(make_sharp(tiny_backbone, tmp_path_factory.mktemp("sharp") / "tiny-sharp"))
 
 
 FAST = dict(batch_size=8, min_examples=8, context_budget=48, reply_budget=16)
