@@ -1,0 +1,250 @@
+"""Decode speed, time to first token, perplexity cost and chat RSS of the backbone engines.
+
+Same prompt (``--prompt-tokens`` tokens of ``heldout_sample.txt``, default 200),
+``--new-tokens`` greedy tokens (default 128, no early stop), one run each,
+all on the same machine and thread count:
+
+- torch eager: transformers ``generate`` (timestamps from a logits processor);
+- ORT <variant> (runtime): ``persona_sdk.runtime.Engine`` (IO binding, KV kept in ORT);
+- ORT fp32 (numpy loop): the exporter's minimal loop, KV copied through numpy;
+- llama.cpp: ``llama-cpp-python`` on the same GGUF the default backbone comes from.
+
+Time to first token = prompt forward + first token; decode tok/s = (N-1) / (time
+from first to last token); per-token times are reported as medians. Perplexity
+of each ORT variant on the whole held-out sample; delta vs fp32. Peak RSS of a
+``persona chat --message`` process (``/usr/bin/time -v``).
+
+    python benchmarks/decode_speed.py --json benchmarks/results.json
+    python benchmarks/decode_speed.py --backbone PATH --variants fp32 int4 --skip-llama --skip-rss
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SAMPLE = HERE / "heldout_sample.txt"
+
+
+def _rates(stamps: list[float], start: float) -> dict:
+    """TTFT, decode tok/s and the median inter-token time from token timestamps."""
+    gaps = np.diff(stamps)
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    return {"ttft_s": stamps[0] - start, "decode_tok_s": decode,
+            "median_ms_per_token": 1000 * float(np.median(gaps)) if len(gaps) else float("nan"),
+            "new_tokens": len(stamps)}
+
+
+def bench_torch(backbone: Path, prompt: list[int], new: int, threads: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(str(backbone), dtype=torch.float32).eval()
+    stamps: list[float] = []
+
+    class Stamp(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            stamps.append(time.perf_counter())
+            return scores
+
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, do_sample=False)  # warm-up
+        stamps.clear()
+        start = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False, logits_processor=LogitsProcessorList([Stamp()]))
+    return {**_rates(stamps, start), "tokens": out[0, len(prompt):].tolist()}
+
+
+def bench_runtime(export_dir: Path, prompt: list[int], new: int, threads: int) -> dict:
+    from persona_sdk.config import RuntimeConfig
+    from persona_sdk.runtime import Engine
+
+    engine = Engine(export_dir, RuntimeConfig(device="cpu", variant=_variant(export_dir), threads=threads))
+
+    def run(n: int) -> tuple[list[int], list[float], float]:
+        past, plen = engine.initial_past(None)
+        start = time.perf_counter()
+        out = engine.forward(np.asarray([prompt], dtype=np.int64), past, plen)
+        tokens, stamps = [], []
+        for _ in range(n):
+            tokens.append(int(out.logits[0].argmax()))
+            stamps.append(time.perf_counter())
+            out = engine.forward(np.asarray([[tokens[-1]]], dtype=np.int64), out.past, out.past_len)
+        return tokens, stamps, start
+
+    run(4)  # warm-up
+    tokens, stamps, start = run(new)
+    return {**_rates(stamps, start), "tokens": tokens}
+
+
+def bench_numpy_loop(export_dir: Path, prompt: list[int], new: int, threads: int) -> dict:
+    from persona_sdk.exporters.validation import OrtDecoder
+
+    dec = OrtDecoder(export_dir, threads=threads)
+    dec.greedy(None, prompt[:8], 4)  # warm-up
+    start = time.perf_counter()
+    logits, past = dec.step(prompt, dec.empty_past())
+    tokens, stamps = [], []
+    for _ in range(new):
+        tokens.append(int(logits[-1].argmax()))
+        stamps.append(time.perf_counter())
+        logits, past = dec.step([tokens[-1]], past)
+    return {**_rates(stamps, start), "tokens": tokens}
+
+
+def bench_llama_cpp(gguf: Path, prompt: list[int], new: int, threads: int) -> dict:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
+    llm.eval(prompt[:8])  # warm-up
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt)
+    tokens, stamps = [], []
+    for _ in range(new):
+        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        stamps.append(time.perf_counter())
+        llm.eval([tokens[-1]])
+    return {**_rates(stamps, start), "tokens": tokens}
+
+
+def perplexity(export_dir: Path, ids: list[int], threads: int) -> float:
+    from persona_sdk.config import RuntimeConfig
+    from persona_sdk.runtime import Engine
+
+    engine = Engine(export_dir, RuntimeConfig(device="cpu", variant=_variant(export_dir), threads=threads))
+    losses = engine.token_losses(ids, 1)
+    return float(np.exp(losses.mean()))
+
+
+def chat_peak_rss(home: str | None, variant: str) -> dict:
+    exe = Path(sys.executable).with_name("persona")
+    env = dict(os.environ)
+    if home:
+        env["PERSONA_HOME"] = home
+    cmd = ["/usr/bin/time", "-v", str(exe), "chat", "--message", "hi, what do you do on weekends?",
+           "--variant", variant, "--seed", "0", "--device", "cpu"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return {"variant": variant, "exit_code": proc.returncode, "wall_s": wall,
+            "peak_rss_mb": int(m.group(1)) / 1024 if m else None, "reply_chars": len(proc.stdout.strip())}
+
+
+def _variant(export_dir: Path) -> str:
+    return json.loads((Path(export_dir) / "manifest.json").read_text())["variant"]
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import onnxruntime
+
+    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "load_avg_at_start": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backbone", type=Path, default=None, help="HF causal-LM dir (default: the embedded SmolLM2)")
+    ap.add_argument("--variants", nargs="+", default=["fp32", "int8", "int4"], help="ORT variants to run")
+    ap.add_argument("--prompt-tokens", type=int, default=200)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--skip-numpy-loop", action="store_true")
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args(argv)
+
+    from tokenizers import Tokenizer
+
+    from persona_sdk import backbone as bb
+    from persona_sdk.exporters import ensure_exported
+
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    model_dir = bb.resolve(args.backbone, say)
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    text_ids = tok.encode(SAMPLE.read_text(encoding="utf-8"), add_special_tokens=False).ids
+    reps = -(-args.prompt_tokens // len(text_ids))
+    prompt = (text_ids * reps)[: args.prompt_tokens]
+    exports = {v: ensure_exported(model_dir, v, progress=say) for v in args.variants}
+    results: dict = {"machine": machine(), "backbone": str(model_dir), "prompt_tokens": len(prompt),
+                     "new_tokens": args.new_tokens, "threads": args.threads, "engines": {}, "perplexity": {}}
+    engines = results["engines"]
+    if not args.skip_torch:
+        say("torch eager ...")
+        engines["torch eager (generate)"] = bench_torch(model_dir, prompt, args.new_tokens, args.threads)
+    for v, d in exports.items():
+        say(f"ORT {v} ...")
+        engines[f"ORT {v} (runtime)"] = bench_runtime(d, prompt, args.new_tokens, args.threads)
+    if not args.skip_numpy_loop and "fp32" in exports:
+        engines["ORT fp32 (numpy loop)"] = bench_numpy_loop(exports["fp32"], prompt, args.new_tokens, args.threads)
+    if not args.skip_llama and args.backbone is None:
+        try:
+            say("llama.cpp ...")
+            engines["llama.cpp Q4_1 (llama-cpp-python)"] = bench_llama_cpp(bb._default_gguf(), prompt,
+                                                                          args.new_tokens, args.threads)
+        except ImportError:
+            say("llama-cpp-python is not installed: skipping llama.cpp")
+    ref = engines.get("ORT fp32 (runtime)", {}).get("tokens")
+    for row in engines.values():
+        toks = row.pop("tokens")
+        if ref is not None:
+            row["same_greedy_tokens_as_ort_fp32"] = int(np.sum(np.cumprod(np.asarray(toks[: len(ref)]) == ref[: len(toks)])))
+    for v, d in exports.items():
+        results["perplexity"][v] = perplexity(d, text_ids, args.threads)
+    if "fp32" in results["perplexity"]:
+        base = results["perplexity"]["fp32"]
+        results["perplexity_delta_pct"] = {v: 100 * (p / base - 1) for v, p in results["perplexity"].items()}
+    if not args.skip_rss and args.backbone is None:
+        results["chat_rss"] = [chat_peak_rss(os.environ.get("PERSONA_HOME"), v) for v in args.variants]
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def report(results: dict) -> None:
+    engines = results["engines"]
+    torch_rate = engines.get("torch eager (generate)", {}).get("decode_tok_s")
+    llama_rate = engines.get("llama.cpp Q4_1 (llama-cpp-python)", {}).get("decode_tok_s")
+    print(f"| engine | TTFT (s) | decode tok/s | median ms/token | vs torch | vs llama.cpp | same greedy tokens as ORT fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, row in engines.items():
+        vs_t = f"{row['decode_tok_s'] / torch_rate:.2f}x" if torch_rate else "-"
+        vs_l = f"{row['decode_tok_s'] / llama_rate:.2f}" if llama_rate else "-"
+        same = row.get("same_greedy_tokens_as_ort_fp32", "-")
+        print(f"| {name} | {row['ttft_s']:.3f} | {row['decode_tok_s']:.1f} | {row['median_ms_per_token']:.1f} | {vs_t} | {vs_l} | {same}/{row['new_tokens']} |")
+    if results.get("perplexity"):
+        print("\n| variant | held-out perplexity | delta vs fp32 |\n|---|---|---|")
+        for v, p in results["perplexity"].items():
+            print(f"| {v} | {p:.3f} | {results.get('perplexity_delta_pct', {}).get(v, 0):+.2f}% |")
+    for row in results.get("chat_rss", []):
+        print(f"\npersona chat --message --variant {row['variant']}: exit {row['exit_code']}, "
+              f"peak RSS {row['peak_rss_mb']:.0f} MB, wall {row['wall_s']:.1f} s" if row["peak_rss_mb"] else
+              f"\npersona chat --variant {row['variant']}: exit {row['exit_code']} (no RSS reading)")
+
+
+if __name__ == "__main__":
+    main()
