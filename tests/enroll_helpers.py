@@ -56,7 +56,7 @@ def write_chats(path: Path, n_conversations: int = 16, per_conversation: int = 4
         msgs = []
         for _ in range(per_conversation):
             msgs.append({"sender": "Bob", "text": rng.choice(QUESTIONS)})
-            msgs.append({"sender": me, "text": "lol " + rng.choice(["yes!", "no, i was asleep", "mostly hiking"])})
+            msgs.append({"sender": me, "text": f"lol {c} " + rng.choice(["yes!", "no, i was asleep", "mostly hiking"])})
         convs.append({"id": f"c{c}", "messages": msgs})
     path.write_text(json.dumps({"conversations": convs}))
     return path

@@ -1,0 +1,82 @@
+"""`persona enroll`: learn your persona from your chats and store it encrypted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from ._common import err, prompt_passphrase
+
+
+@app.command()
+def enroll(
+    chats: Path = typer.Argument(..., help="chat export: chats.json, WhatsApp .txt/.zip, Telegram/Discord JSON, or a folder"),
+    me: Optional[str] = typer.Option(None, "--me", help="your sender name in the chats (default: from the file, or the only sender in every chat)"),
+    name: Optional[str] = typer.Option(None, "--name", help="profile name (default: derived from --me)"),
+    fmt: str = typer.Option("auto", "--format", help="auto, chats, whatsapp, telegram, discord or chitchat"),
+    method: str = typer.Option("prefix", "--method", help="prefix (from the source prefix), rand-prefix, or prompt"),
+    prefix_len: int = typer.Option(16, "--prefix-len", help="virtual tokens P of the persona block"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="training time budget; stops at the best checkpoint so far"),
+    epochs: int = typer.Option(3, "--epochs", help="maximum passes over your replies"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default 1e-3; 3e-3 without a source prefix)"),
+    seed: int = typer.Option(0, "--seed", help="random seed (same data + seed = same persona)"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)"),
+    source: str = typer.Option("default", "--source", help="source prefix: default (shipped), a FILE, or none"),
+    force: bool = typer.Option(False, "--force", help="replace an existing profile of the same name"),
+) -> None:
+    """Learn your implicit persona from your own chats; store it encrypted on this machine.
+
+    Example: persona enroll chats.json --me Ana --name ana --max-minutes 5
+    """
+    from persona_sdk.enroll import enroll as run_enroll
+    from persona_sdk.errors import EnrollmentCancelled
+    from persona_sdk.trainer import TrainConfig
+    from persona_sdk.vault import ENV_PASSPHRASE
+
+    from ._progress import TrainBar
+
+    passphrase = prompt_passphrase(ENV_PASSPHRASE, confirm=True, label="Passphrase for the new profile")
+    default_lr = 1e-3 if (method == "prefix" and source != "none") else 3e-3
+    config = TrainConfig(method=method, prefix_len=prefix_len, epochs=epochs, lr=lr or default_lr, seed=seed,
+                         max_minutes=max_minutes)
+    try:
+        result = run_enroll(chats, me=me, name=name, fmt=fmt, method=method, prefix_len=prefix_len,
+                            max_minutes=max_minutes, backbone=backbone, source=source, passphrase=passphrase,
+                            force=force, progress=TrainBar("enrolling"), config=config)
+    except EnrollmentCancelled as exc:
+        sys.stderr.write("\n")
+        if exc.best is not None and sys.stdin.isatty() and typer.confirm(
+                "Interrupted. Keep the best persona so far?", default=False):
+            from persona_sdk.vault import Vault
+
+            from persona_sdk.chats import load_chats, resolve_me
+            from persona_sdk.enroll import profile_name_for
+
+            who = resolve_me(load_chats(chats, None if fmt == "auto" else fmt), me)
+            target = name or profile_name_for(who)
+            Vault().save(target, exc.best, passphrase, force=force)
+            err(f"Saved the best checkpoint so far as profile {target!r}.")
+            return
+        raise
+    s, r = result.summary, result.report
+    for note in result.notes:
+        err(f"Note: {note}")
+    err(f"Learned from {s.train_examples} replies of {result.me!r} ({s.val_examples} held out for validation, "
+        f"{r.conversations_with_examples} conversations).")
+    start_label = "source prefix alone" if result.source != "none" else "starting prefix"
+    err(f"Validation loss {s.best_val_loss:.3f} (perplexity {_ppl(s.best_val_loss):.1f}) vs {s.init_val_loss:.3f} "
+        f"({_ppl(s.init_val_loss):.1f}) for the {start_label}; {s.steps} steps, {s.epochs:g} epochs, "
+        f"stopped: {s.stopped}, {result.wall_seconds / 60:.1f} min.")
+    err(f"Saved encrypted profile {result.name!r}.")
+    err(f"Chat with it:  persona chat --name {result.name}")
+    typer.echo(result.name)
+
+
+def _ppl(loss: float) -> float:
+    import math
+
+    return math.exp(min(loss, 50.0))

@@ -1,0 +1,157 @@
+"""enroll(): chats → examples → trainer → vault, and `persona enroll`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import persona_sdk
+from persona_sdk import enroll as enroll_mod
+from persona_sdk import trainer as tr
+from persona_sdk.errors import (ProfileExistsError, SourcePrefixError, TooLittleDataError, UnknownSpeakerError)
+from persona_sdk.prefix import Prefix
+from persona_sdk.vault import Vault
+
+from enroll_helpers import write_chats
+
+QUICK = dict(batch_size=8, min_examples=8, context_budget=48, reply_budget=16, lr=0.05)
+
+
+def quick(**kw) -> tr.TrainConfig:
+    return tr.TrainConfig(**{**QUICK, "max_steps": 2, **kw})
+
+
+def no_training(monkeypatch):
+    """Make any attempt to load a model for training fail loudly."""
+    def boom(*a, **k):
+        raise AssertionError("training started")
+    monkeypatch.setattr(tr, "load_backbone", boom)
+
+
+def test_enroll_trains_and_stores_an_encrypted_profile(tmp_path, tiny_backbone):
+    chats = write_chats(tmp_path / "chats.json")
+    seen = []
+    result = persona_sdk.enroll(chats, me="ana", backbone=tiny_backbone, source="none", passphrase="pw",
+                                config=quick(), progress=seen.append)
+    assert result.name == "ana" and result.me == "Ana" and result.source == "none"
+    assert result.summary.train_examples + result.summary.val_examples == result.report.examples >= 50
+    assert seen[-1].phase == "done"
+    vault = Vault()
+    assert vault.list() == ["ana"]
+    raw = result.path.read_bytes()
+    assert b"lol" not in raw and b"asleep" not in raw  # nothing in plaintext
+    loaded = vault.load("ana", "pw")
+    np.testing.assert_array_equal(loaded.kv, result.prefix.kv)
+    assert loaded.method == "prefix" and loaded.meta["source"] == "none"
+
+
+def test_enroll_from_a_source_file_and_refuses_a_foreign_one(tmp_path, tiny_backbone):
+    from persona_sdk import source as src
+    from persona_sdk.backbone import fingerprint, spec_of
+
+    chats = write_chats(tmp_path / "chats.json")
+    spec = spec_of(tiny_backbone).prefix_spec(16)
+    good = Prefix(np.random.default_rng(0).normal(size=spec.shape).astype(np.float32) * 0.1,
+                  fingerprint(tiny_backbone), method="source-plain")
+    src.save_source(good, tmp_path / "src", {"command": "test"})
+    result = enroll_mod.enroll(chats, me="Ana", name="with-source", backbone=tiny_backbone,
+                               source=tmp_path / "src" / src.SHIPPED_FILE, passphrase="pw", config=quick())
+    assert result.source.endswith(src.SHIPPED_FILE)
+    assert result.prefix.meta["source"] == "file"
+    foreign = Prefix(good.kv, "0" * 64)
+    src.save_source(foreign, tmp_path / "foreign", {"command": "test"})
+    with pytest.raises(SourcePrefixError, match="another backbone"):
+        enroll_mod.enroll(chats, me="Ana", name="x", backbone=tiny_backbone, source=tmp_path / "foreign",
+                          passphrase="pw", config=quick())
+    # the shipped source is for the default backbone: another backbone starts from random, with a note
+    other = enroll_mod.enroll(chats, me="Ana", name="default-src", backbone=tiny_backbone, passphrase="pw",
+                              config=quick())
+    assert other.source == "none" and other.notes
+
+
+def test_existing_profile_needs_force_and_fails_before_training(tmp_path, tiny_backbone, monkeypatch):
+    chats = write_chats(tmp_path / "chats.json")
+    enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw", config=quick())
+    before = Vault().path("ana").read_bytes()
+    no_training(monkeypatch)
+    with pytest.raises(ProfileExistsError, match="--force"):
+        enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw", config=quick())
+    assert Vault().path("ana").read_bytes() == before
+
+
+def test_force_replaces_the_profile(tmp_path, tiny_backbone):
+    chats = write_chats(tmp_path / "chats.json")
+    enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw", config=quick())
+    second = enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw",
+                               config=quick(seed=5), force=True)
+    np.testing.assert_array_equal(Vault().load("ana", "pw").kv, second.prefix.kv)
+
+
+def test_too_little_data_or_unknown_me_fails_before_training(tmp_path, tiny_backbone, monkeypatch):
+    no_training(monkeypatch)
+    small = write_chats(tmp_path / "small.json", n_conversations=3, per_conversation=3)
+    with pytest.raises(TooLittleDataError, match="at least 50"):
+        enroll_mod.enroll(small, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw")
+    chats = write_chats(tmp_path / "chats.json")
+    with pytest.raises(UnknownSpeakerError):
+        enroll_mod.enroll(chats, me="Zed", backbone=tiny_backbone, source="none", passphrase="pw")
+    assert Vault().list() == []
+
+
+def test_max_minutes_gives_a_valid_profile(tmp_path, tiny_backbone):
+    chats = write_chats(tmp_path / "chats.json", n_conversations=30)
+    cfg = tr.TrainConfig(**{**QUICK, "epochs": 200})
+    result = enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw",
+                               config=cfg, max_minutes=0.03)
+    assert result.summary.stopped == "max-minutes"
+    loaded = Vault().load("ana", "pw")
+    assert loaded.meta["stopped"] == "max-minutes" and np.isfinite(loaded.kv).all()
+
+
+def test_cli_enroll_prints_how_to_chat(tmp_path, tiny_backbone, monkeypatch, capsys):
+    from persona_sdk.cli import main
+
+    chats = write_chats(tmp_path / "chats.json")
+    monkeypatch.setenv("PERSONA_PASSPHRASE", "pw")
+    code = main(["enroll", str(chats), "--me", "Ana", "--name", "ana-cli", "--backbone", str(tiny_backbone),
+                 "--source", "none", "--epochs", "1"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.strip() == "ana-cli"
+    assert "persona chat --name ana-cli" in out.err and "Validation loss" in out.err
+    assert "lol" not in out.err  # no chat text in status output
+    assert Vault().list() == ["ana-cli"]
+    code = main(["enroll", str(chats), "--me", "Ana", "--name", "ana-cli", "--backbone", str(tiny_backbone),
+                 "--source", "none"])
+    assert code == 1 and "already exists" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_no_profile_and_no_temp_files(tmp_path, tiny_backbone, persona_home):
+    chats = write_chats(tmp_path / "chats.json", n_conversations=40)
+    env = {**os.environ, "PERSONA_HOME": str(persona_home), "PERSONA_PASSPHRASE": "pw", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "persona_sdk", "enroll", str(chats), "--me", "Ana", "--name", "ana",
+         "--backbone", str(tiny_backbone), "--source", "none", "--epochs", "500"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    lines = []
+    for line in proc.stderr:  # wait until training has started
+        lines.append(line)
+        if "Validation loss before training" in line or time.monotonic() > deadline:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rest_out, rest_err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(lines) + rest_err
+    assert "nothing was saved" in rest_err
+    data = persona_home / "data"
+    leftovers = [p.name for p in data.rglob("*") if p.is_file() and p.name != ".lock"] if data.exists() else []
+    assert leftovers == []
+    assert rest_out == ""
