@@ -38,6 +38,7 @@ def train(
     max_val: int = typer.Option(64, help="validation replies (sampled from part-A val conversations)"),
     max_minutes: Optional[float] = typer.Option(None, help="wall-clock budget"),
     seed: int = typer.Option(0, help="random seed"),
+    init_text: Optional[str] = typer.Option(None, help="start from the KV of this text instead of random tokens"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
     backbone: Optional[str] = typer.Option(None, help="backbone folder (default: the embedded SmolLM2-135M)"),
 ) -> None:
@@ -53,7 +54,7 @@ def train(
     cfg = src.SourceConfig(method=method, prefix_len=prefix_len, steps=steps, lr=lr, batch_size=batch_size,
                            temperature=temperature, inner_steps=inner_steps, outer_batch=outer_batch,
                            outer_lr=outer_lr, alpha=alpha, context_budget=context_budget,
-                           max_minutes=max_minutes, seed=seed)
+                           max_minutes=max_minutes, seed=seed, init_text=init_text)
     if threads:
         import torch
 

@@ -67,6 +67,7 @@ class SourceConfig:
     eval_every: int = 0
     max_minutes: float | None = None
     seed: int = 0
+    init_text: str | None = None
 
     HELP = {
         "method": f"one of {SOURCE_METHODS}",
@@ -86,6 +87,7 @@ class SourceConfig:
         "eval_every": "validate every N steps (0 = 4 times per run)",
         "max_minutes": "wall-clock budget; stops at the best checkpoint so far",
         "seed": "random seed (same data + config + seed = same block)",
+        "init_text": "start from the KV of this text (a hard prompt) instead of P random tokens",
     }
 
     def __post_init__(self) -> None:
@@ -192,6 +194,8 @@ def train_source(
 
     if init is not None:
         start_kv = init.kv.astype(np.float32)
+    elif config.init_text:
+        start_kv = tr.kv_of_embeddings(bb, tr.text_embeddings(bb, config.init_text, config.prefix_len))
     else:
         start_kv = tr.random_prefix(bb, config.prefix_len, config.seed)
     theta = torch.nn.Parameter(torch.from_numpy(start_kv.copy()))  # (layers, 2, kv_heads, P, head_dim)

@@ -137,3 +137,11 @@ def test_spc_reader_builds_speakers_with_personas(tmp_path):
 def test_source_config_rejects_bad_values(bad):
     with pytest.raises(ConfigError):
         src.SourceConfig(**bad)
+
+
+def test_init_text_starts_from_a_hard_prompt_block(sharp):
+    speakers, val = corpus()
+    cfg = src.SourceConfig(method="plain", steps=1, init_text="hi there", **SMALL)
+    _, summary = src.train_source(speakers, val, backbone=sharp, config=cfg)
+    start = Prefix(tr.kv_of_embeddings(sharp, tr.text_embeddings(sharp, "hi there", 16)), sharp.fingerprint)
+    assert summary.init_val_loss == pytest.approx(tr.reply_loss(sharp, val, start, 48, 16), rel=1e-5)
