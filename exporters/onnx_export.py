@@ -42,7 +42,7 @@ from .manifest import FORMAT, MODEL, VARIANTS, file_entries, io_names, write_man
 Progress = Callable[[str], None]
 COPIED_FILES = ("tokenizer.json", "config.json", "generation_config.json", "tokenizer_config.json")
 INT4_BLOCK = 32
-INT4_ACCURACY = 4  # CPU: int8 activations inside MatMulNBits (fast); 0/1 = fp32 activations (slow)
+ACCURACY_LEVEL = 4  # CPU: int8 activations inside MatMulNBits (fast); 0/1 = fp32 activations (slow)
 INT8_BLOCK = 32
 
 
@@ -351,9 +351,9 @@ def _derive(fp32_dir: Path, out_dir: Path, variant: str, say: Progress) -> None:
     say(f"Deriving the {variant} variant from the fp32 export...")
     try:
         if variant == "int8":
-            _quantize_nbits(src, dst, bits=8, block=INT8_BLOCK, accuracy=INT4_ACCURACY)
+            _quantize_nbits(src, dst, bits=8, block=INT8_BLOCK, accuracy=ACCURACY_LEVEL)
         elif variant == "int4":
-            _quantize_offset4(src, dst, block=INT4_BLOCK, accuracy=INT4_ACCURACY)
+            _quantize_offset4(src, dst, block=INT4_BLOCK, accuracy=ACCURACY_LEVEL)
         elif variant == "fp16":
             _convert_fp16(src, dst)
         else:  # pragma: no cover - guarded by the caller
