@@ -491,7 +491,7 @@ def train_prefix(
                     break
                 now = time.monotonic()
                 per_step = (now - train_start) / step if step else 0.0
-                if budget is not None and (now - start) + per_step + eval_cost > budget:
+                if budget is not None and (now - start) + 1.5 * per_step + eval_cost > budget:  # margin: load varies
                     stopped, done = "max-minutes", True
                     break
                 if should_stop is not None and should_stop():
