@@ -48,7 +48,7 @@ class PersonaAgent:
     ) -> None:
         from .runtime import open_engine
 
-        runtime = RuntimeConfig(device=device, threads=threads, **({"variant": variant} if variant else {}))
+        runtime = RuntimeConfig(device=device, threads=threads, variant=variant)
         self.engine = engine if engine is not None else open_engine(backbone, runtime, progress)
         self.engine.check_prefix(prefix)
         self.prefix = prefix
@@ -69,8 +69,7 @@ class PersonaAgent:
         from .vault import Vault
 
         runtime = RuntimeConfig(device=kwargs.pop("device", "auto"), threads=kwargs.pop("threads", None),
-                                **({"variant": kwargs.pop("variant")} if kwargs.get("variant") else {}))
-        kwargs.pop("variant", None)
+                                variant=kwargs.pop("variant", None))
         engine = kwargs.pop("engine", None) or open_engine(kwargs.pop("backbone", None), runtime,
                                                            kwargs.pop("progress", None))
         prefix = Vault().load(name, passphrase, fingerprint=engine.fingerprint)

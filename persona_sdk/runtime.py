@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .config import GenerationConfig, RuntimeConfig
+from .config import DEFAULT_VARIANT, GPU_VARIANT, GenerationConfig, RuntimeConfig
 from .conversation import ChatFormat, Turn
 from .errors import DeviceError, GenerationError, ModelFileError
 from .backbone import BackboneSpec
@@ -93,6 +93,9 @@ class Engine:
         if self.runtime.threads:
             opts.intra_op_num_threads = self.runtime.threads
         opts.log_severity_level = 3
+        # Busy-waiting intra-op workers fight everything else on a small desktop CPU;
+        # turning spinning off halved the per-token time here (BENCHMARKS.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.export_dir / "model.onnx"), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -345,7 +348,11 @@ def open_engine(
     validated (that step needs the ``[export]`` extra: torch, optimum).
     """
     runtime = runtime or RuntimeConfig()
-    export_dir = find_export(backbone, runtime.variant, progress)
+    variant = runtime.variant
+    if variant is None:
+        on_gpu = choose_providers(runtime.device)[0] == "CUDAExecutionProvider"
+        variant = GPU_VARIANT if on_gpu else DEFAULT_VARIANT
+    export_dir = find_export(backbone, variant, progress)
     return Engine(export_dir, runtime)
 
 
