@@ -56,10 +56,6 @@ class TrainingError(PersonaError):
     """Training a persona prefix failed or its settings are invalid."""
 
 
-class NotEnoughDataError(TrainingError):
-    """Too few of "my" replies to learn a persona from (checked before training)."""
-
-
 class SourcePrefixError(TrainingError):
     """The source prefix is missing, corrupt, or does not fit the backbone."""
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from .conversation import ChatFormat, Turn
-from .errors import ConfigError, EnrollmentCancelled, MissingDependencyError, NotEnoughDataError, SourcePrefixError, TrainingError
+from .errors import ConfigError, EnrollmentCancelled, MissingDependencyError, TooLittleDataError, SourcePrefixError, TrainingError
 from .prefix import Prefix
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -389,7 +389,7 @@ class TrainSummary:
 
 def check_enough(n_train: int, config: TrainConfig) -> None:
     if n_train < config.min_examples:
-        raise NotEnoughDataError(
+        raise TooLittleDataError(
             f"only {n_train} training replies; at least {config.min_examples} are needed to learn a persona"
         )
 
@@ -416,7 +416,7 @@ def train_prefix(
         train, val = split_by_conversation(list(train), config.val_fraction, config.seed)
     check_enough(len(train), config)
     if not val:
-        raise NotEnoughDataError("no validation replies (need at least two conversations or more replies)")
+        raise TooLittleDataError("no validation replies (need at least two conversations or more replies)")
     torch = _torch()
     say = progress or (lambda p: None)
     start = time.monotonic()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from persona_sdk import trainer as tr
-from persona_sdk.errors import ConfigError, EnrollmentCancelled, NotEnoughDataError, SourcePrefixError
+from persona_sdk.errors import ConfigError, EnrollmentCancelled, TooLittleDataError, SourcePrefixError
 from persona_sdk.prefix import Prefix
 
 from enroll_helpers import make_sharp, quirky_speaker
@@ -147,7 +147,7 @@ def test_stop_request_raises_cancelled_with_best_so_far(bb):
 
 
 def test_too_little_data_fails_before_loading_anything(tmp_path):
-    with pytest.raises(NotEnoughDataError, match="at least 20"):
+    with pytest.raises(TooLittleDataError, match="at least 20"):
         tr.train_prefix(quirky_speaker(10), quirky_speaker(4), backbone=tmp_path / "missing",
                         config=tr.TrainConfig())
 
