@@ -18,7 +18,7 @@ def eval_(
     chats: Path = typer.Option(..., "--chats", help="Held-out chats (chats.json or an export) the persona was NOT trained on."),
     me: Optional[str] = typer.Option(None, "--me", help="Your sender name in the chats (default: from the file, or the one sender in every conversation)."),
     fmt: str = typer.Option("auto", "--format", help="Chats format: auto, chats, whatsapp, telegram, discord or chitchat."),
-    source: Optional[Path] = typer.Option(None, "--source", help="Source prefix file (.safetensors) to compare against (persona identification vs source)."),
+    source: str = typer.Option("default", "--source", help="Source prefix to compare against: default (the shipped one, when it fits the backbone), a .safetensors file, or none."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML report with a plot and the side-by-side replies (contains your chat text)."),
     samples: int = typer.Option(3, "--samples", help="Side-by-side replies to generate and print (0 = none; only numbers are printed)."),
     max_replies: int = typer.Option(100, "--max-replies", help="Score at most this many replies (evenly spread)."),
@@ -32,15 +32,13 @@ def eval_(
     Example: persona eval me --chats held_out.json --me Alice --html report.html
 
     Prints perplexity of your replies with the backbone alone, with the source
-    prefix (if --source) and with your persona, the relative gain, and a few
+    prefix (the shipped one by default) and with your persona, the relative gain, and a few
     generated replies next to your real ones. Nothing is written unless you pass
     --html.
     """
     from persona_sdk.chats import load_chats, resolve_me
     from persona_sdk.config import RuntimeConfig
-    from persona_sdk.errors import EvalError
     from persona_sdk.evaluate import EvalConfig, evaluate, format_samples, held_out_examples, write_html
-    from persona_sdk.prefix import Prefix
     from persona_sdk.runtime import open_engine
 
     from .profiles import _unlock, _vault
@@ -55,13 +53,7 @@ def eval_(
     runtime = RuntimeConfig(device=device, **({"variant": variant} if variant else {}))
     engine = open_engine(backbone, runtime, progress=err)
     persona = vault.load(profile, key, fingerprint=engine.fingerprint)
-    source_prefix = None
-    if source is not None:
-        try:
-            data = source.read_bytes()
-        except OSError as exc:
-            raise EvalError(f"cannot read the source prefix {source}: {exc.strerror or 'not accessible'}") from None
-        source_prefix = Prefix.from_bytes(data)
+    source_prefix = _source(source, engine.fingerprint)
     examples = held_out_examples(engine, loaded, who, config)
     err(f"Scoring {min(len(examples), config.max_replies)} of your {len(examples)} replies on {engine.device}...")
     report = evaluate(engine, persona, examples, me=who, source=source_prefix, config=config,
@@ -75,6 +67,27 @@ def eval_(
             typer.echo(line)
     if html_out is not None:
         err(f"Wrote {write_html(report, html_out)} (it contains your chat text).")
+
+
+def _source(source: str, fingerprint: str):
+    """The source prefix to compare with, or None (``none``, or no shipped one fits)."""
+    from persona_sdk import source as src
+    from persona_sdk.errors import EvalError, SourcePrefixError
+
+    if source == "none":
+        return None
+    if source == "default":
+        if not src.shipped_available():
+            return None
+        prefix = src.load_source()
+        if prefix.backbone != fingerprint:
+            err("(the shipped source prefix is for the default backbone: not compared)")
+            return None
+        return prefix
+    try:
+        return src.load_source(source)
+    except SourcePrefixError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def _progress_printer():

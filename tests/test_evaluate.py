@@ -155,6 +155,7 @@ def test_cli_eval_end_to_end(tiny_onnx, tmp_path, monkeypatch, capsys, persona_h
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "perplexity, your persona" in out.out and "sample 1" in out.out
+    assert "not compared" in out.err  # the shipped source prefix is for the default backbone, not this one
     assert CANARY in report.read_text()
     assert stat.S_IMODE(os.stat(report).st_mode) == 0o600
     # nothing new under PERSONA_HOME, and no stray temp files next to the report
