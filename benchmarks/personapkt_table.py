@@ -1,9 +1,21 @@
 """The PersonaPKT table on chitchat parts B and C (issue 6; protocol in benchmarks/README.md).
 
-    # quick size (a subset; estimated ~50 min on a quiet 2-core machine, see --estimate-only):
+    # quick (4 B + 4 C speakers, <= 32 train replies, 1 epoch; estimated 53 min on a quiet 2-core machine):
     .venv/bin/python benchmarks/personapkt_table.py --quick --out benchmarks/out/personapkt-quick
-    # full size (all 30 B and 50 C speakers, 3 epochs; run --estimate-only for its wall time):
-    .venv/bin/python benchmarks/personapkt_table.py --out benchmarks/out/personapkt-full
+    # identification at K = 20 (20 B + 20 C speakers, <= 64 replies, 1 epoch; estimated 6.7 h):
+    .venv/bin/python benchmarks/personapkt_table.py --size k20 --out benchmarks/out/personapkt-k20
+    # the whole protocol (30 B + 42 usable C speakers, all replies, 3 epochs; estimated 131 h):
+    .venv/bin/python benchmarks/personapkt_table.py --size full --out benchmarks/out/personapkt-full
+    # any size: print the plan and its estimated wall time without running it
+    .venv/bin/python benchmarks/personapkt_table.py --quick --estimate-only
+
+Estimates come from per-unit costs (``COST``): 7 s per prefix train step of
+batch 8 and 0.1-0.3 s per ORT scoring forward were measured here on a quiet
+machine; the eval-batch, beam, sampling and full-fine-tuning costs are
+extrapolated from those and BENCHMARKS.md's decode speeds. With the machine
+shared, expect 2-4x. Every ``Size`` field can be overridden
+(``--b-speakers 6 --epochs 2 ...``). An interrupted run continues where it
+stopped when rerun with the same ``--out`` and arguments.
 
 Settings (rows): backbone only; source prefix only; rand-init prefix; PersonaPKT
 base (personal prefix from a plain-mixing source prefix); PersonaPKT temperature
@@ -118,11 +130,18 @@ class Size:
 
 FULL = Size()
 # --quick: 4 + 4 speakers, <= 32 train replies (1 epoch = 4 steps), 4 test replies each,
-# 24-step sources, the full fine-tuning reference on 1 speaker per part.
+# 3 decoded per setting, 20-step sources, the full fine-tuning reference on 1 speaker per part.
 QUICK = Size(b_speakers=4, c_speakers=4, max_train=32, max_val=16, epochs=1, evals_per_epoch=2,
-             test_replies=4, hits_replies=2, decode_replies=4, max_new_tokens=32, source_steps=24,
+             test_replies=4, hits_replies=2, decode_replies=3, max_new_tokens=32, source_steps=20,
              source_speakers=200, source_per_speaker=8, source_val=16, reptile_speakers=1,
              reptile_outer_steps=4)
+# --size k20: the acceptance bar's identification at K = 20 in one night-ish run: 20 + 20 speakers,
+# <= 64 train replies, 1 epoch, 8 test replies each, 100-step sources.
+K20 = Size(b_speakers=20, c_speakers=20, max_train=64, max_val=16, epochs=1, evals_per_epoch=2,
+           test_replies=8, hits_replies=2, decode_replies=4, max_new_tokens=32, source_steps=100,
+           source_speakers=400, source_per_speaker=8, source_val=32, reptile_speakers=2,
+           reptile_outer_steps=10)
+SIZES = {"quick": QUICK, "k20": K20, "full": FULL}
 
 
 # --- small utilities ------------------------------------------------------------------
@@ -732,7 +751,9 @@ def _commit() -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/out/personapkt", help="output folder (also the resume cache)")
-    ap.add_argument("--quick", action="store_true", help="the quick size (see QUICK); default: the full protocol")
+    ap.add_argument("--size", choices=list(SIZES), default="full",
+                    help="quick (< 1 h), k20 (identification at K = 20) or full (the whole protocol; days)")
+    ap.add_argument("--quick", action="store_const", const="quick", dest="size", help="same as --size quick")
     ap.add_argument("--backbone", default=None, help="HF backbone folder to train on (default: the embedded SmolLM2)")
     ap.add_argument("--export", default=None, help="ONNX export folder for scoring/decoding (default: the backbone's "
                                                    "cached export of --variant, built if missing)")
@@ -742,7 +763,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--parts", nargs="+", default=["B", "C"], choices=["B", "C"])
     ap.add_argument("--base-source", choices=["plain", "shipped"], default="plain",
                     help="source of PersonaPKT base / source-only: a plain-mixing source trained here, or the shipped one")
-    ap.add_argument("--full-lr", type=float, default=1e-4, help="SGD lr of Reptile inner steps and full fine-tuning")
+    ap.add_argument("--full-lr", type=float, default=1e-2,
+                    help="SGD lr of the Reptile inner steps and of full fine-tuning (PAML's alpha = 0.01)")
     ap.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--estimate-only", action="store_true", help="print the plan and its estimated wall time, then exit")
@@ -764,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from tokenizers import Tokenizer
 
     t_start = time.monotonic()
-    size = QUICK if args.quick else FULL
+    size = SIZES[args.size]
     overrides = {f: getattr(args, "size_" + f) for f in Size.__dataclass_fields__ if getattr(args, "size_" + f) is not None}
     size = replace(size, **overrides)
     split_over = {k: getattr(args, "split_" + k) for k in ("n_b", "n_c", "b_min") if getattr(args, "split_" + k) is not None}
@@ -802,6 +824,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     engine = Engine(export_dir, RuntimeConfig(device="cpu", threads=args.threads))
     if engine.fingerprint != bb.fingerprint:
         raise SystemExit("the ONNX export is not of the training backbone (fingerprints differ)")
+    # the cache is only valid for the same sizes, split, sources, backbone and export: refuse to mix
+    identity = {"size": asdict(size), "split": asdict(split_config), "base_source": args.base_source,
+                "full_lr": args.full_lr, "seed": args.seed, "backbone": bb.fingerprint,
+                "export": json.loads((Path(export_dir) / "manifest.json").read_text()).get("variant")}
+    stamp = cache.json("run", lambda: identity)
+    if stamp != json.loads(json.dumps(identity)):
+        raise SystemExit(f"{out} holds a cache of a different configuration; use another --out (or delete it)")
     block_pct = 100.0 * (bb.layers * 2 * bb.kv_heads * size.prefix_len * bb.head_dim) / n_params
 
     # 1. source prefixes (cached)
@@ -844,7 +873,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 for n, person in enumerate(ps, start=1):
                     name = f"{part}/{setting}/ident-{person.sid}"
                     if not cache.has(name):
-                        progress.step(f"part {part} · {SETTINGS[setting]} · identification row {n}/{len(ps)}")
+                        progress.step(f"part {part} · {SETTINGS[setting]} · identification row {n}/{len(ps)}",
+                                      sum(len(p.test) for p in ps if p is not person) * COST["forward"])
                     rows[person.speaker] = cache.json(name, lambda: identification_row(
                         engine, prefixes[setting][person.speaker], person, ps, units[setting][person.speaker], size))
             ident[setting] = identification(rows, ps)
@@ -853,13 +883,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sample = ps[: size.reptile_speakers]
             todo = [p for p in sample if not cache.has(f"{part}/reptile-full/{p.sid}")]
             if todo:
-                progress.step(f"part {part} · Reptile meta-training of the full backbone "
-                              f"({size.reptile_outer_steps} outer steps; cached)")
+                if not (cache.root / "sources" / "reptile-full" / "config.json").is_file():
+                    progress.step(f"part {part} · Reptile meta-training of the full backbone "
+                                  f"({size.reptile_outer_steps} outer steps; cached)",
+                                  size.reptile_outer_steps * 2 * size.reptile_inner_steps * COST["full_step"])
                 meta_bb = reptile_meta(backbone_dir, source_speakers, size, args.full_lr, args.seed,
                                        cache.root / "sources" / "reptile-full")
                 meta_state = _state(meta_bb.model)
                 for n, person in enumerate(sample, start=1):
-                    progress.step(f"part {part} · full fine-tuning · speaker {n}/{len(sample)}")
+                    progress.step(f"part {part} · full fine-tuning · speaker {n}/{len(sample)}",
+                                  math.ceil(len(person.train) / size.batch_size) * size.epochs * COST["full_step"])
                     unit = cache.json(f"{part}/reptile-full/{person.sid}", lambda: full_finetune_and_score(
                         meta_bb, meta_state, person, pool, size, args.full_lr, args.seed))
                 del meta_bb, meta_state
@@ -893,7 +926,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "backbone": str(backbone_dir.name), "backbone_fingerprint": bb.fingerprint, "backbone_params": n_params,
         "export_variant": json.loads((Path(export_dir) / "manifest.json").read_text()).get("variant"),
-        "size_name": "quick" if args.quick else "full", "size": asdict(size),
+        "size_name": args.size, "size": asdict(size),
         "split": {**asdict(split_config), "summary": split_summary},
         "sources": source_info, "base_source": args.base_source, "settings": settings,
         "source_speakers": len(source_speakers), "prefix_stored_pct": block_pct,

@@ -11,6 +11,8 @@ import random
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "personapkt_table.py"
 WORDS = "hey back from the trip yes still jetlagged what do you on weekends mostly hiking and cooking pizza music".split()
 
@@ -94,6 +96,9 @@ def test_personapkt_table_smoke(tiny_backbone, tiny_onnx, tmp_path, capsys):
     err = capsys.readouterr().err
     assert ": training (" not in err and "source prefix '" not in err and "fine-tuning" not in err, err
     assert again["parts"]["B"]["settings"]["base"] == results["parts"]["B"]["settings"]["base"]
+    # a different size never mixes with the cache of another
+    with pytest.raises(SystemExit, match="different configuration"):
+        bench.main([*argv, "--epochs", "2"])
 
 
 def test_estimate_only_plans_without_training(tiny_backbone, tmp_path):
