@@ -679,6 +679,13 @@ def markdown(results: dict) -> str:
               "on a quiet machine)", ""]
     for part in results["parts"]:
         pr = results["parts"][part]
+        base = pr["settings"].get("base") or {}
+        if base:
+            lines += [f"**Part {part} against the issue's bar** (PersonaPKT base): perplexity gain vs source-only "
+                      f"(median over speakers) {_f(pr.get('base_gain_vs_source_median'), pct=True)} (bar ≥ 10%); "
+                      f"identification K=20 {_f(base.get('ident_k20'), pct=True)} (bar ≥ 50%; "
+                      f"K=all={pr.get('k_all')}: {_f(base.get('ident_all'), pct=True)}); stored "
+                      f"{base['stored_params_pct']:.3f}% of the backbone (bar ≤ 0.2%).", ""]
         for d, title in (("beam5", "beam 5"), ("chat", "chat defaults")):
             lines += [f"## Part {part} — decoding: {title}", "",
                       f"{pr['speakers']} speakers enrolled; identification chance: 1/K "
