@@ -109,3 +109,25 @@ def test_estimate_only_plans_without_training(tiny_backbone, tmp_path):
     assert plan["speakers"] == {"B": 3, "C": 2}
     assert plan["estimate"]["total"] > plan["estimate"]["train"] > 0
     assert not (tmp_path / "o").exists()
+
+
+def test_identification_at_k20_and_all_on_a_known_matrix():
+    import numpy as np
+
+    bench = _load()
+    people = [bench.Person(f"s{i}", "B", [], [], [object(), object()]) for i in range(25)]
+    owners = np.repeat(np.arange(25), 2)  # (N,) = 50 replies, 2 per speaker
+    m = np.ones((25, 50))  # (K, N)
+    m[owners, np.arange(50)] = 0.5  # every prefix explains its own speaker's replies best...
+    m[0, 48:] = 0.1  # ...except that speaker 0's prefix steals speaker 24's replies (outside the first 20)
+    rows = {p.speaker: list(m[k]) for k, p in enumerate(people)}
+    out = bench.identification(rows, people)
+    assert out["ident_k20"] == 1.0  # speaker 24 is not among the first 20: K = 20 is perfect
+    assert out["ident_all"] == 24 / 25 and out["ident_all_k"] == 25
+    assert bench.identification({"s0": [0.0, 0.0]}, people[:1])["ident_all"] is None  # K = 1: undefined
+
+
+def test_spread_picks_evenly_and_all_when_asked():
+    bench = _load()
+    assert bench.spread(10, 3) == [0, 4, 9]  # numpy rounds 4.5 to even
+    assert bench.spread(5, 0) == list(range(5)) and bench.spread(3, 8) == [0, 1, 2]
