@@ -674,6 +674,10 @@ def markdown(results: dict) -> str:
     lines += [f"- command: `{meta['command']}`", f"- commit: `{meta['commit']}`", f"- date (UTC): {meta['date']}",
               f"- backbone: `{meta['backbone']}` ({meta['backbone_params']:,} parameters); scoring/decoding: "
               f"ONNX runtime `{meta['export_variant']}` (full fine-tuning rows: torch)",
+              f"- source prefixes: trained here, {meta['size']['source_steps']} steps each over "
+              f"{meta['source_speakers']} part-A speakers (≤ {meta['size']['source_per_speaker']} replies each); "
+              f"'source prefix only' and PersonaPKT base use "
+              + ("the shipped source prefix" if meta["base_source"] == "shipped" else "the plain-mixing one"),
               f"- size: {meta['size_name']} — " + ", ".join(f"{k}={v}" for k, v in meta["size"].items()),
               f"- wall time: {_hms(meta['wall_seconds'])} (estimated beforehand: {_hms(meta['estimate']['total'])} "
               "on a quiet machine)", ""]
@@ -833,7 +837,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit("the ONNX export is not of the training backbone (fingerprints differ)")
     # the cache is only valid for the same sizes, split, sources, backbone and export: refuse to mix
     identity = {"size": asdict(size), "split": asdict(split_config), "base_source": args.base_source,
-                "full_lr": args.full_lr, "seed": args.seed, "backbone": bb.fingerprint,
+                "full_lr": args.full_lr, "seed": args.seed, "backbone": bb.fingerprint, "corpus": args.corpus,
                 "export": json.loads((Path(export_dir) / "manifest.json").read_text()).get("variant")}
     stamp = cache.json("run", lambda: identity)
     if stamp != json.loads(json.dumps(identity)):
@@ -933,7 +937,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "backbone": str(backbone_dir.name), "backbone_fingerprint": bb.fingerprint, "backbone_params": n_params,
         "export_variant": json.loads((Path(export_dir) / "manifest.json").read_text()).get("variant"),
-        "size_name": args.size, "size": asdict(size),
+        "size_name": args.size + (" (with overrides: " + ", ".join(overrides) + ")" if overrides else ""), "size": asdict(size),
         "split": {**asdict(split_config), "summary": split_summary},
         "sources": source_info, "base_source": args.base_source, "settings": settings,
         "source_speakers": len(source_speakers), "prefix_stored_pct": block_pct,
