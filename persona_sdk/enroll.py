@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .prefix import Prefix
     from .trainer import TrainConfig, TrainProgress, TrainSummary
 
+SAVE_RESERVE_MINUTES = 0.15  # process start-up, key derivation and the atomic write, with margin
 SOURCE_DEFAULT = "default"  # the shipped source prefix (when it fits the backbone)
 SOURCE_NONE = "none"
 
@@ -145,6 +146,11 @@ def enroll(
 
     # --- train (nothing written until it is done)
     tb = load_backbone(model_dir)
+    if cfg.max_minutes is not None:
+        # the budget is for the whole enrollment: what reading, loading and (after training)
+        # encrypting + saving take comes out of the trainer's share
+        spent = (time.monotonic() - start) / 60
+        cfg = replace(cfg, max_minutes=max(cfg.max_minutes - spent - SAVE_RESERVE_MINUTES, 0.05))
     prefix, summary = train_prefix(examples.train, examples.val or None, backbone=tb, config=cfg, init=init,
                                    progress=progress, should_stop=should_stop)
     prefix.meta.update(source="none" if init is None else ("shipped" if source_label == "shipped" else "file"))
