@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -245,7 +244,7 @@ def report(results: dict) -> None:
     engines = results["engines"]
     torch_rate = engines.get("torch eager (generate)", {}).get("decode_tok_s")
     llama_rate = engines.get("llama.cpp Q4_1 (llama-cpp-python)", {}).get("decode_tok_s")
-    print(f"| engine | TTFT (s) | decode tok/s | median ms/token | vs torch | vs llama.cpp | same greedy tokens as ORT fp32 |")
+    print("| engine | TTFT (s) | decode tok/s | median ms/token | vs torch | vs llama.cpp | same greedy tokens as ORT fp32 |")
     print("|---|---|---|---|---|---|---|")
     for name, row in engines.items():
         vs_t = f"{row['decode_tok_s'] / torch_rate:.2f}x" if torch_rate else "-"

@@ -47,7 +47,6 @@ def train(
     Example: persona source train --out persona_sdk/data/source_prefix --method plain --steps 200
     """
     import hashlib
-    import json
 
     from persona_sdk import source as src
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from persona_sdk.errors import ExportError, MissingDependencyError
+from persona_sdk.errors import ExportError
 
 from .manifest import MODEL, read_manifest
 

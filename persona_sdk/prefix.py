@@ -146,7 +146,3 @@ class Prefix:
             if prefix.spec.dtype != expect.dtype:
                 raise PrefixShapeError(f"prefix dtype {prefix.spec.dtype} != expected {expect.dtype}")
         return prefix
-
-    @classmethod
-    def zeros(cls, spec: PrefixSpec, backbone: str) -> "Prefix":
-        return cls(np.zeros(spec.shape, dtype=spec.dtype), backbone=backbone, method="zeros")

@@ -25,16 +25,13 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .conversation import ChatFormat, Turn
 from .errors import ConfigError, EnrollmentCancelled, MissingDependencyError, TooLittleDataError, SourcePrefixError, TrainingError
 from .prefix import Prefix
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
 METHODS = ("prefix", "rand-prefix", "prompt")
 BF16_MODES = ("auto", "on", "off")

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 PERSONA = [sys.executable, "-m", "persona_sdk"]
 
