@@ -138,7 +138,7 @@ def perplexity(export_dir: Path, ids: list[int], threads: int) -> float:
     from persona_sdk.runtime import Engine
 
     engine = Engine(export_dir, RuntimeConfig(device="cpu", variant=_variant(export_dir), threads=threads))
-    losses = engine.token_losses(ids, 1)
+    losses = engine.token_losses(ids[: engine.max_positions], 1)  # the sample, cut to the context window
     return float(np.exp(losses.mean()))
 
 

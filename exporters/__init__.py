@@ -21,7 +21,7 @@ from persona_sdk import paths
 from persona_sdk.backbone import fingerprint, read_config
 from persona_sdk.errors import ExportError, ModelFileError
 
-from .manifest import FORMAT, MANIFEST, MODEL, VARIANTS, io_names, read_manifest, write_manifest
+from .manifest import FORMAT, MANIFEST, MODEL, REVISION, VARIANTS, io_names, read_manifest, write_manifest
 
 __all__ = [
     "FORMAT", "MANIFEST", "MODEL", "VARIANTS", "ensure_exported", "export", "export_dir_for", "io_names",
@@ -40,11 +40,11 @@ def export_dir_for(backbone_dir: Path, variant: str = "fp32", cache_root: Path |
 
 
 def export(backbone_dir: Path, out_dir: Path, variant: str = "fp32", fp32_dir: Path | None = None,
-           progress: Progress | None = None) -> Path:
+           progress: Progress | None = None, graph: str = "auto") -> Path:
     """Export ``variant`` into ``out_dir`` (no validation, no caching); see onnx_export.export."""
     from .onnx_export import export as _export
 
-    return _export(backbone_dir, out_dir, variant, fp32_dir=fp32_dir, progress=progress)
+    return _export(backbone_dir, out_dir, variant, fp32_dir=fp32_dir, progress=progress, graph=graph)
 
 
 def validate(export_dir: Path, backbone_dir: Path, **kwargs) -> dict:
@@ -54,20 +54,29 @@ def validate(export_dir: Path, backbone_dir: Path, **kwargs) -> dict:
     return _validate(export_dir, backbone_dir, **kwargs)
 
 
-def _usable(target: Path, fp: str) -> bool:
+def _usable(target: Path, fp: str, current: bool = True) -> bool:
+    """A validated export of this backbone (``current``: built by this exporter revision)."""
     try:
         manifest = read_manifest(target)
     except ModelFileError:
         return False
-    return manifest["fingerprint"] == fp and bool(manifest["validation"].get("passed"))
+    ok = manifest["fingerprint"] == fp and bool(manifest["validation"].get("passed"))
+    return ok and (not current or manifest.get("revision") == REVISION)
+
+
+def _can_export() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "onnx"))
 
 
 def ensure_exported(backbone_dir: Path, variant: str = "fp32", progress: Progress | None = None,
                     cache_root: Path | None = None) -> Path:
     """The validated export dir of ``variant`` for ``backbone_dir``; built on first use.
 
-    Exports (fp32 via optimum; other variants derived from the fp32 export,
-    which is ensured first), validates against torch+PEFT with a prefix
+    Exports (fp32 as the fused graph, or via optimum for other architectures;
+    other variants derived from the fp32 export, which is ensured first),
+    validates against torch+PEFT with a prefix
     injected, writes the manifest and renames the finished folder into place.
     A build that fails validation is deleted and raises :class:`ExportError`;
     a damaged cached export is rebuilt.
@@ -78,6 +87,8 @@ def ensure_exported(backbone_dir: Path, variant: str = "fp32", progress: Progres
     fp = fingerprint(backbone_dir)
     if _usable(target, fp):
         return target
+    if _usable(target, fp, current=False) and not _can_export():
+        return target  # built by an older exporter; still valid, and a chat-only install cannot rebuild it
     say = progress or (lambda msg: None)
     fp32_dir = None
     if variant != "fp32":

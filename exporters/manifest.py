@@ -9,7 +9,7 @@ Keys (``format`` = ``persona-onnx/1``)::
 
     variant, fingerprint, inputs, outputs, layers, kv_heads, head_dim,
     vocab_size, kv_dtype, logits_dtype, opset, versions, files, stop_token_ids,
-    validation, created
+    validation, created; optional: graph (fused | optimum), revision
 """
 
 from __future__ import annotations
@@ -36,9 +36,17 @@ REQUIRED = {
 MAX_MANIFEST_BYTES = 1 << 20
 
 
-def io_names(layers: int) -> tuple[list[str], list[str]]:
-    """Graph input and output names of a decoder with past, in order."""
-    inputs = ["input_ids", "attention_mask", "position_ids"]
+GRAPHS = ("fused", "optimum")
+REVISION = 2  # bump when exports built by older code should be rebuilt (2: the fused graph)
+
+
+def io_names(layers: int, position_ids: bool = True) -> tuple[list[str], list[str]]:
+    """Graph input and output names of a decoder with past, in order.
+
+    The fused graph (GroupQueryAttention derives positions from the mask) has
+    no ``position_ids`` input; the optimum graph has one.
+    """
+    inputs = ["input_ids", "attention_mask"] + (["position_ids"] if position_ids else [])
     outputs = ["logits"]
     for i in range(layers):
         inputs += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
@@ -124,6 +132,6 @@ def _check_fields(manifest: Any, path: Path) -> None:
         raise ModelFileError(f"{path}: variant {manifest['variant']!r} is not one of {VARIANTS}")
     if manifest["kv_dtype"] not in KV_DTYPES:
         raise ModelFileError(f"{path}: kv_dtype {manifest['kv_dtype']!r} is not one of {KV_DTYPES}")
-    inputs, outputs = io_names(manifest["layers"])
+    inputs, outputs = io_names(manifest["layers"], position_ids="position_ids" in manifest["inputs"])
     if manifest["inputs"] != inputs or manifest["outputs"] != outputs:
         raise ModelFileError(f"{path}: graph inputs/outputs do not match a decoder with {manifest['layers']} layers")

@@ -3,17 +3,23 @@
 Graph contract, identical across variants (the runtime treats them the same)::
 
     inputs : input_ids (B, T) int64, attention_mask (B, past+T) int64,
-             position_ids (B, T) int64,
+             [position_ids (B, T) int64: optimum graph only],
              past_key_values.{i}.key / .value (B, kv_heads, past, head_dim) kv_dtype
     outputs: logits (B, T, vocab) logits_dtype, present.{i}.key / .value (B, kv_heads, past+T, head_dim)
+
+Two graphs (``graph`` in the manifest):
+- ``fused`` (Llama-style backbones, the default for them): written by
+  :mod:`.fused` with onnxruntime's fused kernels (GroupQueryAttention with
+  rotary, SkipSimplifiedLayerNormalization); ~2x faster per token on CPU.
+- ``optimum``: optimum-onnx ``main_export``, task ``text-generation-with-past``,
+  for every other architecture (and on request, for comparison).
 
 A persona block ``(layers, 2, kv_heads, P, head_dim)`` goes in as the first
 past (mask with P leading ones, positions from P); past may be longer than the
 new input, which is how every decode step after the first runs anyway.
 
 Variants:
-- ``fp32``: optimum-onnx ``main_export``, task ``text-generation-with-past``
-  (the reference every other variant is derived from).
+- ``fp32``: the reference every other variant is derived from.
 - ``int8``: 8-bit block-32 ``MatMulNBits`` (onnxruntime's MatMulNBitsQuantizer)
   on every MatMul with a constant weight, lm_head included.
 - ``int4``: 4-bit block-32 ``MatMulNBits`` with exact per-block offsets (the
@@ -37,7 +43,7 @@ from typing import Any, Callable
 from persona_sdk.backbone import BackboneSpec, fingerprint, read_config
 from persona_sdk.errors import BackboneError, ExportError, MissingDependencyError
 
-from .manifest import FORMAT, MODEL, VARIANTS, file_entries, io_names, write_manifest
+from .manifest import FORMAT, GRAPHS, MODEL, REVISION, VARIANTS, file_entries, io_names, write_manifest
 
 Progress = Callable[[str], None]
 COPIED_FILES = ("tokenizer.json", "config.json", "generation_config.json", "tokenizer_config.json")
@@ -108,12 +114,15 @@ def _graph_io(model_path: Path) -> tuple[list[str], list[str], dict[str, int], i
     return [i.name for i in model.graph.input], [o.name for o in model.graph.output], types, int(opset)
 
 
-def _check_contract(model_path: Path, spec: BackboneSpec) -> tuple[str, str, int]:
-    """Raise ExportError unless the graph has the decoder-with-past contract; return (kv, logits dtype, opset)."""
+def _check_contract(model_path: Path, spec: BackboneSpec) -> tuple[str, str, int, list[str]]:
+    """Raise ExportError unless the graph has the decoder-with-past contract.
+
+    Returns (kv dtype, logits dtype, opset, input names).
+    """
     import onnx
 
     inputs, outputs, types, opset = _graph_io(model_path)
-    want_in, want_out = io_names(spec.layers)
+    want_in, want_out = io_names(spec.layers, position_ids="position_ids" in inputs)
     if inputs != want_in or outputs != want_out:
         raise ExportError(
             f"exported graph does not have the decoder-with-past contract "
@@ -124,11 +133,32 @@ def _check_contract(model_path: Path, spec: BackboneSpec) -> tuple[str, str, int
     logits = types["logits"]
     if kv not in name or logits not in name:
         raise ExportError("exported graph has KV/logits of an unsupported dtype")
-    return name[kv], name[logits], opset
+    return name[kv], name[logits], opset, inputs
 
 
 # --- the fp32 reference export ---------------------------------------------------
-def _export_fp32(backbone_dir: Path, out_dir: Path, say: Progress) -> None:
+def _export_fp32(backbone_dir: Path, out_dir: Path, say: Progress, graph: str = "auto") -> str:
+    """Write the fp32 graph; return which one (``fused`` or ``optimum``)."""
+    from . import fused
+
+    reason = fused.unsupported_reason(read_config(backbone_dir))
+    if graph == "fused" and reason:
+        raise ExportError(f"the fused graph does not support {backbone_dir}: {reason}")
+    if graph in ("auto", "fused") and reason is None:
+        _need_export_deps()
+        try:
+            fused.build(backbone_dir, out_dir / MODEL, say)
+        except (ExportError, MissingDependencyError, BackboneError):
+            raise
+        except Exception as exc:  # onnx/torch raise many kinds; one clear error
+            raise ExportError(f"building the fused graph of {backbone_dir} failed "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        return "fused"
+    _export_optimum(backbone_dir, out_dir, say)
+    return "optimum"
+
+
+def _export_optimum(backbone_dir: Path, out_dir: Path, say: Progress) -> None:
     _need_export_deps()
     import logging
 
@@ -366,16 +396,19 @@ def _derive(fp32_dir: Path, out_dir: Path, variant: str, say: Progress) -> None:
 
 # --- public ------------------------------------------------------------------------
 def export(backbone_dir: Path, out_dir: Path, variant: str = "fp32", fp32_dir: Path | None = None,
-           progress: Progress | None = None) -> Path:
+           progress: Progress | None = None, graph: str = "auto") -> Path:
     """Write ``variant`` of ``backbone_dir`` into ``out_dir`` with a manifest (not yet validated).
 
     Quantised/fp16 variants are derived from an fp32 export (``fp32_dir``; made
     in a temp folder when not given). ``out_dir`` must not exist or be empty.
     Use :func:`persona_sdk.exporters.ensure_exported` for the validated,
-    cached, atomic path.
+    cached, atomic path. ``graph``: ``auto`` (fused where supported, else
+    optimum), ``fused`` or ``optimum``; a derived variant keeps its fp32's graph.
     """
     if variant not in VARIANTS:
         raise ExportError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if graph not in ("auto", *GRAPHS):
+        raise ExportError(f"graph must be one of {('auto', *GRAPHS)}, got {graph!r}")
     say = progress or (lambda msg: None)
     backbone_dir = Path(backbone_dir)
     config = read_config(backbone_dir)
@@ -389,25 +422,26 @@ def export(backbone_dir: Path, out_dir: Path, variant: str = "fp32", fp32_dir: P
     if any(out_dir.iterdir()):
         raise ExportError(f"export folder {out_dir} is not empty")
     if variant == "fp32":
-        _export_fp32(backbone_dir, out_dir, say)
+        _export_fp32(backbone_dir, out_dir, say, graph)
     else:
         if fp32_dir is None:
             import tempfile
 
             with tempfile.TemporaryDirectory(prefix=".fp32-", dir=out_dir.parent) as tmp:
-                export(backbone_dir, Path(tmp) / "fp32", "fp32", progress=progress)
+                export(backbone_dir, Path(tmp) / "fp32", "fp32", progress=progress, graph=graph)
                 _derive(Path(tmp) / "fp32", out_dir, variant, say)
         else:
             _derive(Path(fp32_dir), out_dir, variant, say)
-    kv_dtype, logits_dtype, opset = _check_contract(out_dir / MODEL, spec)
+    kv_dtype, logits_dtype, opset, inputs = _check_contract(out_dir / MODEL, spec)
+    built = "optimum" if "position_ids" in inputs else "fused"
     for name in COPIED_FILES:
         if (backbone_dir / name).is_file():
             shutil.copy2(backbone_dir / name, out_dir / name)
     if not (out_dir / "tokenizer.json").is_file():
         raise BackboneError(f"{backbone_dir} has no tokenizer.json (persona needs a fast tokenizer file)")
-    inputs, outputs = io_names(spec.layers)
+    inputs, outputs = io_names(spec.layers, position_ids=built == "optimum")
     manifest = {
-        "format": FORMAT, "variant": variant, "fingerprint": fp, "inputs": inputs, "outputs": outputs,
+        "format": FORMAT, "variant": variant, "graph": built, "revision": REVISION, "fingerprint": fp, "inputs": inputs, "outputs": outputs,
         "layers": spec.layers, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim, "vocab_size": spec.vocab_size,
         "kv_dtype": kv_dtype, "logits_dtype": logits_dtype, "opset": opset, "versions": versions(),
         "files": file_entries(out_dir), "stop_token_ids": stop_token_ids(backbone_dir, config),

@@ -66,6 +66,7 @@ class OrtDecoder:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(Path(export_dir) / MODEL), opts, providers=["CPUExecutionProvider"])
         self.layers = self.manifest["layers"]
+        self.has_position_ids = "position_ids" in {i.name for i in self.session.get_inputs()}
         self.kv_dtype = np.dtype(self.manifest["kv_dtype"])
 
     def empty_past(self, kv: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -82,8 +83,9 @@ class OrtDecoder:
         feed: dict[str, np.ndarray] = {
             "input_ids": np.asarray([ids], dtype=np.int64),
             "attention_mask": np.ones((1, past_len + n), dtype=np.int64),
-            "position_ids": np.arange(past_len, past_len + n, dtype=np.int64)[None],
         }
+        if self.has_position_ids:  # optimum graph; the fused one derives positions from the mask
+            feed["position_ids"] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
         for i, (k, v) in enumerate(past):
             feed[f"past_key_values.{i}.key"] = k
             feed[f"past_key_values.{i}.value"] = v

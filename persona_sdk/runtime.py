@@ -2,9 +2,12 @@
 
 The backbone is an ordinary "decoder with past" graph::
 
-    inputs   input_ids (B, T)   attention_mask (B, past+T)   position_ids (B, T)
+    inputs   input_ids (B, T)   attention_mask (B, past+T)   [position_ids (B, T)]
              past_key_values.{i}.key / .value   (B, kv_heads, past, head_dim)
     outputs  logits (B, T, V)   present.{i}.key / .value   (B, kv_heads, past+T, head_dim)
+
+``position_ids`` exists in the optimum graph only; the fused graph
+(GroupQueryAttention) puts token i of the input at position past+i itself.
 
 A persona is fed as the initial past: the KV block ``(layers, 2, kv_heads, P,
 head_dim)`` becomes ``past_key_values.{l}.key = kv[l, 0][None]`` etc., the
@@ -153,6 +156,12 @@ class Engine:
     def forward(self, ids: np.ndarray, past: list, past_len: int, all_logits: bool = False) -> StepOutput:
         """Run ``ids`` (B, T) after ``past`` of length ``past_len`` (prefix included)."""
         batch, t = ids.shape
+        if batch > 1 and t > 1 and past_len > 0 and not self.has_position_ids:
+            # the fused attention kernel prefills one sequence at a time after a past
+            raise GenerationError("the fused graph runs a multi-token input after a past for batch size 1 only")
+        if past_len + t > self.max_positions:
+            raise GenerationError(f"{past_len + t} positions (persona + text) exceed the backbone's context of "
+                                  f"{self.max_positions}; shorten the input")
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
         binding.bind_cpu_input("attention_mask", np.ones((batch, past_len + t), dtype=np.int64))

@@ -49,7 +49,7 @@ def build_tiny_tokenizer(path: Path) -> None:
 
 
 def build_tiny_backbone(path: Path, seed: int = 0, layers: int = 2) -> Path:
-    """A random LlamaForCausalLM (GQA) + tokenizer saved as a HF directory."""
+    """A random LlamaForCausalLM (GQA; head_dim 16, the fused attention kernel's minimum) + tokenizer."""
     import json
 
     import torch
@@ -62,7 +62,7 @@ def build_tiny_backbone(path: Path, seed: int = 0, layers: int = 2) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
         bos_token_id=1, eos_token_id=2, pad_token_id=1, tie_word_embeddings=True,
         rope_theta=10000.0,
     )

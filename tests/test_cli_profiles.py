@@ -57,7 +57,7 @@ def test_list_and_info(capsys, monkeypatch, tiny_prefix):
     assert code == 1 and "PERSONA_PASSPHRASE" in err and "Traceback" not in err
     monkeypatch.setenv("PERSONA_PASSPHRASE", "pw")
     code, out, _ = run(capsys, "info", "me")
-    assert code == 0 and "prefix: 4 virtual tokens x 2 layers x 2 KV heads x 8 dims (float32" in out
+    assert code == 0 and "prefix: 4 virtual tokens x 2 layers x 2 KV heads x 16 dims (float32" in out
     assert "method: personal" in out and "meta.steps: 30" in out
 
 

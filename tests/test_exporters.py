@@ -14,12 +14,13 @@ import pytest
 from persona_sdk.backbone import fingerprint, spec_of
 from persona_sdk.errors import BackboneError, ExportError, ModelFileError
 from persona_sdk.exporters import (
-    MANIFEST, MODEL, VARIANTS, ensure_exported, export_dir_for, io_names, read_manifest,
+    MANIFEST, MODEL, REVISION, VARIANTS, ensure_exported, export, export_dir_for, io_names, read_manifest,
+    validate,
 )
 
 MANIFEST_KEYS = {"format", "variant", "fingerprint", "inputs", "outputs", "layers", "kv_heads", "head_dim",
                  "vocab_size", "kv_dtype", "logits_dtype", "opset", "versions", "files", "stop_token_ids",
-                 "validation", "created"}
+                 "validation", "created", "graph", "revision"}
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +40,16 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def test_every_variant_has_the_manifest_contract(tiny_exports, tiny_backbone):
     spec = spec_of(tiny_backbone)
-    inputs, outputs = io_names(spec.layers)
-    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
-    assert inputs[3:5] == ["past_key_values.0.key", "past_key_values.0.value"]
+    inputs, outputs = io_names(spec.layers, position_ids=False)  # the fused graph (a Llama backbone)
+    assert inputs[:2] == ["input_ids", "attention_mask"]
+    assert inputs[2:4] == ["past_key_values.0.key", "past_key_values.0.value"]
     assert outputs[:3] == ["logits", "present.0.key", "present.0.value"]
+    assert io_names(spec.layers)[0][:3] == ["input_ids", "attention_mask", "position_ids"]  # optimum graph
     for variant, folder in tiny_exports.items():
         m = read_manifest(folder, verify_sha256=True)
         assert set(m) == MANIFEST_KEYS
         assert m["format"] == "persona-onnx/1" and m["variant"] == variant
+        assert m["graph"] == "fused" and m["revision"] == REVISION
         assert m["fingerprint"] == fingerprint(tiny_backbone)
         assert (m["layers"], m["kv_heads"], m["head_dim"], m["vocab_size"]) == (
             spec.layers, spec.kv_heads, spec.head_dim, spec.vocab_size)
@@ -72,7 +75,7 @@ def test_graph_io_matches_the_manifest(tiny_exports):
         assert [i.name for i in sess.get_inputs()] == m["inputs"]
         assert [o.name for o in sess.get_outputs()] == m["outputs"]
         kv_type = "tensor(float16)" if m["kv_dtype"] == "float16" else "tensor(float)"
-        assert sess.get_inputs()[3].type == kv_type
+        assert sess.get_inputs()[2].type == kv_type
 
 
 def test_fp32_validation_is_tight_and_greedy_identical(tiny_exports):
@@ -252,3 +255,63 @@ def test_int4_offsets_represent_q4_1_weights_closely(tmp_path):
     _quantize_nbits(src, tmp_path / "ort.onnx", bits=4, block=32, accuracy=ACCURACY_LEVEL)
     ours, theirs = error(tmp_path / "ours.onnx"), error(tmp_path / "ort.onnx")
     assert ours < theirs / 3, (ours, theirs)  # measured: ~7x smaller (0.076 vs 0.51)
+
+
+def test_fused_graph_uses_the_fused_kernels(tiny_exports, tiny_backbone):
+    import onnx
+
+    spec = spec_of(tiny_backbone)
+    model = onnx.load(str(tiny_exports["fp32"] / MODEL))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("GroupQueryAttention") == spec.layers
+    assert ops.count("SkipSimplifiedLayerNormalization") == 2 * spec.layers
+    assert "Softmax" not in ops and "Concat" not in ops  # no unfused attention, no KV concatenation
+    assert len(ops) < 15 * spec.layers + 12
+
+
+def test_optimum_graph_is_the_fallback_and_still_matches_torch(tiny_backbone, tmp_path):
+    from persona_sdk.exporters.fused import unsupported_reason
+    from persona_sdk.runtime import Engine
+
+    config = json.loads((tiny_backbone / "config.json").read_text())
+    assert unsupported_reason(config) is None
+    assert "architecture" in unsupported_reason({**config, "architectures": ["GPT2LMHeadModel"]})
+    assert "bias" in unsupported_reason({**config, "attention_bias": True})
+    assert "multiple of 16" in unsupported_reason({**config, "head_dim": 8})
+    assert "rope" in unsupported_reason({**config, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}})
+    folder = export(tiny_backbone, tmp_path / "optimum", "fp32", graph="optimum")
+    m = read_manifest(folder)
+    assert m["graph"] == "optimum" and "position_ids" in m["inputs"]
+    record = validate(folder, tiny_backbone)
+    assert record["passed"] and record["greedy_match"] and record["max_abs_logit_diff"] < 1e-4
+    m["validation"] = record
+    (folder / MANIFEST).write_text(json.dumps(m))
+    engine = Engine(folder)
+    assert engine.has_position_ids
+    losses = engine.token_losses([1, 5, 6, 7, 8], 2)
+    assert losses.shape == (3,) and np.isfinite(losses).all()
+
+
+def test_fused_graph_refuses_an_unsupported_backbone(tiny_backbone, tmp_path):
+    odd = _copy(tiny_backbone, tmp_path / "odd")
+    config = json.loads((odd / "config.json").read_text())
+    config["mlp_bias"] = True
+    (odd / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="fused graph does not support.*bias"):
+        export(odd, tmp_path / "out", "fp32", graph="fused")
+    with pytest.raises(ExportError, match="graph must be one of"):
+        export(odd, tmp_path / "out2", "fp32", graph="tensorrt")
+
+
+def test_export_from_an_older_exporter_is_rebuilt_unless_it_cannot_be(tiny_backbone, tmp_path, monkeypatch):
+    import persona_sdk.exporters as exporters
+
+    cache = tmp_path / "cache"
+    folder = ensure_exported(tiny_backbone, "fp32", cache_root=cache)
+    m = read_manifest(folder)
+    m["revision"] = REVISION - 1
+    (folder / MANIFEST).write_text(json.dumps(m))
+    monkeypatch.setattr(exporters, "_can_export", lambda: False)  # a chat-only install keeps the old one
+    assert read_manifest(ensure_exported(tiny_backbone, "fp32", cache_root=cache))["revision"] == REVISION - 1
+    monkeypatch.undo()
+    assert read_manifest(ensure_exported(tiny_backbone, "fp32", cache_root=cache))["revision"] == REVISION
