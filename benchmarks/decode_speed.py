@@ -8,6 +8,8 @@ all on the same machine and thread count:
 - ORT <variant> (runtime): ``persona_sdk.runtime.Engine`` (IO binding, KV kept in ORT),
   as shipped (ORT intra-op thread spinning off) and with spinning on;
 - ORT fp32 (numpy loop): the exporter's minimal loop, KV copied through numpy;
+- ORT <variant>, optimum graph: the same variant built from the optimum-onnx export instead of
+  the fused graph (``--optimum-variants``), to show what the fused graph buys;
 - llama.cpp: ``llama-cpp-python`` on the same GGUF the default backbone comes from.
 
 Time to first token = prompt forward + first token; decode tok/s = (N-1) / (time
@@ -102,6 +104,32 @@ def bench_runtime(export_dir: Path, prompt: list[int], new: int, threads: int, s
     return {**_rates(stamps, start), "tokens": tokens}
 
 
+def optimum_export(model_dir: Path, variant: str, say) -> Path:
+    """``variant`` built from the optimum graph (validated, cached under cache/bench-optimum)."""
+    import shutil
+
+    from persona_sdk import paths
+    from persona_sdk.backbone import fingerprint
+    from persona_sdk.errors import ModelFileError
+    from persona_sdk.exporters import export, read_manifest, validate, write_manifest
+
+    root = paths.cache_dir() / "bench-optimum" / fingerprint(model_dir)[:16]
+    target = root / variant
+    try:
+        if read_manifest(target)["validation"].get("passed"):
+            return target
+    except ModelFileError:
+        pass
+    fp32 = optimum_export(model_dir, "fp32", say) if variant != "fp32" else None
+    shutil.rmtree(target, ignore_errors=True)
+    say(f"building the optimum-graph {variant} export for comparison ...")
+    export(model_dir, target, variant, fp32_dir=fp32, graph="optimum", progress=say)
+    manifest = read_manifest(target)
+    manifest["validation"] = validate(target, model_dir)
+    write_manifest(target, manifest)
+    return target
+
+
 def bench_numpy_loop(export_dir: Path, prompt: list[int], new: int, threads: int) -> dict:
     from persona_sdk.exporters.validation import OrtDecoder
 
@@ -178,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbone", type=Path, default=None, help="HF causal-LM dir (default: the embedded SmolLM2)")
     ap.add_argument("--variants", nargs="+", default=["fp32", "int8", "int4"], help="ORT variants to run")
+    ap.add_argument("--optimum-variants", nargs="*", default=["fp32", "int8"],
+                    help="variants also run from the optimum graph (the pre-fused export), for comparison")
     ap.add_argument("--prompt-tokens", type=int, default=200)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
@@ -213,6 +243,10 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_spin:
             engines[f"ORT {v} (runtime, spinning on)"] = bench_runtime(d, prompt, args.new_tokens, args.threads,
                                                                        spin=True)
+    for v in args.optimum_variants:
+        say(f"ORT {v}, optimum graph ...")
+        engines[f"ORT {v}, optimum graph (runtime)"] = bench_runtime(optimum_export(model_dir, v, say), prompt,
+                                                                   args.new_tokens, args.threads)
     if not args.skip_numpy_loop and "fp32" in exports:
         engines["ORT fp32 (numpy loop)"] = bench_numpy_loop(exports["fp32"], prompt, args.new_tokens, args.threads)
     if not args.skip_llama and args.backbone is None:

@@ -20,16 +20,18 @@ def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
     bench = _load()
     out = tmp_path / "results.json"
     results = bench.main(["--backbone", str(tiny_backbone), "--variants", "fp32", "int4", "--prompt-tokens", "40",
-                          "--new-tokens", "8", "--threads", "1", "--json", str(out)])
+                          "--new-tokens", "8", "--threads", "1", "--optimum-variants", "fp32", "--json", str(out)])
     engines = results["engines"]
     assert set(engines) == {"torch eager (generate)", "ORT fp32 (runtime)", "ORT int4 (runtime)", "ORT fp32 (numpy loop)",
-                            "ORT fp32 (runtime, spinning on)", "ORT int4 (runtime, spinning on)"}
+                            "ORT fp32 (runtime, spinning on)", "ORT int4 (runtime, spinning on)",
+                            "ORT fp32, optimum graph (runtime)"}
     for row in engines.values():
         assert row["new_tokens"] == 8 and row["decode_tok_s"] > 0 and row["ttft_s"] > 0
     # the same graph through the runtime and through the numpy loop decodes the same tokens
     assert engines["ORT fp32 (numpy loop)"]["same_greedy_tokens_as_ort_fp32"] == 8
     assert engines["torch eager (generate)"]["same_greedy_tokens_as_ort_fp32"] == 8
     assert engines["ORT fp32 (runtime, spinning on)"]["same_greedy_tokens_as_ort_fp32"] == 8
+    assert engines["ORT fp32, optimum graph (runtime)"]["same_greedy_tokens_as_ort_fp32"] == 8  # fused == optimum
     assert results["prompt_tokens"] == 40
     assert all(math.isfinite(p) and p > 1 for p in results["perplexity"].values())
     assert results["perplexity_delta_pct"]["fp32"] == 0
