@@ -67,5 +67,6 @@ def info(
         m = json.loads(manifest_path.read_text())
         v = m.get("validation", {})
         size = sum(f.get("size", 0) for f in m.get("files", {}).values()) / 2**20
-        typer.echo(f"onnx {m.get('variant', '?'):<7} {size:7.1f} MiB  max|dlogit| {v.get('max_abs_logit_diff', '?')}"
-                   f"  greedy match {v.get('greedy_match', '?')}  {manifest_path.parent}")
+        graph = m.get("graph", "optimum")  # exports from before the fused graph have no key
+        typer.echo(f"onnx {m.get('variant', '?'):<7} {size:7.1f} MiB  {graph} graph  max|dlogit| "
+                   f"{v.get('max_abs_logit_diff', '?')}  greedy match {v.get('greedy_match', '?')}  {manifest_path.parent}")

@@ -32,6 +32,7 @@ def test_export_then_info(tiny_backbone, persona_home):
 
     after = run(["backbone", "info", "--backbone", str(tiny_backbone)], persona_home)
     assert "onnx fp32" in after.stdout and "onnx int8" in after.stdout
+    assert after.stdout.count("fused graph") == 2  # a Llama backbone gets the fused graph
 
 
 def test_bad_quant_is_a_clear_error(tiny_backbone, persona_home):
