@@ -797,6 +797,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from tokenizers import Tokenizer
 
     t_start = time.monotonic()
+    commit = _commit()  # the code that runs, not whatever HEAD is when a long run ends
     size = SIZES[args.size]
     overrides = {f: getattr(args, "size_" + f) for f in Size.__dataclass_fields__ if getattr(args, "size_" + f) is not None}
     size = replace(size, **overrides)
@@ -933,7 +934,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     wall = time.monotonic() - t_start
     results["meta"] = {
         "command": "python benchmarks/personapkt_table.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "commit": _commit(),
+        "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "backbone": str(backbone_dir.name), "backbone_fingerprint": bb.fingerprint, "backbone_params": n_params,
         "export_variant": json.loads((Path(export_dir) / "manifest.json").read_text()).get("variant"),
