@@ -15,7 +15,8 @@ all on the same machine and thread count:
 Time to first token = prompt forward + first token; decode tok/s = (N-1) / (time
 from first to last token); per-token times are reported as medians. Perplexity
 of each ORT variant on the whole held-out sample; delta vs fp32. Peak RSS of a
-``persona chat --message`` process (``/usr/bin/time -v``).
+``persona chat --message`` process (``/usr/bin/time -v``), and of a fresh process per engine
+(torch eager, each ORT variant, llama.cpp) that loads it and decodes 16 tokens.
 
     python benchmarks/decode_speed.py --json benchmarks/results.json
     python benchmarks/decode_speed.py --backbone PATH --variants fp32 int4 --skip-llama --skip-rss
@@ -185,6 +186,32 @@ def chat_peak_rss(home: str | None, variant: str) -> dict:
             "peak_rss_mb": int(m.group(1)) / 1024 if m else None, "reply_chars": len(proc.stdout.strip())}
 
 
+_RSS_SNIPPET = r"""
+import json, re, sys
+sys.path.insert(0, {here!r})
+import decode_speed as d
+from pathlib import Path
+kind, arg, prompt, threads = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
+if kind == "torch":
+    d.bench_torch(Path(arg), prompt, 16, threads)
+elif kind == "ort":
+    d.bench_runtime(Path(arg), prompt, 16, threads)
+else:
+    d.bench_llama_cpp(Path(arg), prompt, 16, threads)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec
+print(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1))
+"""
+
+
+def engine_peak_rss(kind: str, arg: Path, prompt: list[int], threads: int) -> float | None:
+    """Peak RSS (MB) of a fresh process that loads one engine and decodes 16 tokens after ``prompt``."""
+    code = _RSS_SNIPPET.format(here=str(HERE))
+    proc = subprocess.run([sys.executable, "-c", code, kind, str(arg), json.dumps(prompt), str(threads)],
+                          capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    return int(lines[-1]) / 1024 if proc.returncode == 0 and lines and lines[-1].isdigit() else None
+
+
 def _variant(export_dir: Path) -> str:
     return json.loads((Path(export_dir) / "manifest.json").read_text())["variant"]
 
@@ -215,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-llama", action="store_true")
     ap.add_argument("--skip-numpy-loop", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--rss-only", action="store_true",
+                    help="only the peak RSS per engine (memory is not timing: fine on a busy machine)")
     ap.add_argument("--skip-spin", action="store_true", help="skip the rows with ORT thread spinning on")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
@@ -234,22 +263,22 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"machine": machine(), "backbone": str(model_dir), "prompt_tokens": len(prompt),
                      "new_tokens": args.new_tokens, "threads": args.threads, "engines": {}, "perplexity": {}}
     engines = results["engines"]
-    if not args.skip_torch:
+    if not args.skip_torch and not args.rss_only:
         say("torch eager ...")
         engines["torch eager (generate)"] = bench_torch(model_dir, prompt, args.new_tokens, args.threads)
-    for v, d in exports.items():
+    for v, d in ({} if args.rss_only else exports).items():
         say(f"ORT {v} ...")
         engines[f"ORT {v} (runtime)"] = bench_runtime(d, prompt, args.new_tokens, args.threads)
         if not args.skip_spin:
             engines[f"ORT {v} (runtime, spinning on)"] = bench_runtime(d, prompt, args.new_tokens, args.threads,
                                                                        spin=True)
-    for v in args.optimum_variants:
+    for v in ([] if args.rss_only else args.optimum_variants):
         say(f"ORT {v}, optimum graph ...")
         engines[f"ORT {v}, optimum graph (runtime)"] = bench_runtime(optimum_export(model_dir, v, say), prompt,
                                                                    args.new_tokens, args.threads)
-    if not args.skip_numpy_loop and "fp32" in exports:
+    if not args.skip_numpy_loop and "fp32" in exports and not args.rss_only:
         engines["ORT fp32 (numpy loop)"] = bench_numpy_loop(exports["fp32"], prompt, args.new_tokens, args.threads)
-    if not args.skip_llama and args.backbone is None:
+    if not args.skip_llama and args.backbone is None and not args.rss_only:
         try:
             say("llama.cpp ...")
             engines["llama.cpp Q4_1 (llama-cpp-python)"] = bench_llama_cpp(bb._default_gguf(), prompt,
@@ -261,13 +290,23 @@ def main(argv: list[str] | None = None) -> dict:
         toks = row.pop("tokens")
         if ref is not None:
             row["same_greedy_tokens_as_ort_fp32"] = int(np.sum(np.cumprod(np.asarray(toks[: len(ref)]) == ref[: len(toks)])))
-    for v, d in exports.items():
+    for v, d in ({} if args.rss_only else exports).items():
         results["perplexity"][v] = perplexity(d, text_ids, args.threads)
     if "fp32" in results["perplexity"]:
         base = results["perplexity"]["fp32"]
         results["perplexity_delta_pct"] = {v: 100 * (p / base - 1) for v, p in results["perplexity"].items()}
-    if not args.skip_rss and args.backbone is None:
+    if not args.skip_rss and args.backbone is None and not args.rss_only:
         results["chat_rss"] = [chat_peak_rss(os.environ.get("PERSONA_HOME"), v) for v in args.variants]
+    if not args.skip_rss:
+        say("peak RSS per engine ...")
+        rss = results["engine_rss_mb"] = {}
+        if not args.skip_torch:
+            rss["torch eager (generate)"] = engine_peak_rss("torch", model_dir, prompt, args.threads)
+        for v, d in exports.items():
+            rss[f"ORT {v} (runtime)"] = engine_peak_rss("ort", d, prompt, args.threads)
+        if not args.skip_llama and args.backbone is None:
+            rss["llama.cpp Q4_1 (llama-cpp-python)"] = engine_peak_rss("llama", bb._default_gguf(), prompt,
+                                                                       args.threads)
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -289,6 +328,10 @@ def report(results: dict) -> None:
         print("\n| variant | held-out perplexity | delta vs fp32 |\n|---|---|---|")
         for v, p in results["perplexity"].items():
             print(f"| {v} | {p:.3f} | {results.get('perplexity_delta_pct', {}).get(v, 0):+.2f}% |")
+    if results.get("engine_rss_mb"):
+        print("\n| engine (fresh process: load, 200-token prompt, 16 tokens) | peak RSS (MB) |\n|---|---|")
+        for name, mb in results["engine_rss_mb"].items():
+            print(f"| {name} | {mb:.0f} |" if mb else f"| {name} | failed |")
     for row in results.get("chat_rss", []):
         print(f"\npersona chat --message --variant {row['variant']}: exit {row['exit_code']}, "
               f"peak RSS {row['peak_rss_mb']:.0f} MB, wall {row['wall_s']:.1f} s" if row["peak_rss_mb"] else

@@ -36,5 +36,9 @@ def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
     assert all(math.isfinite(p) and p > 1 for p in results["perplexity"].values())
     assert results["perplexity_delta_pct"]["fp32"] == 0
     assert out.is_file()
+    rss = results["engine_rss_mb"]
+    assert set(rss) == {"torch eager (generate)", "ORT fp32 (runtime)", "ORT int4 (runtime)"}
+    assert all(mb is not None and mb > 20 for mb in rss.values()), rss
+    assert rss["torch eager (generate)"] > rss["ORT int4 (runtime)"]  # torch itself weighs more than ORT
     table = capsys.readouterr().out
     assert "| ORT int4 (runtime) |" in table and "held-out perplexity" in table
