@@ -10,7 +10,8 @@ Graph contract, identical across variants (the runtime treats them the same)::
 Two graphs (``graph`` in the manifest):
 - ``fused`` (Llama-style backbones, the default for them): written by
   :mod:`.fused` with onnxruntime's fused kernels (GroupQueryAttention with
-  rotary, SkipSimplifiedLayerNormalization); ~2x faster per token on CPU.
+  rotary, SkipSimplifiedLayerNormalization); int8 decodes 1.46x faster than
+  from the optimum graph (BENCHMARKS.md, run D).
 - ``optimum``: optimum-onnx ``main_export``, task ``text-generation-with-past``,
   for every other architecture (and on request, for comparison).
 
@@ -137,8 +138,8 @@ def _check_contract(model_path: Path, spec: BackboneSpec) -> tuple[str, str, int
 
 
 # --- the fp32 reference export ---------------------------------------------------
-def _export_fp32(backbone_dir: Path, out_dir: Path, say: Progress, graph: str = "auto") -> str:
-    """Write the fp32 graph; return which one (``fused`` or ``optimum``)."""
+def _export_fp32(backbone_dir: Path, out_dir: Path, say: Progress, graph: str = "auto") -> None:
+    """Write the fp32 graph: the fused one where supported (``auto``), else optimum's."""
     from . import fused
 
     reason = fused.unsupported_reason(read_config(backbone_dir))
@@ -153,9 +154,8 @@ def _export_fp32(backbone_dir: Path, out_dir: Path, say: Progress, graph: str = 
         except Exception as exc:  # onnx/torch raise many kinds; one clear error
             raise ExportError(f"building the fused graph of {backbone_dir} failed "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from None
-        return "fused"
-    _export_optimum(backbone_dir, out_dir, say)
-    return "optimum"
+    else:
+        _export_optimum(backbone_dir, out_dir, say)
 
 
 def _export_optimum(backbone_dir: Path, out_dir: Path, say: Progress) -> None:
