@@ -42,13 +42,14 @@ class PersonaAgent:
         variant: str | None = None,
         device: str = "auto",
         threads: int | None = None,
+        spin: bool = False,
         generation: GenerationConfig | None = None,
         progress: Callable[[str], None] | None = None,
         engine=None,
     ) -> None:
         from .runtime import open_engine
 
-        runtime = RuntimeConfig(device=device, threads=threads, variant=variant)
+        runtime = RuntimeConfig(device=device, threads=threads, variant=variant, spin=spin)
         self.engine = engine if engine is not None else open_engine(backbone, runtime, progress)
         self.engine.check_prefix(prefix)
         self.prefix = prefix
@@ -69,7 +70,7 @@ class PersonaAgent:
         from .vault import Vault
 
         runtime = RuntimeConfig(device=kwargs.pop("device", "auto"), threads=kwargs.pop("threads", None),
-                                variant=kwargs.pop("variant", None))
+                                variant=kwargs.pop("variant", None), spin=kwargs.pop("spin", False))
         engine = kwargs.pop("engine", None) or open_engine(kwargs.pop("backbone", None), runtime,
                                                            kwargs.pop("progress", None))
         prefix = Vault().load(name, passphrase, fingerprint=engine.fingerprint)

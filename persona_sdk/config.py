@@ -75,6 +75,9 @@ class RuntimeConfig:
     variant: str | None = field(default=None, metadata=_meta(
         "ONNX variant: fp32, int8, int4 (CPU) or fp16 (GPU); None = int8 on CPU, fp16 on CUDA."))
     threads: int | None = field(default=None, metadata=_meta("Intra-op threads; None lets onnxruntime decide."))
+    spin: bool = field(default=False, metadata=_meta(
+        "Let onnxruntime's worker threads busy-wait between ops: ~1.5x faster decoding on an idle CPU, "
+        "2x slower when other work shares the cores, and idle cores stay busy (BENCHMARKS.md)."))
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -83,3 +86,5 @@ class RuntimeConfig:
             raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be a positive int or None, got {self.threads!r}")
+        if not isinstance(self.spin, bool):
+            raise ConfigError(f"spin must be True or False, got {self.spin!r}")

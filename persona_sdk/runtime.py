@@ -96,9 +96,9 @@ class Engine:
         if self.runtime.threads:
             opts.intra_op_num_threads = self.runtime.threads
         opts.log_severity_level = 3
-        # Busy-waiting intra-op workers fight everything else on a small desktop CPU;
-        # turning spinning off halved the per-token time here (BENCHMARKS.md).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Busy-waiting intra-op workers fight everything else on a small desktop CPU: off by
+        # default (halved the per-token time on busy cores; costs ~1/3 on idle ones, BENCHMARKS.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.runtime.spin else "0")
         try:
             self.session = ort.InferenceSession(str(self.export_dir / "model.onnx"), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types

@@ -202,6 +202,8 @@ def test_provider_selection(monkeypatch):
 def test_bad_settings_name_the_allowed_values():
     with pytest.raises(ConfigError, match="auto, cpu, cuda"):
         RuntimeConfig(device="tpu")
+    with pytest.raises(ConfigError, match="True or False"):
+        RuntimeConfig(spin="yes")
     with pytest.raises(ConfigError, match="top_p"):
         GenerationConfig(top_p=0)
     with pytest.raises(ConfigError, match="allowed"):
@@ -218,3 +220,16 @@ def test_runtime_path_imports_no_torch(tiny_onnx):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"torch": False, "transformers": False}
+
+
+def test_thread_spinning_is_off_unless_asked_for(tiny_onnx, engine):
+    from persona_sdk.runtime import Engine
+
+    def spinning(e):
+        return e.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning(engine) == "0"
+    spun = Engine(tiny_onnx, RuntimeConfig(spin=True))
+    assert spinning(spun) == "1"
+    ids = [1, 5, 6, 7]
+    np.testing.assert_allclose(spun.token_losses(ids, 1), engine.token_losses(ids, 1), rtol=1e-5, atol=1e-5)
