@@ -25,6 +25,7 @@ of each ORT variant on the whole held-out sample; delta vs fp32. Peak RSS of a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
             rss["torch eager (generate)"] = engine_peak_rss("torch", model_dir, prompt, args.threads)
         for v, d in exports.items():
             rss[f"ORT {v} (runtime)"] = engine_peak_rss("ort", d, prompt, args.threads)
-        if not args.skip_llama and args.backbone is None:
+        if not args.skip_llama and args.backbone is None and importlib.util.find_spec("llama_cpp"):
             rss["llama.cpp Q4_1 (llama-cpp-python)"] = engine_peak_rss("llama", bb._default_gguf(), prompt,
                                                                        args.threads)
     report(results)
