@@ -826,13 +826,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     from persona_sdk import trainer as tr
     from persona_sdk.config import RuntimeConfig
-    from persona_sdk.runtime import Engine, find_export
+    from persona_sdk.engines import find_export
+    from persona_sdk.runtime import Engine
 
     torch.set_num_threads(args.threads)
     progress = Progress(plan["total"])
     bb = tr.load_backbone(backbone_dir)
     n_params = int(sum(p.numel() for p in {id(p): p for p in bb.model.parameters()}.values()))
-    export_dir = find_export(args.export or backbone_dir, args.variant, say)
+    export_dir = find_export(args.export or backbone_dir, args.variant, say, build=True)
     engine = Engine(export_dir, RuntimeConfig(device="cpu", threads=args.threads))
     if engine.fingerprint != bb.fingerprint:
         raise SystemExit("the ONNX export is not of the training backbone (fingerprints differ)")

@@ -23,18 +23,19 @@ def export(
 ) -> None:
     """Export (once) and validate the backbone against the torch model, with a persona prefix injected.
 
+    Builds what is missing or outdated, reuses what is current (needs the [export] extra).
+    `persona chat` uses int8 on CPU, fp16 on CUDA.
+
     Example: persona backbone export --quant int4
     """
-    from persona_sdk import backbone as bb
+    from persona_sdk.engines import find_export
     from persona_sdk.errors import ConfigError
-    from persona_sdk.exporters import ensure_exported
 
     if quant not in (None, "int8", "int4"):
         raise ConfigError(f"--quant must be int8 or int4, got {quant!r}")
-    model_dir = bb.resolve(backbone, progress=err)
     variants = ["fp32"] + ([quant] if quant else []) + (["fp16"] if fp16 else [])
     for variant in variants:
-        out = ensure_exported(model_dir, variant, progress=err)
+        out = find_export(backbone, variant, progress=err, build=True)
         typer.echo(f"{variant}: {out}")
 
 
@@ -50,7 +51,7 @@ def info(
 
     from persona_sdk import backbone as bb
     from persona_sdk import paths
-    from persona_sdk.exporters.manifest import MANIFEST
+    from persona_sdk.manifest import MANIFEST
 
     model_dir = bb.resolve(backbone, progress=err)
     spec = bb.spec_of(model_dir)

@@ -35,7 +35,8 @@ def chat(
     Example: persona chat --name me --message "hi, what do you do on weekends?"
 
     In the interactive chat, /reset forgets the conversation, /exit or Ctrl-D
-    quits, and Ctrl-C stops the reply being written.
+    quits, and Ctrl-C stops the reply being written. The first run builds the
+    backbone's ONNX export (once; it says so on stderr first, needs the [export] extra).
     """
     from persona_sdk.agent import PersonaAgent
     from persona_sdk.config import GenerationConfig
@@ -43,7 +44,9 @@ def chat(
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                            repetition_penalty=repetition_penalty, num_beams=beams, seed=seed,
                            do_sample=temperature > 0 and beams == 1)
-    kwargs = dict(backbone=backbone, device=device, variant=variant, spin=spin, generation=gen, progress=err)
+    # the first run builds the ONNX export: announced on stderr before it starts
+    kwargs = dict(backbone=backbone, device=device, variant=variant, spin=spin, generation=gen, progress=err,
+                  build=True)
     if name:
         agent = PersonaAgent.open(name, passphrase=_vault_passphrase(name), **kwargs)
     else:

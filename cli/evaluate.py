@@ -39,7 +39,7 @@ def eval_(
     from persona_sdk.chats import load_chats, resolve_me
     from persona_sdk.config import RuntimeConfig
     from persona_sdk.evaluate import EvalConfig, evaluate, format_samples, held_out_examples, write_html
-    from persona_sdk.runtime import open_engine
+    from persona_sdk.engines import open_engine
 
     from .profiles import _unlock, _vault
 
@@ -51,7 +51,7 @@ def eval_(
     loaded = load_chats(chats, fmt)
     who = resolve_me(loaded, me)
     runtime = RuntimeConfig(device=device, **({"variant": variant} if variant else {}))
-    engine = open_engine(backbone, runtime, progress=err)
+    engine = open_engine(backbone, runtime, progress=err, build=True)  # a first-run build is announced
     persona = vault.load(profile, key, fingerprint=engine.fingerprint)
     source_prefix = _source(source, engine.fingerprint)
     examples = held_out_examples(engine, loaded, who, config)

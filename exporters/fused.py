@@ -46,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 
 from persona_sdk.errors import ExportError
+from persona_sdk.manifest import ATTENTION_MASK, INPUT_IDS, LOGITS, past_names, present_names
 
 Progress = Callable[[str], None]
 OPSET = 17
@@ -126,10 +127,10 @@ def build(backbone_dir: Path, out_path: Path, say: Progress | None = None) -> No
     L, H, KV, D = spec.layers, spec.heads, spec.kv_heads, spec.head_dim
     # attention bookkeeping shared by every layer
     one = init("const_one_i64", np.array([1], dtype=np.int64))
-    node("ReduceSum", ["attention_mask", one], ["mask_len"], "mask/ReduceSum", keepdims=0)  # (B,)
+    node("ReduceSum", [ATTENTION_MASK, one], ["mask_len"], "mask/ReduceSum", keepdims=0)  # (B,)
     node("Sub", ["mask_len", one], ["seqlens_k_i64"], "mask/Sub")
     node("Cast", ["seqlens_k_i64"], ["seqlens_k"], "mask/Cast", to=TensorProto.INT32)  # (B,) past+T-1
-    node("Shape", ["attention_mask"], ["mask_shape"], "mask/Shape")
+    node("Shape", [ATTENTION_MASK], ["mask_shape"], "mask/Shape")
     node("Gather", ["mask_shape", init("const_axis1", np.array(1, dtype=np.int64))], ["total_len_i64"],
          "mask/Gather", axis=0)
     node("Cast", ["total_len_i64"], ["total_len"], "mask/CastTotal", to=TensorProto.INT32)  # scalar past+T
@@ -137,8 +138,9 @@ def build(backbone_dir: Path, out_path: Path, say: Progress | None = None) -> No
     init("sin_cache", sin)
 
     init("embed_tokens.weight", weight("model.embed_tokens.weight"))  # (V, H)
-    node("Gather", ["embed_tokens.weight", "input_ids"], ["embeds"], "embed/Gather", axis=0)  # (B, T, hidden)
+    node("Gather", ["embed_tokens.weight", INPUT_IDS], ["embeds"], "embed/Gather", axis=0)  # (B, T, hidden)
 
+    past, present = past_names(L), present_names(L)  # [l0.key, l0.value, l1.key, ...]
     residual, pending = "embeds", None  # pending: a block output not yet added to the residual
     for layer in range(L):
         p = f"model.layers.{layer}."
@@ -156,9 +158,9 @@ def build(backbone_dir: Path, out_path: Path, say: Progress | None = None) -> No
         node("MatMul", [f"l{layer}/x", init(f"layers.{layer}.qkv_proj.weight", wqkv)], [f"l{layer}/qkv"],
              f"l{layer}/qkv_proj/MatMul")
         node("GroupQueryAttention",
-             [f"l{layer}/qkv", "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
+             [f"l{layer}/qkv", "", "", past[2 * layer], past[2 * layer + 1],
               "seqlens_k", "total_len", "cos_cache", "sin_cache"],
-             [f"l{layer}/attn", f"present.{layer}.key", f"present.{layer}.value"], f"l{layer}/attn",
+             [f"l{layer}/attn", present[2 * layer], present[2 * layer + 1]], f"l{layer}/attn",
              domain="com.microsoft", num_heads=H, kv_num_heads=KV, scale=float(D) ** -0.5, do_rotary=1,
              rotary_interleaved=0, local_window_size=-1)
         wo = weight(p + "self_attn.o_proj.weight").T  # (H·D, hidden)
@@ -184,18 +186,14 @@ def build(backbone_dir: Path, out_path: Path, say: Progress | None = None) -> No
     node("SkipSimplifiedLayerNormalization", [pending, residual, n_final], ["final"], "final_norm",
          domain="com.microsoft", epsilon=eps)
     lm_head = state.get("lm_head.weight", state["model.embed_tokens.weight"])  # tied when absent
-    node("MatMul", ["final", init("lm_head.weight", lm_head.T)], ["logits"], "lm_head/MatMul")  # (B, T, V)
+    node("MatMul", ["final", init("lm_head.weight", lm_head.T)], [LOGITS], "lm_head/MatMul")  # (B, T, V)
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch", "sequence"]),
-              helper.make_tensor_value_info("attention_mask", i64, ["batch", "total_sequence"])]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "sequence", spec.vocab_size])]
-    for layer in range(L):
-        for kv in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(f"past_key_values.{layer}.{kv}", f32,
-                                                        ["batch", KV, "past_sequence", D]))
-            outputs.append(helper.make_tensor_value_info(f"present.{layer}.{kv}", f32,
-                                                         ["batch", KV, "total_sequence", D]))
+    inputs = [helper.make_tensor_value_info(INPUT_IDS, i64, ["batch", "sequence"]),
+              helper.make_tensor_value_info(ATTENTION_MASK, i64, ["batch", "total_sequence"])]
+    outputs = [helper.make_tensor_value_info(LOGITS, f32, ["batch", "sequence", spec.vocab_size])]
+    inputs += [helper.make_tensor_value_info(name, f32, ["batch", KV, "past_sequence", D]) for name in past]
+    outputs += [helper.make_tensor_value_info(name, f32, ["batch", KV, "total_sequence", D]) for name in present]
     graph = helper.make_graph(nodes, "persona-fused-decoder", inputs, outputs, initializer=inits)
     model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                            helper.make_opsetid("com.microsoft", 1)],

@@ -34,17 +34,16 @@ Variants:
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from persona_sdk.backbone import BackboneSpec, fingerprint, read_config
+from persona_sdk.backbone import BackboneSpec, fingerprint, read_config, stop_token_ids
 from persona_sdk.errors import BackboneError, ExportError, MissingDependencyError
-
-from .manifest import FORMAT, GRAPHS, MODEL, REVISION, VARIANTS, file_entries, io_names, write_manifest
+from persona_sdk.manifest import (FORMAT, GRAPHS, LOGITS, MODEL, POSITION_IDS, REVISION, VARIANTS, file_entries,
+                                  io_names, past_names, write_manifest)
 
 Progress = Callable[[str], None]
 COPIED_FILES = ("tokenizer.json", "config.json", "generation_config.json", "tokenizer_config.json")
@@ -62,34 +61,6 @@ def _need_export_deps() -> None:
         raise MissingDependencyError(
             "exporting a backbone to ONNX needs the [export] extra (torch, transformers, optimum-onnx, onnx)"
         ) from None
-
-
-def stop_token_ids(backbone_dir: Path, config: dict) -> list[int]:
-    """End-of-sequence ids: config/generation_config eos plus ChatML's ``<|im_end|>``."""
-    ids: set[int] = set()
-
-    def add(value: Any) -> None:
-        if isinstance(value, int) and not isinstance(value, bool):
-            ids.add(value)
-        elif isinstance(value, list):
-            for v in value:
-                add(v)
-
-    add(config.get("eos_token_id"))
-    gen = Path(backbone_dir) / "generation_config.json"
-    if gen.is_file():
-        try:
-            add(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id"))
-        except (OSError, ValueError, AttributeError):
-            pass
-    tok = Path(backbone_dir) / "tokenizer.json"
-    if tok.is_file():
-        from tokenizers import Tokenizer
-
-        end = Tokenizer.from_file(str(tok)).token_to_id("<|im_end|>")
-        if end is not None:
-            ids.add(int(end))
-    return sorted(ids)
 
 
 def versions() -> dict[str, str]:
@@ -123,15 +94,15 @@ def _check_contract(model_path: Path, spec: BackboneSpec) -> tuple[str, str, int
     import onnx
 
     inputs, outputs, types, opset = _graph_io(model_path)
-    want_in, want_out = io_names(spec.layers, position_ids="position_ids" in inputs)
+    want_in, want_out = io_names(spec.layers, position_ids=POSITION_IDS in inputs)
     if inputs != want_in or outputs != want_out:
         raise ExportError(
             f"exported graph does not have the decoder-with-past contract "
             f"(inputs {inputs[:4]}..., {len(inputs)} total; expected {len(want_in)})"
         )
     name = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
-    kv = types["past_key_values.0.key"]
-    logits = types["logits"]
+    kv = types[past_names(1)[0]]
+    logits = types[LOGITS]
     if kv not in name or logits not in name:
         raise ExportError("exported graph has KV/logits of an unsupported dtype")
     return name[kv], name[logits], opset, inputs
@@ -433,7 +404,7 @@ def export(backbone_dir: Path, out_dir: Path, variant: str = "fp32", fp32_dir: P
         else:
             _derive(Path(fp32_dir), out_dir, variant, say)
     kv_dtype, logits_dtype, opset, inputs = _check_contract(out_dir / MODEL, spec)
-    built = "optimum" if "position_ids" in inputs else "fused"
+    built = "optimum" if POSITION_IDS in inputs else "fused"
     for name in COPIED_FILES:
         if (backbone_dir / name).is_file():
             shutil.copy2(backbone_dir / name, out_dir / name)

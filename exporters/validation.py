@@ -33,7 +33,7 @@ import numpy as np
 
 from persona_sdk.errors import ExportError
 
-from .manifest import MODEL, read_manifest
+from persona_sdk.manifest import ATTENTION_MASK, INPUT_IDS, MODEL, POSITION_IDS, past_names, read_manifest
 
 PREFIX_LEN = 8
 STEPS = 24
@@ -66,7 +66,8 @@ class OrtDecoder:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(Path(export_dir) / MODEL), opts, providers=["CPUExecutionProvider"])
         self.layers = self.manifest["layers"]
-        self.has_position_ids = "position_ids" in {i.name for i in self.session.get_inputs()}
+        self.has_position_ids = POSITION_IDS in {i.name for i in self.session.get_inputs()}
+        self.past_names = past_names(self.layers)
         self.kv_dtype = np.dtype(self.manifest["kv_dtype"])
 
     def empty_past(self, kv: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -81,14 +82,14 @@ class OrtDecoder:
         past_len = past[0][0].shape[2]
         n = len(ids)
         feed: dict[str, np.ndarray] = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, past_len + n), dtype=np.int64),
+            INPUT_IDS: np.asarray([ids], dtype=np.int64),
+            ATTENTION_MASK: np.ones((1, past_len + n), dtype=np.int64),
         }
         if self.has_position_ids:  # optimum graph; the fused one derives positions from the mask
-            feed["position_ids"] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
+            feed[POSITION_IDS] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
         for i, (k, v) in enumerate(past):
-            feed[f"past_key_values.{i}.key"] = k
-            feed[f"past_key_values.{i}.value"] = v
+            feed[self.past_names[2 * i]] = k
+            feed[self.past_names[2 * i + 1]] = v
         out = self.session.run(None, feed)
         present = [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(self.layers)]
         return out[0][0].astype(np.float32), present

@@ -16,6 +16,13 @@ back. Cancelling a stream (``break`` out of the loop, ``close()`` the iterator,
 ``cancel()`` from another thread, or cancelling the ``astream`` task) stops
 decoding at the next token and leaves the agent usable; the partial reply is
 kept in the history, as the user saw it.
+
+The agent chats on a cached ONNX export of the backbone. When there is none
+yet (or only one built by an older exporter), it builds one only when asked:
+``PersonaAgent(build=True, progress=print)`` announces the build and reports
+progress (it needs the ``[export]`` extra and takes a minute or more); without
+``build=True`` it raises :class:`~persona_sdk.errors.ExportNotReadyError`
+naming the command that builds it (``persona backbone export ...``).
 """
 
 from __future__ import annotations
@@ -45,12 +52,16 @@ class PersonaAgent:
         spin: bool = False,
         generation: GenerationConfig | None = None,
         progress: Callable[[str], None] | None = None,
+        build: bool = False,
         engine=None,
     ) -> None:
-        from .runtime import open_engine
+        """``backbone``: None (the embedded default), a Hugging Face causal-LM folder, or an
+        export folder; ``build``: build a missing or outdated ONNX export now (announced
+        through ``progress``) instead of raising :class:`ExportNotReadyError`."""
+        from .engines import open_engine
 
         runtime = RuntimeConfig(device=device, threads=threads, variant=variant, spin=spin)
-        self.engine = engine if engine is not None else open_engine(backbone, runtime, progress)
+        self.engine = engine if engine is not None else open_engine(backbone, runtime, progress, build=build)
         self.engine.check_prefix(prefix)
         self.prefix = prefix
         self.generation = generation or GenerationConfig()
@@ -65,14 +76,18 @@ class PersonaAgent:
 
     @classmethod
     def open(cls, name: str, passphrase: str | None = None, **kwargs) -> "PersonaAgent":
-        """An agent speaking as the enrolled profile ``name`` (decrypted into memory only)."""
-        from .runtime import open_engine
+        """An agent speaking as the enrolled profile ``name`` (decrypted into memory only).
+
+        Takes the same keyword arguments as the constructor (``build=True`` included).
+        """
+        from .engines import open_engine
         from .vault import Vault
 
         runtime = RuntimeConfig(device=kwargs.pop("device", "auto"), threads=kwargs.pop("threads", None),
                                 variant=kwargs.pop("variant", None), spin=kwargs.pop("spin", False))
         engine = kwargs.pop("engine", None) or open_engine(kwargs.pop("backbone", None), runtime,
-                                                           kwargs.pop("progress", None))
+                                                           kwargs.pop("progress", None),
+                                                           build=kwargs.pop("build", False))
         prefix = Vault().load(name, passphrase, fingerprint=engine.fingerprint)
         return cls(prefix, engine=engine, **kwargs)
 

@@ -149,6 +149,20 @@ def fingerprint(model_dir: Path) -> str:
     return digest
 
 
+def parameter_count(model_dir: Path) -> int:
+    """Number of weights in the backbone's safetensors files (read from their headers only)."""
+    total = 0
+    for f in _weight_files(Path(model_dir)):
+        header, _ = _safetensors_header(f)
+        for name, info in header.items():
+            if name != "__metadata__":
+                n = 1
+                for dim in info["shape"]:
+                    n *= int(dim)
+                total += n
+    return total
+
+
 def _sha(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
@@ -215,8 +229,8 @@ def ensure_default(progress: Progress | None = None) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model.generation_config.eos_token_id = _stop_ids(tokenizer, model.config)
         tokenizer.save_pretrained(str(tmp))
+        model.generation_config.eos_token_id = stop_token_ids(tmp, model.config.to_dict())
         model.save_pretrained(str(tmp), safe_serialization=True)
         if not is_materialised(tmp):
             raise BackboneError("materialising the default backbone produced an incomplete folder")
@@ -235,11 +249,39 @@ def _mk(path: Path) -> Path:
     return path
 
 
-def _stop_ids(tokenizer, config) -> list[int]:
-    ids = {int(config.eos_token_id)} if isinstance(config.eos_token_id, int) else set()
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(end, int) and end != tokenizer.unk_token_id:
-        ids.add(end)
+def stop_token_ids(model_dir: Path, config: dict | None = None) -> list[int]:
+    """The ids that end a reply: config/generation_config eos plus the end-of-turn token.
+
+    The one rule: the exporters record it in every manifest (``stop_token_ids``),
+    which is what the runtime stops on.
+    """
+    from .conversation import TURN_END
+
+    model_dir = Path(model_dir)
+    config = read_config(model_dir) if config is None else config
+    ids: set[int] = set()
+
+    def add(value: object) -> None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            ids.add(value)
+        elif isinstance(value, list):
+            for v in value:
+                add(v)
+
+    add(config.get("eos_token_id"))
+    gen = model_dir / "generation_config.json"
+    if gen.is_file():
+        try:
+            add(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id"))
+        except (OSError, ValueError, AttributeError):
+            pass
+    tok = model_dir / "tokenizer.json"
+    if tok.is_file():
+        from tokenizers import Tokenizer
+
+        end = Tokenizer.from_file(str(tok)).token_to_id(TURN_END)
+        if end is not None:
+            ids.add(int(end))
     return sorted(ids)
 
 

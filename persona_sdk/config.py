@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .manifest import VARIANTS
 
 DEVICES = ("auto", "cpu", "cuda")
-VARIANTS = ("fp32", "int8", "int4", "fp16")
 # int8 weight-only MatMulNBits: +0.11% perplexity, half of fp32's memory, 1.5-1.8x its speed
 # (BENCHMARKS.md); int4 is as fast and smaller but costs +2.6% perplexity.
 DEFAULT_VARIANT = "int8"

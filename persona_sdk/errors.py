@@ -27,6 +27,14 @@ class ModelFileError(PersonaError):
     """An ONNX model file or its manifest is missing, corrupt or inconsistent."""
 
 
+class ExportNotReadyError(ModelFileError):
+    """The backbone has no usable ONNX export yet; the message names the command that builds it."""
+
+
+class ExportOutdatedError(ExportNotReadyError):
+    """The cached ONNX export was built by an older exporter; the message names the command that rebuilds it."""
+
+
 class DeviceError(PersonaError):
     """The requested execution device (e.g. CUDA) is not available."""
 

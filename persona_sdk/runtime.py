@@ -16,6 +16,10 @@ the initial past is empty (length 0). The KV cache stays inside onnxruntime
 between steps (IO binding: the ``present`` OrtValues of one step are bound as
 the ``past`` of the next, no copies through numpy, and on CUDA it stays on the
 GPU).
+
+The graph's names and the manifest come from :mod:`persona_sdk.manifest`;
+finding (or building) the export a chat runs on is :mod:`persona_sdk.engines`'
+job, not this module's: the runtime opens exports, it never makes them.
 """
 
 from __future__ import annotations
@@ -28,18 +32,18 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .config import DEFAULT_VARIANT, GPU_VARIANT, GenerationConfig, RuntimeConfig
+from .backbone import BackboneSpec
+from .config import GenerationConfig, RuntimeConfig
 from .conversation import ChatFormat, Turn
 from .errors import DeviceError, GenerationError, ModelFileError
-from .backbone import BackboneSpec
+from .manifest import (ATTENTION_MASK, INPUT_IDS, LOGITS, MODEL, POSITION_IDS, past_names, present_names,
+                       read_manifest)
 from .prefix import Prefix, PrefixSpec
 
 log = logging.getLogger(__name__)
 
 def load_manifest(export_dir: Path) -> dict:
     """An export's manifest after checking it, its model files (sizes) and tokenizer."""
-    from .exporters.manifest import read_manifest
-
     manifest = read_manifest(export_dir)
     if not (Path(export_dir) / "tokenizer.json").is_file():
         raise ModelFileError(f"{Path(export_dir) / 'tokenizer.json'} is missing; delete {export_dir} and re-export")
@@ -100,10 +104,10 @@ class Engine:
         # default (halved the per-token time on busy cores; costs ~1/3 on idle ones, BENCHMARKS.md).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.runtime.spin else "0")
         try:
-            self.session = ort.InferenceSession(str(self.export_dir / "model.onnx"), opts, providers=providers)
+            self.session = ort.InferenceSession(str(self.export_dir / MODEL), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelFileError(
-                f"onnxruntime could not load {self.export_dir / 'model.onnx'} ({type(exc).__name__}); "
+                f"onnxruntime could not load {self.export_dir / MODEL} ({type(exc).__name__}); "
                 "the file is corrupt or from an incompatible export: export the backbone again"
             ) from None
         used = self.session.get_providers()
@@ -111,19 +115,17 @@ class Engine:
             log.warning("CUDA provider is installed but no GPU could be used; running on CPU")
         self.device = "cuda" if used[0] == "CUDAExecutionProvider" else "cpu"
         names = [i.name for i in self.session.get_inputs()]
-        self.past_names = [f"past_key_values.{l}.{kv}" for l in range(self.layers) for kv in ("key", "value")]
-        self.present_names = [f"present.{l}.{kv}" for l in range(self.layers) for kv in ("key", "value")]
-        expected = {"input_ids", "attention_mask", *self.past_names}
+        self.past_names = past_names(self.layers)
+        self.present_names = present_names(self.layers)
+        expected = {INPUT_IDS, ATTENTION_MASK, *self.past_names}
         if not expected <= set(names):
-            raise ModelFileError(f"{self.export_dir / 'model.onnx'} is not a decoder-with-past graph for "
+            raise ModelFileError(f"{self.export_dir / MODEL} is not a decoder-with-past graph for "
                                  f"{self.layers} layers (inputs: {', '.join(names[:6])}...)")
-        self.has_position_ids = "position_ids" in names
+        self.has_position_ids = POSITION_IDS in names
         self.tokenizer = Tokenizer.from_file(str(self.export_dir / "tokenizer.json"))
         self.format = ChatFormat(self.tokenizer)
-        stop = set(int(i) for i in m.get("stop_token_ids", []))
-        if self.format.end_id is not None:
-            stop.add(self.format.end_id)
-        self.stop_ids = stop
+        # eos ids and the end-of-turn token, recorded by the exporter (backbone.stop_token_ids)
+        self.stop_ids = set(int(i) for i in m["stop_token_ids"])
         self._ort = ort
         self._device_type = "cuda" if self.device == "cuda" else "cpu"
 
@@ -163,14 +165,14 @@ class Engine:
             raise GenerationError(f"{past_len + t} positions (persona + text) exceed the backbone's context of "
                                   f"{self.max_positions}; shorten the input")
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
-        binding.bind_cpu_input("attention_mask", np.ones((batch, past_len + t), dtype=np.int64))
+        binding.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(ids, dtype=np.int64))
+        binding.bind_cpu_input(ATTENTION_MASK, np.ones((batch, past_len + t), dtype=np.int64))
         if self.has_position_ids:
             pos = np.broadcast_to(np.arange(past_len, past_len + t, dtype=np.int64), (batch, t))
-            binding.bind_cpu_input("position_ids", np.ascontiguousarray(pos))
+            binding.bind_cpu_input(POSITION_IDS, np.ascontiguousarray(pos))
         for name, value in zip(self.past_names, past):
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
+        binding.bind_output(LOGITS, "cpu")
         for name in self.present_names:
             binding.bind_output(name, self._device_type)
         self.session.run_with_iobinding(binding)
@@ -343,38 +345,3 @@ def pick_token(logits: np.ndarray, seen: np.ndarray, gen: GenerationConfig, rng:
         probs = np.where(mask, probs, 0.0)
         probs /= probs.sum()
     return int(rng.choice(probs.size, p=probs))
-
-
-# --- opening a backbone for chat ------------------------------------------------
-def open_engine(
-    backbone: str | Path | None = None,
-    runtime: RuntimeConfig | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Engine:
-    """An :class:`Engine` for a backbone folder (None = the embedded default).
-
-    The ONNX export is looked up in the cache and, on first use, built and
-    validated (that step needs the ``[export]`` extra: torch, optimum).
-    """
-    runtime = runtime or RuntimeConfig()
-    variant = runtime.variant
-    if variant is None:
-        on_gpu = choose_providers(runtime.device)[0] == "CUDAExecutionProvider"
-        variant = GPU_VARIANT if on_gpu else DEFAULT_VARIANT
-    export_dir = find_export(backbone, variant, progress)
-    return Engine(export_dir, runtime)
-
-
-def find_export(backbone: str | Path | None, variant: str, progress: Callable[[str], None] | None = None) -> Path:
-    from . import backbone as bb
-
-    path = Path(backbone) if backbone not in (None, "", "default") else None
-    if path is not None and (path / "manifest.json").is_file():  # an export folder itself
-        return path
-    model_dir = bb.resolve(backbone, progress)
-    try:
-        from .exporters import ensure_exported
-    except ImportError as exc:
-        raise ModelFileError(f"the ONNX exporter is unavailable ({exc.name})") from None
-    return ensure_exported(model_dir, variant, progress=progress)
-

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from persona_sdk.exporters import ensure_exported, read_manifest
-from persona_sdk.exporters import reference
+from persona_sdk.exporters import ensure_exported, reference
 from persona_sdk.exporters.validation import OrtDecoder, prompt_ids_for, random_block
+from persona_sdk.manifest import read_manifest
 
 STEPS = 24
 

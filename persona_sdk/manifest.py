@@ -1,15 +1,26 @@
-"""The manifest written next to every exported model: the contract the runtime reads.
+"""The ONNX export contract: the folder and ``manifest.json`` the exporters write and the runtime reads.
 
-Runtime side: numpy/json only, never torch. ``read_manifest`` checks that the
-manifest is well formed and that every model file it lists is present with the
-recorded size (and, on demand, sha256), so a damaged export gives one clear
-:class:`ModelFileError` instead of an onnxruntime stack trace.
+Runtime side: json/hashlib only, never torch. This module is the one place that
+names the decoder graph's inputs and outputs, the variants, the exporter
+revision and the cache layout; :mod:`persona_sdk.exporters` writes exports
+that follow it, :mod:`persona_sdk.runtime` reads them.
+
+``read_manifest`` checks that the manifest is well formed and that every model
+file it lists is present with the recorded size (and, on demand, sha256), so a
+damaged export gives one clear :class:`ModelFileError` instead of an
+onnxruntime stack trace. ``export_status`` says whether a cached export can be
+used as it is.
 
 Keys (``format`` = ``persona-onnx/1``)::
 
     variant, fingerprint, inputs, outputs, layers, kv_heads, head_dim,
     vocab_size, kv_dtype, logits_dtype, opset, versions, files, stop_token_ids,
     validation, created; optional: graph (fused | optimum), revision
+
+Layout::
+
+    cache_dir()/onnx/<fingerprint[:16]>/<variant>/
+        model.onnx  manifest.json  tokenizer.json  config.json  (+ generation_config.json ...)
 """
 
 from __future__ import annotations
@@ -20,13 +31,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from persona_sdk.errors import ModelFileError
+from . import paths
+from .errors import ExportError, ModelFileError
 
 FORMAT = "persona-onnx/1"
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
 VARIANTS = ("fp32", "int8", "int4", "fp16")
 KV_DTYPES = ("float32", "float16")
+GRAPHS = ("fused", "optimum")
+REVISION = 2  # bump when exports built by older code should be rebuilt (2: the fused graph)
 REQUIRED = {
     "format": str, "variant": str, "fingerprint": str, "inputs": list, "outputs": list,
     "layers": int, "kv_heads": int, "head_dim": int, "vocab_size": int, "kv_dtype": str,
@@ -35,9 +49,24 @@ REQUIRED = {
 }
 MAX_MANIFEST_BYTES = 1 << 20
 
+# the decoder-with-past graph's input and output names
+INPUT_IDS = "input_ids"  # (B, T) int64
+ATTENTION_MASK = "attention_mask"  # (B, past+T) int64
+POSITION_IDS = "position_ids"  # (B, T) int64: optimum graph only
+LOGITS = "logits"  # (B, T, V)
 
-GRAPHS = ("fused", "optimum")
-REVISION = 2  # bump when exports built by older code should be rebuilt (2: the fused graph)
+# export_status() results
+CURRENT, OUTDATED, MISSING, DAMAGED = "current", "outdated", "missing", "damaged"
+
+
+def past_names(layers: int) -> list[str]:
+    """``past_key_values.{i}.key / .value`` inputs, each (B, kv_heads, past, head_dim), in order."""
+    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def present_names(layers: int) -> list[str]:
+    """``present.{i}.key / .value`` outputs, each (B, kv_heads, past+T, head_dim), in order."""
+    return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
 def io_names(layers: int, position_ids: bool = True) -> tuple[list[str], list[str]]:
@@ -46,12 +75,42 @@ def io_names(layers: int, position_ids: bool = True) -> tuple[list[str], list[st
     The fused graph (GroupQueryAttention derives positions from the mask) has
     no ``position_ids`` input; the optimum graph has one.
     """
-    inputs = ["input_ids", "attention_mask"] + (["position_ids"] if position_ids else [])
-    outputs = ["logits"]
-    for i in range(layers):
-        inputs += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-        outputs += [f"present.{i}.key", f"present.{i}.value"]
-    return inputs, outputs
+    inputs = [INPUT_IDS, ATTENTION_MASK] + ([POSITION_IDS] if position_ids else []) + past_names(layers)
+    return inputs, [LOGITS] + present_names(layers)
+
+
+def export_dir_for(backbone_dir: Path, variant: str = "fp32", cache_root: Path | None = None) -> Path:
+    """Where ``variant`` of ``backbone_dir`` lives in the cache (whether or not it exists yet)."""
+    from .backbone import fingerprint
+
+    if variant not in VARIANTS:
+        raise ExportError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    root = Path(cache_root) if cache_root is not None else paths.cache_dir()
+    return root / "onnx" / fingerprint(backbone_dir)[:16] / variant
+
+
+def export_status(export_dir: Path, fp: str) -> tuple[str, str]:
+    """(status, why) of a cached export of the backbone with fingerprint ``fp``.
+
+    ``current``: validated, this backbone, built by this exporter revision;
+    ``outdated``: the same but built by an older exporter (still usable);
+    ``missing``: nothing there; ``damaged``: a corrupt, foreign or unvalidated folder.
+    """
+    export_dir = Path(export_dir)
+    if not (export_dir / MANIFEST).is_file():
+        return MISSING, f"no {MANIFEST} in {export_dir}"
+    try:
+        manifest = read_manifest(export_dir)
+    except ModelFileError as exc:
+        return DAMAGED, str(exc)
+    if manifest["fingerprint"] != fp:
+        return DAMAGED, f"{export_dir} holds an export of another backbone"
+    if not manifest["validation"].get("passed"):
+        return DAMAGED, f"{export_dir} holds an export that was never validated"
+    if manifest.get("revision") != REVISION:
+        return OUTDATED, (f"{export_dir} was built by an older exporter (revision {manifest.get('revision', 1)}; "
+                          f"this version builds revision {REVISION})")
+    return CURRENT, ""
 
 
 def sha256_file(path: Path) -> str:
@@ -132,6 +191,6 @@ def _check_fields(manifest: Any, path: Path) -> None:
         raise ModelFileError(f"{path}: variant {manifest['variant']!r} is not one of {VARIANTS}")
     if manifest["kv_dtype"] not in KV_DTYPES:
         raise ModelFileError(f"{path}: kv_dtype {manifest['kv_dtype']!r} is not one of {KV_DTYPES}")
-    inputs, outputs = io_names(manifest["layers"], position_ids="position_ids" in manifest["inputs"])
+    inputs, outputs = io_names(manifest["layers"], position_ids=POSITION_IDS in manifest["inputs"])
     if manifest["inputs"] != inputs or manifest["outputs"] != outputs:
         raise ModelFileError(f"{path}: graph inputs/outputs do not match a decoder with {manifest['layers']} layers")
