@@ -98,7 +98,7 @@ def find_export(
     if status == OUTDATED:
         _check_can_build(build, command, f"the cached {variant} ONNX export of {name} is outdated: {why}",
                          error=ExportOutdatedError, verb="rebuild",
-                         also=f"; to chat with it as it is, pass {target} as the backbone")
+                         also=f"; to chat with it as it is meanwhile, pass {target} as the backbone")
         doing = f"The cached {variant} ONNX export of {name} was built by an older exporter: rebuilding it"
     elif status == DAMAGED:
         _check_can_build(build, command, f"the cached {variant} ONNX export of {name} is unusable ({why})",

@@ -108,7 +108,7 @@ def export_status(export_dir: Path, fp: str) -> tuple[str, str]:
     if not manifest["validation"].get("passed"):
         return DAMAGED, f"{export_dir} holds an export that was never validated"
     if manifest.get("revision") != REVISION:
-        return OUTDATED, (f"{export_dir} was built by an older exporter (revision {manifest.get('revision', 1)}; "
+        return OUTDATED, (f"it was built by an older exporter (revision {manifest.get('revision', 1)}; "
                           f"this version builds revision {REVISION})")
     return CURRENT, ""
 

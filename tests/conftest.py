@@ -133,3 +133,23 @@ def default_onnx(default_backbone, session_cache) -> Path:
     from persona_sdk.exporters import ensure_exported
 
     return ensure_exported(default_backbone, "fp32", cache_root=session_cache)
+
+
+# --- a cache holding a current export of the tiny backbone ----------------------
+@pytest.fixture(scope="session")
+def tiny_export_cache(tiny_backbone, tmp_path_factory) -> Path:
+    """A cache folder holding the tiny backbone's validated fp32 export (``onnx/<fp>/fp32``)."""
+    from persona_sdk.exporters import ensure_exported
+
+    cache = tmp_path_factory.mktemp("tiny-export-cache") / "cache"
+    ensure_exported(tiny_backbone, "fp32", cache_root=cache)
+    return cache
+
+
+@pytest.fixture
+def tiny_exported_home(tiny_export_cache, persona_home) -> Path:
+    """This test's ``PERSONA_HOME``, its cache already holding the tiny backbone's fp32 export."""
+    import shutil
+
+    shutil.copytree(tiny_export_cache, persona_home / "cache", dirs_exist_ok=True)
+    return persona_home

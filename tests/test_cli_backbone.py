@@ -23,6 +23,8 @@ def test_export_then_info(tiny_backbone, persona_home):
 
     out = run(["backbone", "export", "--backbone", str(tiny_backbone), "--quant", "int8"], persona_home)
     assert out.returncode == 0, out.stderr
+    announced = [line.split(" ONNX")[0] for line in out.stderr.splitlines() if "building it now" in line]
+    assert announced == ["No fp32", "No int8"]  # each build says what it is about to do first
     lines = dict(line.split(": ", 1) for line in out.stdout.strip().splitlines())
     assert set(lines) == {"fp32", "int8"}
     for variant, folder in lines.items():

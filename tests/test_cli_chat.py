@@ -102,3 +102,36 @@ def test_chat_as_an_enrolled_profile(tiny_onnx, monkeypatch):
                                seed=2, temperature=1.0, max_new_tokens=8)) as agent:
         assert np.array_equal(agent.prefix.kv, prefix.kv)
         assert right.stdout.strip() == agent.reply("hi there").strip()
+
+
+def test_the_first_chat_says_it_builds_the_export_before_it_does(tiny_backbone, persona_home):
+    args = ["chat", "--backbone", str(tiny_backbone), "--variant", "fp32", "--message", "hi there",
+            "--max-new-tokens", "6", "--seed", "1"]
+    first = run(args)
+    assert first.returncode == 0, first.stderr
+    said = first.stderr.splitlines()
+    assert said[0].startswith("No fp32 ONNX export of backbone") and "building it now" in said[0]
+    assert "minute" in said[0]  # roughly how long
+    assert any(line.startswith("Validating the fp32 export") for line in said[1:])  # the build came after
+    assert first.stdout.endswith("\n") and "ONNX" not in first.stdout  # stdout: the reply only
+    again = run(args)
+    assert again.returncode == 0 and again.stderr == ""  # cached: nothing built, nothing said
+    assert again.stdout == first.stdout
+
+
+def test_an_outdated_export_without_the_export_extra_is_one_line_naming_the_rebuild(tiny_backbone,
+                                                                                    tiny_exported_home):
+    from no_export_extras import run_without_export_extras
+    from persona_sdk.manifest import MANIFEST, REVISION, export_dir_for
+
+    manifest = export_dir_for(tiny_backbone, "fp32") / MANIFEST
+    m = json.loads(manifest.read_text())
+    m["revision"] = REVISION - 1
+    manifest.write_text(json.dumps(m))
+    argv = ["chat", "--backbone", str(tiny_backbone), "--variant", "fp32", "--message", "hi there"]
+    out = run_without_export_extras(f"import sys\nfrom persona_sdk.cli import main\nsys.exit(main({argv!r}))")
+    assert out.returncode == 1 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: the cached fp32 ONNX export"), out.stderr
+    assert "outdated" in lines[0] and f"`persona backbone export --backbone {tiny_backbone}`" in lines[0]
+    assert "pip install 'persona-sdk[export]'" in lines[0]

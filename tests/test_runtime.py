@@ -210,16 +210,41 @@ def test_bad_settings_name_the_allowed_values():
         GenerationConfig().replace(temprature=1.0)
 
 
-def test_runtime_path_imports_no_torch(tiny_onnx):
+def test_the_chat_path_needs_neither_torch_nor_the_exporters(tiny_backbone, tiny_exported_home, tiny_onnx):
+    """Opening engines and replying, with torch, transformers, optimum, peft, onnx and
+    persona_sdk.exporters unimportable (a chat-only install): nothing on the way imports them."""
+    from no_export_extras import run_without_export_extras
+
     code = (
-        "import sys, json; import persona_sdk, persona_sdk.cli; from persona_sdk.agent import PersonaAgent\n"
-        f"a = PersonaAgent(backbone={str(tiny_onnx)!r})\n"
-        "r = a.reply('hi there', max_new_tokens=5, seed=1)\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'transformers': 'transformers' in sys.modules}))\n"
+        "import json, sys\n"
+        "import persona_sdk, persona_sdk.cli\n"
+        "from persona_sdk import PersonaAgent\n"
+        f"cached = PersonaAgent(backbone={str(tiny_backbone)!r}, variant='fp32')  # found in the cache\n"
+        "r1 = cached.reply('hi there', max_new_tokens=5, seed=1)\n"
+        f"folder = PersonaAgent(backbone={str(tiny_onnx)!r})  # an export folder\n"
+        "r2 = ''.join(folder.stream('hi there', max_new_tokens=5, seed=1))\n"
+        "engine = cached.engine\n"
+        "losses = engine.token_losses(engine.format.encode('hi there'), 1)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum', 'peft', 'onnx')"
+        " or m.startswith('persona_sdk.exporters'))\n"
+        "print(json.dumps({'replies': [type(r1).__name__, type(r2).__name__], 'export': str(engine.export_dir),"
+        " 'losses': len(losses), 'heavy': heavy}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run_without_export_extras(code)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"torch": False, "transformers": False}
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replies"] == ["str", "str"] and result["losses"] > 0
+    assert result["export"].startswith(str(tiny_exported_home))  # the cached export, not a fresh build
+    assert result["heavy"] == []
+
+
+def test_the_blocker_does_block():
+    """The test above would pass vacuously if the finder let torch or the exporters through."""
+    from no_export_extras import run_without_export_extras
+
+    for module in ("torch", "persona_sdk.exporters", "persona_sdk.exporters.validation"):
+        out = run_without_export_extras(f"import {module}")
+        assert out.returncode == 1 and "blocked by the test" in out.stderr, module
 
 
 def test_thread_spinning_is_off_unless_asked_for(tiny_onnx, engine):

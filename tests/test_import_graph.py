@@ -1,0 +1,65 @@
+"""Who imports whom: the runtime side stands alone, the exporters are reached only through engines.
+
+The graph is read from the source by ``import_graph.py`` (imports inside
+functions included); the dynamic side, a reply with torch and the exporters
+made unimportable, is in test_runtime.py.
+"""
+
+from __future__ import annotations
+
+from import_graph import Import, eager_closure, find_cycles, import_graph
+
+EXPORTERS = "persona_sdk.exporters"
+COMPOSER = "persona_sdk.engines"
+HEAVY = ("torch", "transformers", "peft", "optimum", "onnx", EXPORTERS)
+# the modules this layering touched: none of them may sit on an import circle
+LAYERED = {
+    "persona_sdk.manifest", COMPOSER, "persona_sdk.runtime", "persona_sdk.agent", "persona_sdk.config",
+    "persona_sdk.backbone", "persona_sdk.errors", "persona_sdk.paths", "persona_sdk.prefix",
+    "persona_sdk.conversation", EXPORTERS, f"{EXPORTERS}.onnx_export", f"{EXPORTERS}.fused",
+    f"{EXPORTERS}.validation", f"{EXPORTERS}.reference", "persona_sdk.cli.backbone", "persona_sdk.cli.chat",
+    "persona_sdk.cli.evaluate",
+}
+
+
+def _is(target: str, names) -> bool:
+    return any(target == n or target.startswith(n + ".") for n in names)
+
+
+def test_only_the_composing_layer_and_the_cli_import_the_exporters():
+    graph = import_graph()
+    offenders = sorted(
+        f"{module} (line {imp.line})"
+        for module, imports in graph.items()
+        if module != COMPOSER and not _is(module, ("persona_sdk.cli", EXPORTERS))
+        for imp in imports if _is(imp.target, (EXPORTERS,))
+    )
+    assert offenders == []
+    # the walker does see that edge where it exists, lazily (only when a build is asked for)
+    assert {imp.lazy for imp in graph[COMPOSER] if _is(imp.target, (EXPORTERS,))} == {True}
+
+
+def test_importing_the_chat_path_pulls_in_neither_torch_nor_the_exporters():
+    graph = import_graph()
+    for module in ("persona_sdk.runtime", "persona_sdk.agent", COMPOSER, "persona_sdk.manifest",
+                   "persona_sdk.config", "persona_sdk.cli.chat"):
+        heavy = sorted(m for m in eager_closure(graph, module) if _is(m, HEAVY))
+        assert heavy == [], module
+    # the exporters themselves depend on the runtime-side contract, not the other way round
+    assert "persona_sdk.manifest" in {imp.target for imp in graph[f"{EXPORTERS}.onnx_export"]}
+
+
+def test_no_import_circle_through_the_layered_modules():
+    cycles = find_cycles(import_graph())
+    assert [sorted(c) for c in cycles if c & LAYERED] == []
+
+
+def test_the_cycle_walker_finds_circles():
+    def g(edges):
+        return {m: {Import(t, lazy, 1) for t, lazy in targets} for m, targets in edges.items()}
+
+    graph = g({"a": [("b", False)], "b": [("c", True)], "c": [("a", False), ("os", False)],
+               "d": [("a", False)], "e": [("e", True)]})
+    assert sorted(map(sorted, find_cycles(graph))) == [["a", "b", "c"], ["e"]]
+    assert find_cycles(graph, lazy=False) == []  # b -> c and e -> e run only when called
+    assert eager_closure(graph, "d") == {"a", "b"}
