@@ -19,11 +19,11 @@ from .training.backbone import (TrainBackbone, bf16_supported, check_source_fits
 from .training.data import (Encoded, batch_loss, batch_mean_loss, collate, encode, hidden, make_batches, mean_loss,
                             reply_loss)
 from .training.loop import ProgressFn, TrainProgress
-from .training.personal import (BF16_MODES, DEFAULT_PROMPT_INIT, METHODS, TrainConfig, TrainSummary, check_enough,
-                                train_prefix)
+from .training.personal import (BF16_MODES, DEFAULT_PROMPT_INIT, LR_FROM_SCRATCH, LR_FROM_SOURCE, METHODS,
+                                TrainConfig, TrainSummary, check_enough, train_prefix)
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainSummary", "TrainBackbone", "train_prefix", "load_backbone",
            "reply_loss", "kv_of_embeddings", "split_by_conversation", "make_batches", "encode", "METHODS", "Turn",
-           "BF16_MODES", "DEFAULT_PROMPT_INIT", "ProgressFn", "Encoded",
+           "BF16_MODES", "DEFAULT_PROMPT_INIT", "LR_FROM_SOURCE", "LR_FROM_SCRATCH", "ProgressFn", "Encoded",
            "batch_loss", "batch_mean_loss", "collate", "hidden", "mean_loss", "random_prefix", "text_embeddings",
            "bf16_supported", "check_enough", "check_source_fits"]

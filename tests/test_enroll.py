@@ -143,6 +143,33 @@ def test_max_minutes_covers_the_whole_enrollment(tmp_path, tiny_backbone, monkey
     assert loaded.meta["stopped"] == "max-minutes" and np.isfinite(loaded.kv).all()
 
 
+@pytest.mark.parametrize("source", ["none", "file"])
+def test_sdk_and_cli_enroll_train_identically(tmp_path, tiny_backbone, monkeypatch, source):
+    """Same chats, seed and settings: persona_sdk.enroll() and `persona enroll` store the same KV block
+    (the learning-rate policy and every default live in the library, not in the CLI)."""
+    from persona_sdk import source as src
+    from persona_sdk.backbone import fingerprint, spec_of
+    from persona_sdk.cli import main
+
+    chats = write_chats(tmp_path / "chats.json")
+    source_arg = "none"
+    if source == "file":
+        spec = spec_of(tiny_backbone).prefix_spec(16)
+        block = Prefix(np.random.default_rng(0).normal(size=spec.shape).astype(np.float32) * 0.1,
+                       fingerprint(tiny_backbone), method="source-plain")
+        source_arg = str(src.save_source(block, tmp_path / "src", {"command": "test"}))
+    sdk = enroll_mod.enroll(chats, me="Ana", name="sdk", backbone=tiny_backbone, source=source_arg,
+                            passphrase="pw", config=tr.TrainConfig(epochs=1, seed=3))
+    monkeypatch.setenv("PERSONA_PASSPHRASE", "pw")
+    code = main(["enroll", str(chats), "--me", "Ana", "--name", "cli", "--backbone", str(tiny_backbone),
+                 "--source", source_arg, "--epochs", "1", "--seed", "3"])
+    assert code == 0
+    cli = Vault().load("cli", "pw")
+    assert sdk.summary.steps > 0 and cli.meta["steps"] == sdk.summary.steps
+    assert cli.meta["lr"] == sdk.prefix.meta["lr"] == (tr.LR_FROM_SCRATCH if source == "none" else tr.LR_FROM_SOURCE)
+    np.testing.assert_array_equal(cli.kv, Vault().load("sdk", "pw").kv)
+
+
 def test_cli_enroll_prints_how_to_chat(tmp_path, tiny_backbone, monkeypatch, capsys):
     from persona_sdk.cli import main
 

@@ -1,5 +1,6 @@
 """The personal-prefix trainer on the tiny backbone: learning, parity with the
-ONNX runtime, budgets, cancellation, reproducibility, bad settings."""
+ONNX runtime, budgets, cancellation, reproducibility, the learning-rate policy,
+bad settings."""
 
 from __future__ import annotations
 
@@ -177,6 +178,22 @@ def test_stop_request_before_any_improvement_carries_nothing(bb):
     with pytest.raises(EnrollmentCancelled) as info:
         tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, should_stop=lambda: True)
     assert info.value.best is None
+
+
+def test_learning_rate_policy_depends_on_the_start(bb):
+    """lr None: gentler from a source prefix than from random / a soft prompt; an explicit lr wins."""
+    assert tr.TrainConfig().learning_rate(from_source=True) == tr.LR_FROM_SOURCE
+    assert tr.TrainConfig().learning_rate(from_source=False) == tr.LR_FROM_SCRATCH > tr.LR_FROM_SOURCE
+    assert tr.TrainConfig(lr=0.5).learning_rate(from_source=True) == 0.5
+    data = quirky_speaker(40)
+    source = Prefix(tr.random_prefix(bb, 16, seed=7), bb.fingerprint, method="source")
+    used = {}
+    for method, init in (("prefix", source), ("prefix", None), ("rand-prefix", source), ("prompt", None)):
+        cfg = tr.TrainConfig(method=method, max_steps=1, **FAST)
+        prefix, _ = tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, init=init)
+        used[(method, init is not None)] = prefix.meta["lr"]
+    assert used == {("prefix", True): tr.LR_FROM_SOURCE, ("prefix", False): tr.LR_FROM_SCRATCH,
+                    ("rand-prefix", True): tr.LR_FROM_SCRATCH, ("prompt", False): tr.LR_FROM_SCRATCH}
 
 
 def test_too_little_data_fails_before_loading_anything(tmp_path):

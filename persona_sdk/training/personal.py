@@ -30,6 +30,10 @@ from .loop import Clock, LoopConfig, ProgressFn, Trainable, TrainProgress, gradi
 METHODS = ("prefix", "rand-prefix", "prompt")
 BF16_MODES = ("auto", "on", "off")
 DEFAULT_PROMPT_INIT = "Reply as yourself: in your own words, tone and style, as you always write to friends."
+# The default learning rate: a source prefix is already a good start and is refined gently;
+# a random block or a soft prompt has further to go.
+LR_FROM_SOURCE = 1e-3
+LR_FROM_SCRATCH = 3e-3
 MIN_IMPROVEMENT = 1e-4  # a validation loss counts as better only by more than this (early stopping)
 
 
@@ -39,7 +43,7 @@ class TrainConfig:
 
     method: str = "prefix"
     prefix_len: int = 16
-    lr: float = 1e-3
+    lr: float | None = None
     epochs: int = 3
     batch_size: int = 8
     warmup: float = 0.06
@@ -60,7 +64,8 @@ class TrainConfig:
     HELP = {
         "method": f"training method, one of {METHODS}",
         "prefix_len": "P, the number of virtual tokens in the KV block",
-        "lr": "AdamW peak learning rate",
+        "lr": (f"AdamW peak learning rate (None = {LR_FROM_SOURCE:g} when training starts from a source prefix, "
+               f"{LR_FROM_SCRATCH:g} otherwise)"),
         "epochs": "maximum passes over the training replies",
         "batch_size": "examples per optimisation step (length-bucketed)",
         "warmup": "fraction of the steps with linear learning-rate warm-up (0..0.5)",
@@ -94,8 +99,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number or None (the default policy), got {self.lr!r}")
         if not 0 <= self.warmup <= 0.5:
             raise ConfigError(f"warmup must be a fraction in [0, 0.5], got {self.warmup!r}")
         if self.weight_decay < 0 or self.grad_clip < 0:
@@ -106,6 +111,12 @@ class TrainConfig:
             raise ConfigError(f"max_minutes must be > 0 or None, got {self.max_minutes!r}")
         if self.prefix_len > 256:
             raise ConfigError(f"prefix_len must be at most 256, got {self.prefix_len}")
+
+    def learning_rate(self, from_source: bool) -> float:
+        """``lr``, or the default policy: gentler when training starts from a source prefix."""
+        if self.lr is not None:
+            return self.lr
+        return LR_FROM_SOURCE if from_source else LR_FROM_SCRATCH
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prompt_init"}
@@ -142,7 +153,7 @@ def check_enough(n_train: int, config: TrainConfig) -> None:
 
 
 def start_block(bb: TrainBackbone, config: TrainConfig, init: Prefix | None):
-    """The method's trainable block (``params``, ``inputs()``, ``block()``)."""
+    """The method's trainable block (``params``, ``inputs()``, ``block()``, ``from_source``)."""
     from .methods import prefix, prompt
 
     if config.method == "prompt":
@@ -188,7 +199,7 @@ def train_prefix(
     train_data = encode(bb.fmt, train, config.context_budget, config.reply_budget)
     val_data = encode(bb.fmt, val, config.context_budget, config.reply_budget)
     block = start_block(bb, config, init)
-    lr = config.lr
+    lr = config.learning_rate(from_source=block.from_source)
 
     steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
     total = steps_per_epoch * config.epochs

@@ -14,6 +14,8 @@ from ..backbone import TrainBackbone, kv_of_embeddings, text_embeddings, torch_m
 class SoftPrompt:
     """A trainable soft prompt ``(P, hidden)``."""
 
+    from_source = False
+
     def __init__(self, bb: TrainBackbone, text: str, length: int) -> None:
         torch = torch_module()
         self.bb = bb
