@@ -22,7 +22,7 @@ def enroll(
     prefix_len: int = typer.Option(16, "--prefix-len", help="virtual tokens P of the persona block"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="training time budget; stops at the best checkpoint so far"),
     epochs: int = typer.Option(3, "--epochs", help="maximum passes over your replies"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default 1e-3; 3e-3 without a source prefix)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default: 1e-3 when starting from a source prefix, 3e-3 otherwise)"),
     seed: int = typer.Option(0, "--seed", help="random seed (same data + seed = same persona)"),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)"),
     source: str = typer.Option("default", "--source", help="source prefix: default (shipped), a FILE, or none"),
@@ -40,8 +40,7 @@ def enroll(
     from ._progress import TrainBar
 
     passphrase = prompt_passphrase(ENV_PASSPHRASE, confirm=True, label="Passphrase for the new profile")
-    default_lr = 1e-3 if (method == "prefix" and source != "none") else 3e-3
-    config = TrainConfig(method=method, prefix_len=prefix_len, epochs=epochs, lr=lr or default_lr, seed=seed,
+    config = TrainConfig(method=method, prefix_len=prefix_len, epochs=epochs, lr=lr, seed=seed,
                          max_minutes=max_minutes)
     try:
         result = run_enroll(chats, me=me, name=name, fmt=fmt, method=method, prefix_len=prefix_len,

@@ -46,8 +46,6 @@ def train(
 
     Example: persona source train --out persona_sdk/data/source_prefix --method plain --steps 200
     """
-    import hashlib
-
     from persona_sdk import source as src
 
     cfg = src.SourceConfig(method=method, prefix_len=prefix_len, steps=steps, lr=lr, batch_size=batch_size,
@@ -63,15 +61,7 @@ def train(
     elif corpus == "spc":
         if spc_csv is None:
             raise typer.BadParameter("--corpus spc needs --spc-csv")
-        all_sp = src.spc_speakers(spc_csv)
-        n_val = max(2, len(all_sp) // 10)
-        speakers, held = all_sp[n_val:], all_sp[:n_val]
-        if max_speakers:
-            speakers = speakers[:max_speakers]
-        val = [e for s in held for e in s.examples][:max_val]
-        ids = "\n".join(sorted(s.id for s in speakers))
-        provenance = {"corpus": "synthetic-persona-chat", "file": spc_csv.name, "speakers": len(speakers),
-                      "speaker_list_sha256": hashlib.sha256(ids.encode()).hexdigest(), "val_examples": len(val)}
+        speakers, val, provenance = src.spc_split(spc_csv, max_speakers, max_val)
     else:
         raise typer.BadParameter("corpus must be chitchat or spc")
     err(f"{provenance['speakers']} speakers, {sum(len(s.examples) for s in speakers)} replies, "

@@ -91,13 +91,17 @@ def enroll(
     vault: Any = None,
     save: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> EnrollResult:
     """Learn the persona of ``me`` from ``chats_path`` and store it as profile ``name``.
 
     ``source``: ``"default"`` (the shipped source prefix), a file, or ``"none"``.
     ``config`` overrides the trainer settings (``method``, ``prefix_len`` and
-    ``max_minutes`` given here win). ``passphrase`` None: ``PERSONA_PASSPHRASE``
-    or the vault's keyring mode. Raises before training for every input problem.
+    ``max_minutes`` given here win); its ``lr`` None is the library's policy
+    (:meth:`TrainConfig.learning_rate`), the same for every caller.
+    ``passphrase`` None: ``PERSONA_PASSPHRASE`` or the vault's keyring mode.
+    ``clock`` (seconds, monotonic) times the ``max_minutes`` budget, which covers
+    the whole enrollment. Raises before training for every input problem.
     """
     from dataclasses import replace
 
@@ -108,7 +112,8 @@ def enroll(
     from .trainer import TrainConfig, check_enough, load_backbone, train_prefix
     from .vault import Vault, validate_name
 
-    start = time.monotonic()
+    clock = clock or time.monotonic
+    start = clock()
     base = config or TrainConfig()
     cfg = replace(base, method=method, prefix_len=prefix_len,
                   max_minutes=max_minutes if max_minutes is not None else base.max_minutes)
@@ -149,14 +154,14 @@ def enroll(
     if cfg.max_minutes is not None:
         # the budget is for the whole enrollment: what reading, loading and (after training)
         # encrypting + saving take comes out of the trainer's share
-        spent = (time.monotonic() - start) / 60
+        spent = (clock() - start) / 60
         cfg = replace(cfg, max_minutes=max(cfg.max_minutes - spent - SAVE_RESERVE_MINUTES, 0.05))
     prefix, summary = train_prefix(examples.train, examples.val or None, backbone=tb, config=cfg, init=init,
-                                   progress=progress, should_stop=should_stop)
+                                   progress=progress, should_stop=should_stop, clock=clock)
     prefix.meta.update(source="none" if init is None else ("shipped" if source_label == "shipped" else "file"))
     path = vault.save(name, prefix, passphrase, force=force) if save else None
     return EnrollResult(name, path, prefix, summary, examples.report, who, Path(model_dir), source_label, notes,
-                        time.monotonic() - start)
+                        clock() - start)
 
 
 # `persona_sdk.enroll(...)` works whether Python resolved the name to this

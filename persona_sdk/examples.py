@@ -25,7 +25,6 @@ Example for a caller with a tokenizer::
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,6 +32,7 @@ from typing import Callable
 from .chats import TEXT, Chats, normalize_name
 from .conversation import ASSISTANT, USER, Turn, render_turn
 from .errors import ConfigError, TooLittleDataError
+from .split import split_by_conversation
 
 # Fewest replies of mine we learn from. The calibration run in DESIGN.md
 # improved over the source prefix with 136 replies; 50 is a floor, not a target.
@@ -181,25 +181,9 @@ def build_examples(
         )
 
     convs = sorted(per_conv)
-    split = "by conversation"
-    if len(convs) == 1:
-        only = per_conv[convs[0]]
-        n_val = round(len(only) * val_fraction) if val_fraction > 0 else 0
-        if val_fraction > 0 and len(only) >= 2:
-            n_val = max(n_val, 1)
-        train, val = only[: len(only) - n_val], only[len(only) - n_val :]
-        split = "by position (one conversation)"
-        train_convs, val_convs = 1, (1 if val else 0)
-    else:
-        order = list(convs)
-        random.Random(seed).shuffle(order)
-        n_val = round(len(order) * val_fraction) if val_fraction > 0 else 0
-        if val_fraction > 0 and len(order) >= 2:
-            n_val = min(max(n_val, 1), len(order) - 1)
-        val_set = set(order[:n_val])
-        train = [e for c in convs if c not in val_set for e in per_conv[c]]
-        val = [e for c in convs if c in val_set for e in per_conv[c]]
-        train_convs, val_convs = len(convs) - n_val, n_val
+    train, val = split_by_conversation([e for c in convs for e in per_conv[c]], val_fraction, seed)
+    split = "by position (one conversation)" if len(convs) == 1 else "by conversation"
+    train_convs, val_convs = len({e.conversation for e in train}), len({e.conversation for e in val})
 
     report = ExampleReport(
         me=me,

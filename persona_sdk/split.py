@@ -28,14 +28,19 @@ conversations may feed source training as context of their A partner's replies;
 that is not held-out data.
 
 The protocol in words is in ``benchmarks/README.md``.
+
+Within one person's examples, the train / validation split of enrollment is
+:func:`split_by_conversation` (the one splitter the trainer, the example
+builder and the benchmarks share).
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from .errors import ConfigError, SplitDataError
 
@@ -44,6 +49,37 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PARTS = ("A", "B", "C")
 BUCKETS = ("train", "val", "test")
+T = TypeVar("T")
+
+
+def conversation_of(example: Any) -> int:
+    """The conversation index an example (anything with ``conversation``) comes from."""
+    return int(getattr(example, "conversation", 0))
+
+
+def split_by_conversation(items: Sequence[T], fraction: float, seed: int,
+                          conversation: Callable[[T], Any] = conversation_of) -> tuple[list[T], list[T]]:
+    """(train, val) of one person's examples: whole conversations go to validation.
+
+    ``fraction`` of the conversations (rounded; at least one and never all of
+    them when ``fraction`` > 0) is held out, picked by ``seed``. With a single
+    conversation its last ``fraction`` of the items (at least one of two or
+    more) is held out instead, so no reply is in both parts. Items keep their
+    order; ``fraction`` 0 holds out nothing."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"the validation fraction must be in [0, 1), got {fraction}")
+    items = list(items)
+    convs = sorted({conversation(e) for e in items})
+    if len(convs) <= 1:
+        n_val = round(len(items) * fraction) if fraction > 0 else 0
+        if fraction > 0 and len(items) >= 2:
+            n_val = max(n_val, 1)
+        return items[: len(items) - n_val], items[len(items) - n_val :]
+    order = list(convs)
+    random.Random(seed).shuffle(order)
+    n_val = min(max(round(len(order) * fraction), 1), len(order) - 1) if fraction > 0 else 0
+    held = set(order[:n_val])
+    return [e for e in items if conversation(e) not in held], [e for e in items if conversation(e) in held]
 
 
 @dataclass(frozen=True)

@@ -182,3 +182,42 @@ def test_installed_chitchat_split_matches_protocol():
     held = {c for p in "BC" for s in sp.part(p) for c in s.held_out}
     assert not held & {c for c, _ in sp.source_train()}
     assert len(sp.source_train()) > 3000
+
+
+# --- one person's train / validation split -------------------------------------------
+
+
+def test_split_by_conversation_holds_out_whole_conversations():
+    from persona_sdk.split import split_by_conversation
+
+    items = [(c, k) for c in range(20) for k in range(3)]  # (conversation, reply)
+    train, val = split_by_conversation(items, 0.1, seed=0, conversation=lambda e: e[0])
+    held = {c for c, _ in val}
+    assert len(held) == 2 and held.isdisjoint({c for c, _ in train}) and len(train) + len(val) == 60
+    assert train == [e for e in items if e[0] not in held]  # order kept
+    assert split_by_conversation(items, 0.1, seed=0, conversation=lambda e: e[0]) == (train, val)
+    assert split_by_conversation(items, 0.1, seed=1, conversation=lambda e: e[0])[1] != val
+    # never everything, at least one conversation; fraction 0 holds out nothing
+    two = items[:6]
+    assert len({c for c, _ in split_by_conversation(two, 0.9, 0, conversation=lambda e: e[0])[0]}) == 1
+    assert split_by_conversation(items, 0.0, 0, conversation=lambda e: e[0]) == (items, [])
+    # one conversation: its last replies, by position
+    one = [(0, k) for k in range(10)]
+    assert split_by_conversation(one, 0.2, 0, conversation=lambda e: e[0]) == (one[:8], one[8:])
+    assert split_by_conversation(one[:2], 0.1, 0, conversation=lambda e: e[0]) == (one[:1], one[1:2])
+    with pytest.raises(ConfigError):
+        split_by_conversation(items, 1.0, 0)
+
+
+def test_enrollment_and_trainer_split_the_same_way(tmp_path):
+    """One splitter: build_examples' validation part is what train_prefix holds out when given none."""
+    from persona_sdk.chats import load_chats
+    from persona_sdk.split import split_by_conversation
+
+    from enroll_helpers import write_chats
+
+    chats = load_chats(write_chats(tmp_path / "chats.json", n_conversations=25))
+    built = build_examples(chats, "Ana", val_fraction=0.1, seed=7)
+    train, val = split_by_conversation(built.train + built.val, 0.1, seed=7)
+    assert sorted(map(id, train)) == sorted(map(id, built.train)) and sorted(map(id, val)) == sorted(map(id, built.val))
+    assert built.report.val_conversations == len({e.conversation for e in val}) == 2

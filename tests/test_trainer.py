@@ -1,5 +1,6 @@
 """The personal-prefix trainer on the tiny backbone: learning, parity with the
-ONNX runtime, budgets, cancellation, reproducibility, bad settings."""
+ONNX runtime, budgets, cancellation, reproducibility, the learning-rate policy,
+bad settings."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def _torch_logits(bb, ids, kv):
     import torch
 
     with torch.no_grad():
-        h = tr._hidden(bb, torch.tensor([ids]), kv=torch.from_numpy(kv))
+        h = tr.hidden(bb, torch.tensor([ids]), kv=torch.from_numpy(kv))
         return bb.model.lm_head(h)[0].numpy()  # (T, V)
 
 
@@ -119,31 +120,80 @@ def test_prompt_tuning_compiles_to_the_same_function(bb):
     assert float(a) == pytest.approx(float(b), rel=1e-5)
 
 
-def test_max_minutes_stops_early_with_a_valid_best_prefix(bb):
+class FakeClock:
+    """A clock that only moves when the test says so (no wall-clock dependence)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_max_minutes_stops_before_a_step_that_would_not_fit(bb):
     data = quirky_speaker(120)
-    cfg = tr.TrainConfig(method="rand-prefix", lr=0.05, epochs=50, max_minutes=0.04, **FAST)
-    prefix, summary = tr.train_prefix(data[:100], data[100:], backbone=bb, config=cfg)
-    assert summary.stopped == "max-minutes"
-    assert summary.steps < 50 * 13
-    assert summary.wall_seconds < 0.04 * 60 + 5
+    clock = FakeClock()
+
+    def tick(report) -> None:  # every training step "takes" 10 s
+        if report.phase == "train":
+            clock.now += 10.0
+
+    cfg = tr.TrainConfig(method="rand-prefix", lr=0.05, epochs=50, max_minutes=1.0, **FAST)
+    prefix, summary = tr.train_prefix(data[:100], data[100:], backbone=bb, config=cfg, progress=tick, clock=clock)
+    # a step starts only while elapsed + 1.5 mean steps (+ a validation, free here) fits in 60 s:
+    # after 4 steps 40 + 15 <= 60, after 5 steps 50 + 15 > 60
+    assert summary.stopped == "max-minutes" and summary.steps == 5
+    assert summary.wall_seconds == 50.0
+    assert summary.history[-1][0] == 5  # the last steps were validated before stopping
     assert np.isfinite(prefix.kv).all()
     assert summary.best_val_loss <= summary.init_val_loss
 
 
-def test_stop_request_raises_cancelled_with_best_so_far(bb):
+def test_stop_request_raises_cancelled_with_best_so_far(sharp):
     data = quirky_speaker(40)
-    calls = []
+    calls, reports = [], []
 
     def stop() -> bool:
         calls.append(1)
         return len(calls) > 3
 
-    cfg = tr.TrainConfig(method="rand-prefix", lr=0.05, epochs=20, eval_every=1, **FAST)
+    cfg = tr.TrainConfig(method="rand-prefix", lr=0.2, epochs=20, eval_every=1, bf16="off", **FAST)
     with pytest.raises(EnrollmentCancelled) as info:
-        tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, should_stop=stop)
+        tr.train_prefix(data[:32], data[32:], backbone=sharp, config=cfg, should_stop=stop, progress=reports.append)
     assert len(calls) == 4
+    steps = [r for r in reports if r.phase == "train"]
+    assert [r.step for r in steps] == [1, 2, 3] and all(r.val_loss is not None for r in steps)
+    init_val = next(r.val_loss for r in reports if r.phase == "eval")
+    best_val = steps[-1].best_val_loss
+    assert best_val < init_val - 1e-4  # training improved on the start, so a best block was kept...
     best = info.value.best
-    assert best is None or (isinstance(best, Prefix) and np.isfinite(best.kv).all())
+    assert isinstance(best, Prefix) and best.method == "rand-prefix" and best.backbone == sharp.fingerprint
+    # ...and the one carried is that best block, not the last one
+    assert tr.reply_loss(sharp, data[32:], best, 48, 16) == pytest.approx(best_val, rel=1e-6)
+
+
+def test_stop_request_before_any_improvement_carries_nothing(bb):
+    data = quirky_speaker(40)
+    cfg = tr.TrainConfig(method="rand-prefix", lr=0.05, epochs=2, **FAST)
+    with pytest.raises(EnrollmentCancelled) as info:
+        tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, should_stop=lambda: True)
+    assert info.value.best is None
+
+
+def test_learning_rate_policy_depends_on_the_start(bb):
+    """lr None: gentler from a source prefix than from random / a soft prompt; an explicit lr wins."""
+    assert tr.TrainConfig().learning_rate(from_source=True) == tr.LR_FROM_SOURCE
+    assert tr.TrainConfig().learning_rate(from_source=False) == tr.LR_FROM_SCRATCH > tr.LR_FROM_SOURCE
+    assert tr.TrainConfig(lr=0.5).learning_rate(from_source=True) == 0.5
+    data = quirky_speaker(40)
+    source = Prefix(tr.random_prefix(bb, 16, seed=7), bb.fingerprint, method="source")
+    used = {}
+    for method, init in (("prefix", source), ("prefix", None), ("rand-prefix", source), ("prompt", None)):
+        cfg = tr.TrainConfig(method=method, max_steps=1, **FAST)
+        prefix, _ = tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, init=init)
+        used[(method, init is not None)] = prefix.meta["lr"]
+    assert used == {("prefix", True): tr.LR_FROM_SOURCE, ("prefix", False): tr.LR_FROM_SCRATCH,
+                    ("rand-prefix", True): tr.LR_FROM_SCRATCH, ("prompt", False): tr.LR_FROM_SCRATCH}
 
 
 def test_too_little_data_fails_before_loading_anything(tmp_path):

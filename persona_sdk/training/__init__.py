@@ -1,0 +1,14 @@
+"""Training persona KV blocks on a frozen backbone (needs the [train] extra).
+
+- :mod:`.loop` -- the one training loop: schedule, validation, best checkpoint,
+  budgets, early stopping, cancellation, divergence, progress;
+- :mod:`.methods` -- one module per method, each contributing its step only;
+- :mod:`.personal` -- the personal prefix (``train_prefix``, ``TrainConfig``);
+- :mod:`.source` -- the source prefix (``train_source``, ``SourceConfig``);
+- :mod:`.backbone` / :mod:`.data` -- loading the backbone; encoding, batching and
+  the loss behind a KV block or soft prompt;
+- :mod:`.corpora` -- the multi-speaker corpora of the source prefix.
+
+The public names stay importable from :mod:`persona_sdk.trainer` and
+:mod:`persona_sdk.source`. Nothing here imports torch at import time.
+"""
