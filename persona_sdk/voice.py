@@ -347,11 +347,14 @@ def load_background(path: str | Path | None = None) -> Background:
         raise MetricError(f"background word table missing or unreadable in {folder}") from None
     if hashlib.sha256(data).hexdigest() != info.get("sha256"):
         raise MetricError(f"{file.name} does not match the sha256 recorded in {BACKGROUND_INFO}")
-    counts: dict[str, int] = {}
-    for line in data.decode("utf-8").splitlines():
-        w, _, c = line.partition("\t")
-        counts[w] = int(c)
-    bg = Background(counts, int(info["totals"]["tokens"]), int(info["totals"]["min_count"]))
+    try:
+        counts: dict[str, int] = {}
+        for line in data.decode("utf-8").splitlines():
+            w, _, c = line.partition("\t")
+            counts[w] = int(c)
+        bg = Background(counts, int(info["totals"]["tokens"]), int(info["totals"]["min_count"]))
+    except (KeyError, TypeError, ValueError):
+        raise MetricError(f"background word table in {folder} is malformed") from None
     _BACKGROUND_CACHE[key] = bg
     return bg
 
@@ -373,8 +376,11 @@ def _sklearn():
 
 
 class Attributor:
-    """Character n-gram TF-IDF (1-4 grams, case kept, start/end marked, sublinear tf) +
-    multinomial logistic regression with balanced class weights, trained on labelled replies."""
+    """Character n-gram TF-IDF (1-4 grams, case kept, start/end marked, sublinear tf, the
+    ``max_features`` most frequent) + multinomial logistic regression (L2, ``c``, balanced class
+    weights), trained on labelled replies. On the first 20 part-B chitchat speakers (trained on
+    their training replies, scored on their held-out ones) C = 1 and 50k features named the
+    author of 50% of real replies (chance 5%); C = 10 or 200k features did no better."""
 
     def __init__(self, train: Mapping[Hashable, Sequence[str]], *, c: float = 1.0, max_features: int = 50_000,
                  seed: int = 0) -> None:

@@ -332,3 +332,35 @@ def test_build_background_script_on_a_hand_made_corpus(tmp_path):
     assert recorded["data"]["split"]["part"] == "A" and len(recorded["data"]["corpus_file_sha256"]) == 64
     assert "--min-count 2" in recorded["command"]
     assert b"how is the" not in (out / vm.BACKGROUND_FILE).read_bytes()  # counts only, no sentences
+
+
+def test_runtime_side_stays_torch_free(tiny_onnx):
+    """voice imports numpy only; eval with the voice comparison, attribution and chitchat distractors
+    runs on onnxruntime + numpy + scikit-learn: no torch, no transformers."""
+    import subprocess
+
+    code = (
+        "import sys, json\n"
+        "import persona_sdk.voice, persona_sdk.evaluate\n"
+        "light = not any(m in sys.modules for m in ('sklearn', 'torch', 'transformers'))\n"
+        "from persona_sdk.chats import load_chats\n"
+        "from persona_sdk.config import GenerationConfig\n"
+        "from persona_sdk.evaluate import EvalConfig, evaluate, held_out_examples, source_speakers\n"
+        "from persona_sdk.prefix import Prefix\n"
+        "from persona_sdk.runtime import Engine\n"
+        "import numpy as np\n"
+        f"engine = Engine({str(tiny_onnx)!r})\n"
+        "kv = np.zeros((engine.layers, 2, engine.kv_heads, 2, engine.head_dim), np.float32)\n"
+        "convs = [{'id': f'c{i}', 'messages': [{'sender': 'B', 'text': f'hi {i}?'}, {'sender': 'A', 'text': f'yo {i}'}]}"
+        " for i in range(4)]\n"
+        f"path = {str(tiny_onnx.parent / 'voice-chats.json')!r}\n"
+        "open(path, 'w').write(json.dumps({'me': 'A', 'conversations': convs}))\n"
+        "cfg = EvalConfig(voice=2, samples=0, generation=GenerationConfig(max_new_tokens=3))\n"
+        "ex = held_out_examples(engine, load_chats(path), 'A', cfg)\n"
+        "r = evaluate(engine, Prefix(kv, engine.fingerprint), ex, config=cfg, distractors=source_speakers(2, 10))\n"
+        "assert r.voice.attribution.k == 3\n"
+        "print(json.dumps({'light': light, 'heavy': [m for m in ('torch', 'transformers') if m in sys.modules]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"light": True, "heavy": []}
