@@ -111,9 +111,14 @@ def _source(source: str, fingerprint: str):
 
 def _distractors(config):
     """Chitchat source speakers for attribution, or None (with one line saying why)."""
+    import importlib.util
+
     from persona_sdk.errors import ChatFileError, MissingDependencyError
     from persona_sdk.evaluate import source_speakers
 
+    if importlib.util.find_spec("sklearn") is None:
+        err("(attribution skipped: it needs scikit-learn: pip install 'persona-sdk[eval]')")
+        return None
     try:
         return source_speakers(config.attribution_k - 1, config.distractor_replies, seed=config.seed)
     except (MissingDependencyError, ChatFileError) as exc:

@@ -288,3 +288,22 @@ def test_cli_eval_prints_the_voice_comparison_and_the_overlap_warning(tiny_backb
     assert "what a reader notices" in out.out and "starts lowercase" in out.out and "uses your topics" in out.out
     assert "attributed to you (K=3)" in out.out  # against 2 chitchat source speakers
     assert "sample 1" in out.out and "contexts answered 2/2" in out.err
+
+
+def test_attribution_is_skipped_in_one_line_without_chitchat_or_sklearn(monkeypatch, capsys):
+    import importlib.util
+
+    from persona_sdk.cli import evaluate as cli_eval
+    from persona_sdk.errors import MissingDependencyError
+    from persona_sdk.evaluate import source_speakers
+
+    real_find = importlib.util.find_spec
+    missing = {"chitchat_dataset"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real_find(name, *a))
+    with pytest.raises(MissingDependencyError, match="chitchat-dataset"):
+        source_speakers(3)
+    assert cli_eval._distractors(EvalConfig()) is None
+    missing.add("sklearn")
+    assert cli_eval._distractors(EvalConfig()) is None
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "chitchat-dataset package is not installed" in lines[0] and "scikit-learn" in lines[1]
