@@ -141,6 +141,9 @@ def enroll(
                               val_fraction=cfg.val_fraction, seed=cfg.seed,
                               min_replies=max(MIN_REPLIES, cfg.min_examples))
     check_enough(len(examples.train), cfg)
+    from .voice import enrollment_meta
+
+    voice_meta = enrollment_meta(examples.train, examples.val)  # topic words + salted digests: for `persona eval`
     fingerprint = bb_mod.fingerprint(model_dir)
     init, source_label = (None, SOURCE_NONE)
     if cfg.method == "prefix":
@@ -159,6 +162,7 @@ def enroll(
     prefix, summary = train_prefix(examples.train, examples.val or None, backbone=tb, config=cfg, init=init,
                                    progress=progress, should_stop=should_stop, clock=clock)
     prefix.meta.update(source="none" if init is None else ("shipped" if source_label == "shipped" else "file"))
+    prefix.meta.update(voice_meta)  # kept inside the encrypted profile only; `persona info` prints numbers only
     path = vault.save(name, prefix, passphrase, force=force) if save else None
     return EnrollResult(name, path, prefix, summary, examples.report, who, Path(model_dir), source_label, notes,
                         clock() - start)
