@@ -42,6 +42,7 @@ from . import _crypto, paths
 from ._crypto import KIND_EXPORT, KIND_PROFILE, Header, KdfParams
 from .errors import (
     BackboneMismatchError,
+    PersonaWarning,
     DecryptionError,
     KeyringUnavailableError,
     PassphraseRequiredError,
@@ -72,7 +73,7 @@ KEYRING: Any = _UseKeyring()
 """Pass as the passphrase to keep the profile's key in the OS keyring."""
 
 
-class VaultPermissionWarning(UserWarning):
+class VaultPermissionWarning(PersonaWarning):
     """A vault folder or file had looser permissions than 0700 / 0600 and was fixed."""
 
 
