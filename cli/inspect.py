@@ -39,7 +39,7 @@ def inspect(
         raise ConfigError(f"--format must be one of {', '.join(FORMAT_CHOICES)}, got {fmt!r}")
     loaded = load_chats(chats, fmt)
     name, how = who_is_me(loaded, me)
-    result = build_examples(loaded, name, seed=seed, min_replies=0)
+    result = build_examples(loaded, name, seed=seed, min_replies=0, keep=False)  # counts only
     r = result.report
     if as_json:
         data = dict(vars(r))

@@ -132,7 +132,8 @@ def enroll(
     if not tok_file.is_file():
         raise ConfigError(f"backbone {model_dir} has no tokenizer.json")
     fmt_ = ChatFormat(Tokenizer.from_file(str(tok_file)))
-    examples = build_examples(chats, who, count_tokens=count_tokens_fn(fmt_), context_budget=cfg.context_budget,
+    examples = build_examples(chats, who, count_tokens=count_tokens_fn(fmt_, at_most=cfg.context_budget),
+                              context_budget=cfg.context_budget,
                               val_fraction=cfg.val_fraction, seed=cfg.seed,
                               min_replies=max(MIN_REPLIES, cfg.min_examples))
     check_enough(len(examples.train), cfg)

@@ -46,7 +46,7 @@ DROP_PLACEHOLDER = "placeholder (media, deleted, system)"
 DROP_EMPTY = "empty message"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Example:
     context: tuple[Turn, ...]  # oldest first, under the token budget; last one is a USER turn
     reply: str  # my turn's text
@@ -131,8 +131,13 @@ def build_examples(
     val_fraction: float = 0.1,
     seed: int = 0,
     min_replies: int = MIN_REPLIES,
+    keep: bool = True,
 ) -> ExampleSet:
-    """Examples of ``me``'s replies, split into train / validation by conversation."""
+    """Examples of ``me``'s replies, split into train / validation by conversation.
+
+    ``keep=False`` only counts (``persona inspect``): the report is the same, ``train``
+    and ``val`` are empty, and no example is held in memory.
+    """
     if context_budget < 1:
         raise ConfigError(f"context_budget must be >= 1, got {context_budget}")
     if max_context_turns < 1:
@@ -145,8 +150,12 @@ def build_examples(
     key = normalize_name(me)
 
     dropped: Counter = Counter()
-    seen: set[tuple[tuple[Turn, ...], str]] = set()
+    # duplicates by hash (an int per example, not a tuple); with keep, a hash hit is
+    # confirmed against the example it came from, so a collision never drops one
+    seen: dict[int, Example | None] = {}
+    collided: set[tuple[tuple[Turn, ...], str]] = set()
     per_conv: dict[int, list[Example]] = {}
+    counts: Counter = Counter()  # examples per conversation
     my_turns = 0
     for ci in range(len(chats.conversations)):
         turns, conv_dropped = conversation_turns(chats, ci, me)
@@ -164,14 +173,21 @@ def build_examples(
                 start -= 1
                 used += sizes[start]
             context = tuple(turns[start:ti])
-            pair = (context, turn.text)
-            if pair in seen:
-                dropped[DROP_DUPLICATE] += 1
-                continue
-            seen.add(pair)
-            per_conv.setdefault(ci, []).append(Example(context, turn.text, ci))
+            digest = hash((context, turn.text))
+            if digest in seen:
+                first = seen[digest]
+                if first is None or (first.context, first.reply) == (context, turn.text) \
+                        or (context, turn.text) in collided:
+                    dropped[DROP_DUPLICATE] += 1
+                    continue
+                collided.add((context, turn.text))
+            example = Example(context, turn.text, ci) if keep else None
+            seen.setdefault(digest, example)
+            counts[ci] += 1
+            if keep:
+                per_conv.setdefault(ci, []).append(example)
 
-    total = sum(len(v) for v in per_conv.values())
+    total = sum(counts.values())
     senders = dict(chats.sender_counts().most_common())
     my_messages = sum(n for s, n in senders.items() if normalize_name(s) == key)
     if total < min_replies:
@@ -180,16 +196,19 @@ def build_examples(
             f"conversation(s); at least {min_replies} are needed to learn a persona -- add more chats"
         )
 
-    convs = sorted(per_conv)
+    del seen, collided
+    convs = sorted(counts)
     split = "by conversation"
     if len(convs) == 1:
-        only = per_conv[convs[0]]
-        n_val = round(len(only) * val_fraction) if val_fraction > 0 else 0
-        if val_fraction > 0 and len(only) >= 2:
+        n = counts[convs[0]]
+        n_val = round(n * val_fraction) if val_fraction > 0 else 0
+        if val_fraction > 0 and n >= 2:
             n_val = max(n_val, 1)
-        train, val = only[: len(only) - n_val], only[len(only) - n_val :]
+        only = per_conv.get(convs[0], [])
+        train, val = only[: n - n_val], only[n - n_val :]
+        n_train, n_val_ex = n - n_val, n_val
         split = "by position (one conversation)"
-        train_convs, val_convs = 1, (1 if val else 0)
+        train_convs, val_convs = 1, (1 if n_val_ex else 0)
     else:
         order = list(convs)
         random.Random(seed).shuffle(order)
@@ -197,8 +216,10 @@ def build_examples(
         if val_fraction > 0 and len(order) >= 2:
             n_val = min(max(n_val, 1), len(order) - 1)
         val_set = set(order[:n_val])
-        train = [e for c in convs if c not in val_set for e in per_conv[c]]
-        val = [e for c in convs if c in val_set for e in per_conv[c]]
+        train = [e for c in convs if c not in val_set for e in per_conv.get(c, ())]
+        val = [e for c in convs if c in val_set for e in per_conv.get(c, ())]
+        n_val_ex = sum(counts[c] for c in val_set)
+        n_train = total - n_val_ex
         train_convs, val_convs = len(convs) - n_val, n_val
 
     report = ExampleReport(
@@ -211,8 +232,8 @@ def build_examples(
         my_messages=my_messages,
         my_turns=my_turns,
         examples=total,
-        train=len(train),
-        val=len(val),
+        train=n_train,
+        val=n_val_ex,
         dropped={k: v for k, v in sorted(dropped.items()) if v},
         senders=senders,
         split=split,
