@@ -31,7 +31,7 @@ def inspect(
 
     Example: persona inspect "WhatsApp Chat with Bob.txt" --me Alice
     """
-    from persona_sdk.chats import FORMAT_CHOICES, load_chats, who_is_me
+    from persona_sdk.chats import FORMAT_CHOICES, display_name, load_chats, who_is_me
     from persona_sdk.errors import ConfigError
     from persona_sdk.examples import MIN_REPLIES, build_examples
 
@@ -52,12 +52,17 @@ def inspect(
         out(f"formats: {', '.join(r.formats)}")
         if loaded.skipped:
             out(f"skipped files: {len(loaded.skipped)} (not chat exports)")
-        out(f"me: {r.me} ({_HOW[how]})")
+        out(f"me: {display_name(r.me)} ({_HOW[how]})")
         out(f"conversations: {r.conversations} ({r.conversations_with_examples} with examples of yours)")
         out("senders (messages):")
-        width = max(len(s) for s in r.senders)
-        for sender, n in r.senders.items():
+        # a "sender" seen once may be message text that looked like a header: counted, not named
+        named = {display_name(s): n for s, n in r.senders.items() if n > 1 or s == r.me}
+        once = len(r.senders) - len(named)
+        width = max((len(s) for s in named), default=0)
+        for sender, n in named.items():
             out(f"  {sender.ljust(width)}  {n}")
+        if once:
+            out(f"  ({once} sender(s) with a single message, not named)")
         out(f"my messages: {r.my_messages}, my turns: {r.my_turns}")
         out(f"examples: {r.examples}")
         out(f"  train: {r.train} from {r.train_conversations} conversation(s)")

@@ -149,11 +149,26 @@ def normalize_name(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def display_name(name: str) -> str:
+    """A sender name safe to print: control characters (terminal escape sequences) escaped."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
+
+
 def _senders_line(counts: Counter, limit: int = 12) -> str:
+    """Senders and counts for an error message. A "sender" seen only once may be message
+    text that looked like a header line (WhatsApp), so those are counted, never named."""
     top = counts.most_common()
-    shown = ", ".join(f"{name} ({n})" for name, n in top[:limit])
-    more = f", and {len(top) - limit} more" if len(top) > limit else ""
-    return f"senders with message counts: {shown}{more}"
+    named = [(name, n) for name, n in top if n > 1]
+    once = len(top) - len(named)
+    parts = [f"{display_name(name)} ({n})" for name, n in named[:limit]]
+    if len(named) > limit:
+        parts.append(f"{len(named) - limit} more")
+    if once:
+        parts.append(f"{once} sender(s) with a single message (not named)")
+    return "senders with message counts: " + ", ".join(parts)
 
 
 def who_is_me(chats: Chats, me: str | None = None) -> tuple[str, str]:

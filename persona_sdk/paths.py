@@ -15,7 +15,20 @@ ENV_HOME = "PERSONA_HOME"
 
 
 def _ensure(path: Path, mode: int = 0o700) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    """Create ``path`` and every missing folder above it with ``mode`` -- ``mkdir(parents=True)``
+    would give the parents (e.g. ``$PERSONA_HOME`` itself) 0777 under ``umask 000``."""
+    missing = []
+    parent = path
+    while not os.path.lexists(parent) and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:  # made meanwhile by another process
+            pass
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True, mode=mode)  # raises the right error (a file in the way...)
     return path
 
 
