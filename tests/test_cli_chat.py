@@ -102,3 +102,11 @@ def test_chat_as_an_enrolled_profile(tiny_onnx, monkeypatch):
                                seed=2, temperature=1.0, max_new_tokens=8)) as agent:
         assert np.array_equal(agent.prefix.kv, prefix.kv)
         assert right.stdout.strip() == agent.reply("hi there").strip()
+
+
+def test_message_that_is_not_utf8_is_a_one_line_error(tiny_onnx):
+    out = subprocess.run([sys.executable, "-m", "persona_sdk", "chat", "--backbone", str(tiny_onnx), "--message",
+                          b"\xff".decode("utf-8", "surrogateescape")], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 1 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "not valid text" in lines[0], out.stderr
