@@ -54,6 +54,7 @@ _SYSTEM_RE = re.compile(
 )
 _EDITED = "<this message was edited>"  # WhatsApp's note after an edited message's text
 _BACK_IN_TIME = timedelta(days=1)
+_SYSTEM_MAX = 1000  # characters: system lines are short; the regex costs ~0.5 s per MB of a long message
 _DATE_SPLIT = re.compile(r"[./-]")
 _TIME_SPLIT = re.compile(r"[:.]")
 
@@ -214,7 +215,7 @@ def parse_lines(lines: Callable[[], Iterable[str]], where: str) -> list[Conversa
             best = max(counts[c] for c in cands)
             tied = [c for c in cands if counts[c] == best]
             sender = max(tied, key=len) if best > 1 else min(tied, key=len)
-        if not sender or (counts[sender] <= 1 and _SYSTEM_RE.search(strip_marks(rest))):
+        if not sender or (counts[sender] <= 1 and len(rest) <= _SYSTEM_MAX and _SYSTEM_RE.search(strip_marks(rest))):
             current = (when, "", [rest], True)
         else:
             current = (when, names.setdefault(sender, sender), [rest[_body_start(rest, sender):]], False)
