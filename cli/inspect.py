@@ -41,8 +41,13 @@ def inspect(
     name, how = who_is_me(loaded, me)
     result = build_examples(loaded, name, seed=seed, min_replies=0, keep=False)  # counts only
     r = result.report
+    # a "sender" seen once may be message text that looked like a header: counted, not named
+    named = {s: n for s, n in r.senders.items() if n > 1 or s == r.me}
+    once = len(r.senders) - len(named)
     if as_json:
         data = dict(vars(r))
+        data["senders"] = named
+        data["senders_with_one_message"] = once
         data["me_how"] = how
         data["min_replies"] = MIN_REPLIES
         data["skipped_files"] = len(loaded.skipped)
@@ -55,11 +60,9 @@ def inspect(
         out(f"me: {display_name(r.me)} ({_HOW[how]})")
         out(f"conversations: {r.conversations} ({r.conversations_with_examples} with examples of yours)")
         out("senders (messages):")
-        # a "sender" seen once may be message text that looked like a header: counted, not named
-        named = {display_name(s): n for s, n in r.senders.items() if n > 1 or s == r.me}
-        once = len(r.senders) - len(named)
-        width = max((len(s) for s in named), default=0)
-        for sender, n in named.items():
+        shown = {display_name(s): n for s, n in named.items()}
+        width = max((len(s) for s in shown), default=0)
+        for sender, n in shown.items():
             out(f"  {sender.ljust(width)}  {n}")
         if once:
             out(f"  ({once} sender(s) with a single message, not named)")

@@ -351,6 +351,13 @@ WORDS = ("the of and to in is you that it was for on are as with they at be this
          "but not what all were we when your can said there use an each which do how their if will up").split()
 
 
+def words(n_chars: int, seed: int = 0) -> str:
+    """About ``n_chars`` of random words (an 8 KiB random block, repeated: fast to make)."""
+    rng = random.Random(seed)
+    block = " ".join(rng.choice(WORDS) for _ in range(2048))[:8192]
+    return (block + " ") * (n_chars // (len(block) + 1)) + block[: n_chars % (len(block) + 1)]
+
+
 def whatsapp_export(path: Path, size: int, emoji: bool = False, seed: int = 0) -> Path:
     rng = random.Random(seed)
     t, out, n = datetime(2021, 1, 1, 8, 0), [], 0
@@ -443,7 +450,7 @@ def hostile(kind: str, tmp: Path) -> tuple[Path, int, str]:
         return folder, 0, "no chat export"
     if kind == "one-4MiB-message-whatsapp":
         p = tmp / "chat.txt"
-        body = " ".join(random.Random(1).choice(WORDS) for _ in range(4 * MiB // 4))
+        body = words(4 * MiB, seed=1)
         p.write_text(f"01/01/2021, 10:00 - Bob: hi\n01/01/2021, 10:01 - Alice: {body}\n", encoding="utf-8")
         return p, p.stat().st_size, ""
     if kind == "one-4MiB-message-json":
@@ -487,7 +494,7 @@ def test_enroll_reading_a_4MiB_message_stays_bounded(tmp_path, tiny_backbone):
 
     path = write_chats(tmp_path / "chats.json")
     data = json.loads(path.read_text())
-    big = " ".join(random.Random(2).choice(WORDS) for _ in range(4 * MiB // 4))
+    big = words(4 * MiB, seed=2)
     data["conversations"].append({"id": "big", "messages": [{"sender": "Bob", "text": big},
                                                             {"sender": "Ana", "text": big}]})
     path.write_text(json.dumps(data))
