@@ -43,10 +43,10 @@ from . import _crypto, paths
 from ._crypto import KIND_EXPORT, KIND_PROFILE, Header, KdfParams
 from .errors import (
     BackboneMismatchError,
-    PersonaWarning,
     DecryptionError,
     KeyringUnavailableError,
     PassphraseRequiredError,
+    PersonaWarning,
     PrefixShapeError,
     ProfileExistsError,
     ProfileNameError,

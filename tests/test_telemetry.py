@@ -11,7 +11,6 @@ file it writes.
 from __future__ import annotations
 
 import ast
-import json
 import os
 import shutil
 import subprocess
@@ -20,9 +19,6 @@ import textwrap
 import time
 import warnings
 from pathlib import Path
-
-import numpy as np
-import pytest
 
 import persona_sdk
 
