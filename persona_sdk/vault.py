@@ -351,7 +351,7 @@ class Vault:
         return _crypto.unseal(data, header, kek, context=_context(name) if name else b"", what=what)
 
     def _ensure_root(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.ensure_dir(self.root)  # missing parents 0700 too, whatever the umask
         st = os.lstat(self.root)
         if not stat.S_ISDIR(st.st_mode):
             raise VaultError(f"vault folder {self.root} is not a folder")

@@ -13,11 +13,14 @@ import pytest
 @pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")
 def test_home_and_its_missing_parents_are_0700_under_umask_000(tmp_path):
     home = tmp_path / "a" / "b" / "home"
-    code = "import os; os.umask(0); from persona_sdk import paths; paths.data_dir(); paths.cache_dir()"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    vault_root = tmp_path / "v" / "w" / "vault"
+    code = ("import os, sys; os.umask(0); from persona_sdk import paths; paths.data_dir(); paths.cache_dir()\n"
+            "from persona_sdk.vault import Vault; Vault(sys.argv[1])")
+    out = subprocess.run([sys.executable, "-c", code, str(vault_root)], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PERSONA_HOME": str(home)})
     assert out.returncode == 0, out.stderr
-    for folder in (tmp_path / "a", tmp_path / "a" / "b", home, home / "data", home / "cache"):
+    for folder in (tmp_path / "a", tmp_path / "a" / "b", home, home / "data", home / "cache",
+                   tmp_path / "v", tmp_path / "v" / "w", vault_root):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
 
