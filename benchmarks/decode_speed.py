@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+import persona_sdk  # noqa: F401  (first: switches onnxruntime's telemetry off before anything imports it)
+
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "heldout_sample.txt"
 

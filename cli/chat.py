@@ -82,6 +82,9 @@ def _repl(agent, name: Optional[str]) -> None:
         except KeyboardInterrupt:
             typer.echo("")
             continue
+        except UnicodeDecodeError:  # a strict-decoding terminal got bytes that are not text
+            err("Error: that line is not valid text (bytes that are not UTF-8); try again")
+            continue
         text = line.strip()
         if not text:
             continue
@@ -91,9 +94,15 @@ def _repl(agent, name: Optional[str]) -> None:
             agent.reset()
             err("(conversation forgotten)")
             continue
+        from persona_sdk.errors import GenerationError
+
+        try:
+            pieces = agent.stream(text)
+        except GenerationError as exc:  # one bad line does not end the conversation
+            err(f"Error: {exc}")
+            continue
         sys.stdout.write(f"{who}> ")
         sys.stdout.flush()
-        pieces = agent.stream(text)
         try:
             for piece in pieces:
                 sys.stdout.write(piece)

@@ -55,14 +55,24 @@ def list_profiles() -> None:
 
     Example: persona list
     """
+    from persona_sdk.errors import PersonaError, VaultError
+
     vault = _vault()
     names = vault.list()
     if not names:
         err(f"No profiles yet in {vault.root}.")
         return
-    for name in names:
-        info = vault.info(name)
+    bad = 0
+    for name in names:  # every profile; an unreadable one is marked and does not hide the rest
+        try:
+            info = vault.info(name)
+        except PersonaError as exc:
+            bad += 1
+            typer.echo(f"{name}\tunreadable\t{exc}")
+            continue
         typer.echo(f"{name}\t{info.mode}\t{info.backbone[:12]}\t{info.file_bytes} B\t{_ago(info.modified)}")
+    if bad:
+        raise VaultError(f"{bad} of {len(names)} profiles cannot be read (marked unreadable above)")
 
 
 @app.command("info")
@@ -157,6 +167,7 @@ def export(
 
     vault = _vault()
     vault.info(name)
+    vault.check_export_path(output)
     if output.exists() and not force:
         from persona_sdk.errors import ProfileExistsError
 

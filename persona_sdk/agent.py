@@ -118,6 +118,11 @@ class PersonaAgent:
             raise GenerationError("this PersonaAgent is closed")
         if not isinstance(text, str) or not text.strip():
             raise GenerationError("the message is empty")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8 (e.g. a mis-set terminal)
+                raise GenerationError("the message is not valid text (it holds bytes that are not UTF-8)") from None
         gen = self.generation.replace(**settings) if settings else self.generation
         return self._stream(text, gen)
 

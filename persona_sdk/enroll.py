@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ConfigError, SourcePrefixError
+from .errors import ConfigError, SourcePrefixError, TrainingError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .examples import ExampleReport
@@ -47,8 +47,32 @@ class EnrollResult:
 
 def profile_name_for(me: str) -> str:
     """A valid profile name derived from a sender name."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", me.strip()).strip("-._").lower()[:64]
-    return name or "me"
+    from .vault import _valid_name
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", me.strip()).lower()[:64].strip("-._")
+    name = re.sub(r"\.{2,}", ".", name)
+    if name and not _valid_name(name):  # e.g. a Windows device name ("con")
+        name = f"{name[:56]}-persona"
+    return name if _valid_name(name) else "me"
+
+
+def check_trained(summary: "TrainSummary", config: "TrainConfig") -> None:
+    """Refuse to save a persona that training never moved from where it started.
+
+    0 steps (the time budget ran out first, e.g. on a loaded machine), or steps of which
+    none improved the validation loss: the block is the starting prefix, not yours.
+    (The best-so-far of an interrupted run that did improve is offered separately.)
+    """
+    if summary.steps == 0:
+        budget = f" of --max-minutes {config.max_minutes:g}" if config.max_minutes else ""
+        raise TrainingError(
+            f"training made no step in the time budget{budget} (reading and loading used it up; stopped: "
+            f"{summary.stopped}); nothing was saved -- give it more time or run when the machine is less busy")
+    if summary.best_step == 0:
+        raise TrainingError(
+            f"none of the {summary.steps} training steps improved the validation loss on the starting prefix "
+            f"({summary.init_val_loss:.3f}); nothing was saved -- train longer (--epochs, --max-minutes) "
+            "or with another --lr")
 
 
 def resolve_source(source: str | Path | None, backbone_dir: Path, fingerprint: str,
@@ -137,7 +161,8 @@ def enroll(
     if not tok_file.is_file():
         raise ConfigError(f"backbone {model_dir} has no tokenizer.json")
     fmt_ = ChatFormat(Tokenizer.from_file(str(tok_file)))
-    examples = build_examples(chats, who, count_tokens=count_tokens_fn(fmt_), context_budget=cfg.context_budget,
+    examples = build_examples(chats, who, count_tokens=count_tokens_fn(fmt_, at_most=cfg.context_budget),
+                              context_budget=cfg.context_budget,
                               val_fraction=cfg.val_fraction, seed=cfg.seed,
                               min_replies=max(MIN_REPLIES, cfg.min_examples))
     check_enough(len(examples.train), cfg)
@@ -163,6 +188,8 @@ def enroll(
                                    progress=progress, should_stop=should_stop, clock=clock)
     prefix.meta.update(source="none" if init is None else ("shipped" if source_label == "shipped" else "file"))
     prefix.meta.update(voice_meta)  # kept inside the encrypted profile only; `persona info` prints numbers only
+    if save:
+        check_trained(summary, cfg)
     path = vault.save(name, prefix, passphrase, force=force) if save else None
     return EnrollResult(name, path, prefix, summary, examples.report, who, Path(model_dir), source_label, notes,
                         clock() - start)

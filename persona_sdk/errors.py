@@ -10,6 +10,10 @@ class PersonaError(Exception):
     exit_code = 1
 
 
+class PersonaWarning(UserWarning):
+    """Base class of the warnings persona gives (e.g. a vault permission it fixed)."""
+
+
 # --- backbone, export, runtime -------------------------------------------------
 class BackboneError(PersonaError):
     """The backbone directory is missing or is not a causal language model."""

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -45,6 +46,7 @@ from .errors import (
     DecryptionError,
     KeyringUnavailableError,
     PassphraseRequiredError,
+    PersonaWarning,
     PrefixShapeError,
     ProfileExistsError,
     ProfileNameError,
@@ -60,7 +62,11 @@ SUFFIX = ".persona"
 KEYRING_SERVICE = "persona-sdk"
 LOCK_FILE = ".lock"
 _TMP_MARK = ".tmp-"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # always fullmatch: "$" would accept a trailing newline
+# Device names Windows reserves in any folder, with any extension ("con.persona"):
+# profiles travel between systems in export files, so these are refused everywhere.
+_RESERVED = frozenset(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+                      + [f"{dev}{i}" for dev in ("COM", "LPT") for i in range(1, 10)])
 
 
 class _UseKeyring:
@@ -72,7 +78,7 @@ KEYRING: Any = _UseKeyring()
 """Pass as the passphrase to keep the profile's key in the OS keyring."""
 
 
-class VaultPermissionWarning(UserWarning):
+class VaultPermissionWarning(PersonaWarning):
     """A vault folder or file had looser permissions than 0700 / 0600 and was fixed."""
 
 
@@ -91,12 +97,19 @@ class ProfileInfo:
     format_version: int
 
 
+def _valid_name(name: object) -> bool:
+    return (isinstance(name, str) and _NAME.fullmatch(name) is not None and not name.endswith((SUFFIX, "."))
+            and ".." not in name and name.split(".", 1)[0].upper() not in _RESERVED)
+
+
 def validate_name(name: str) -> str:
-    """A profile name: 1-64 of letters, digits, '.', '_', '-'; starts with a letter or digit."""
-    if not isinstance(name, str) or not _NAME.match(name) or name.endswith(SUFFIX) or ".." in name:
+    """A profile name: 1-64 of letters, digits, '.', '_', '-'; starts with a letter or digit,
+    does not end with '.', and is not a device name Windows reserves (CON, NUL, COM1, ...)."""
+    if not _valid_name(name):
         raise ProfileNameError(
             "a profile name is 1-64 characters: letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit (no path separators, no '..', no trailing '.persona')"
+            "letter or digit (no path separators, no '..', no trailing '.' or '.persona', not a "
+            "reserved device name such as CON or NUL)"
         )
     return name
 
@@ -126,14 +139,15 @@ class Vault:
         return self.path(name).is_file()
 
     def list(self) -> list[str]:
-        """Profile names, sorted."""
+        """Profile names, sorted: every ``NAME.persona`` entry with a valid name, readable or
+        not (a truncated file, a symlink, a FIFO...: :meth:`info` says what is wrong with it)."""
         with self._locked():
             pass  # cleans leftovers
         names = []
         for p in self.root.iterdir():
-            if p.name.endswith(SUFFIX) and not p.name.startswith(".") and p.is_file():
+            if p.name.endswith(SUFFIX) and not p.name.startswith("."):
                 stem = p.name[: -len(SUFFIX)]
-                if _NAME.match(stem):
+                if _valid_name(stem):
                     names.append(stem)
         return sorted(names)
 
@@ -218,6 +232,7 @@ class Vault:
         tied to this machine's keyring: it opens anywhere with the export passphrase.
         """
         out = Path(out_path).expanduser()
+        self.check_export_path(out)
         if out.exists() and not force:
             raise ProfileExistsError(f"{out} already exists (use force / --force to overwrite it)")
         export_pw = _resolve_passphrase(export_passphrase, ENV_EXPORT_PASSPHRASE)
@@ -229,7 +244,21 @@ class Vault:
                             passphrase=export_pw, kdf=self.kdf)
         if not out.parent.is_dir():
             raise VaultError(f"folder {out.parent} does not exist")
+        _remove_stale_temps(out)
         _atomic_write(out, blob)
+        return out
+
+    def check_export_path(self, out_path: Path | str) -> Path:
+        """Refuse an export target inside the vault folder (it would replace or shadow a profile)."""
+        out = Path(out_path).expanduser()
+        try:
+            parent = Path(os.path.realpath(out.parent))
+            root = Path(os.path.realpath(self.root))
+        except OSError:  # pragma: no cover - realpath does not raise on POSIX
+            return out
+        if parent == root or root in parent.parents:
+            raise VaultError(f"refusing to export into the vault folder {self.root}; "
+                             "choose a file outside it (e.g. in your home folder)")
         return out
 
     def import_file(self, path: Path | str, export_passphrase: str | None = None,
@@ -322,7 +351,7 @@ class Vault:
         return _crypto.unseal(data, header, kek, context=_context(name) if name else b"", what=what)
 
     def _ensure_root(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.ensure_dir(self.root)  # missing parents 0700 too, whatever the umask
         st = os.lstat(self.root)
         if not stat.S_ISDIR(st.st_mode):
             raise VaultError(f"vault folder {self.root} is not a folder")
@@ -357,10 +386,14 @@ class Vault:
 
     def _read(self, path: Path, name: str) -> tuple[bytes, os.stat_result]:
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+            # non-blocking: a FIFO named NAME.persona must not hang us while we hold the vault lock
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             raise ProfileNotFoundError(f"no profile named {name!r}") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise VaultError(f"profile {name!r} is a symbolic link; refusing to follow it") from None
             raise VaultError(f"cannot open profile {name!r} ({exc.strerror or type(exc).__name__})") from None
         try:
             st = os.fstat(fd)
@@ -457,8 +490,17 @@ def _read_fd(fd: int, size: int) -> bytes:
 
 
 def _read_bounded(path: Path) -> bytes:
+    """The bytes of a (hostile) file: only a regular file, checked before it is opened and
+    again after a non-blocking open (a FIFO or a device could block or never end)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UnsupportedFormatError(f"{path} is not a regular file")
+    except FileNotFoundError:
+        raise VaultError(f"file not found: {path}") from None
+    except OSError as exc:
+        raise VaultError(f"cannot open {path} ({exc.strerror or type(exc).__name__})") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise VaultError(f"file not found: {path}") from None
     except OSError as exc:
@@ -473,13 +515,24 @@ def _read_bounded(path: Path) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes, verify: Callable[[Path], None] | None = None) -> None:
-    """0600 temp file next to ``path``, fsync, (verify), os.replace, fsync of the folder."""
-    tmp = path.parent / f".{path.name}{_TMP_MARK}{secrets.token_hex(8)}"
+    """0600 temp file next to ``path``, fsync, (verify), os.replace, fsync of the folder.
+
+    The writer holds an exclusive ``flock`` on its temp file until the rename, so a
+    temp file that nobody holds is a killed writer's leftover (:func:`_remove_stale_temps`).
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(tmp, flags, 0o600)
-    except OSError as exc:
-        raise VaultError(f"cannot write in {path.parent} ({exc.strerror or type(exc).__name__})") from None
+    for _ in range(3):
+        tmp = path.parent / f".{path.name}{_TMP_MARK}{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except OSError as exc:
+            raise VaultError(f"cannot write in {path.parent} ({exc.strerror or type(exc).__name__})") from None
+        if _hold(fd):
+            break
+        os.close(fd)  # a cleaner removed it between create and lock: take a new name
+    else:  # pragma: no cover - needs three lost races in a row
+        raise VaultError(f"cannot write in {path.parent} (temp files keep disappearing)")
+    keep_open = _HAVE_FLOCK  # Windows cannot rename a file that is open
     try:
         try:
             if os.name == "posix":
@@ -489,7 +542,8 @@ def _atomic_write(path: Path, data: bytes, verify: Callable[[Path], None] | None
                 view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
-            os.close(fd)
+            if not keep_open:
+                os.close(fd)
         if verify is not None:
             verify(tmp)
         os.replace(tmp, path)
@@ -499,7 +553,59 @@ def _atomic_write(path: Path, data: bytes, verify: Callable[[Path], None] | None
         if isinstance(exc, OSError):
             raise VaultError(f"writing {path.name} failed ({exc.strerror or type(exc).__name__})") from None
         raise
+    finally:
+        if keep_open:
+            os.close(fd)
     _fsync_dir(path.parent)
+
+
+try:
+    import fcntl as _fcntl
+
+    _HAVE_FLOCK = True
+except ImportError:  # Windows
+    _fcntl = None
+    _HAVE_FLOCK = False
+
+
+def _hold(fd: int) -> bool:
+    """Lock a new temp file as a live writer's; False if a cleaner unlinked it first."""
+    if not _HAVE_FLOCK:
+        return True
+    try:
+        _fcntl.flock(fd, _fcntl.LOCK_EX)  # blocks only while a cleaner checks this very file
+    except OSError:  # a filesystem without flock: writers are not marked, cleaners skip nothing
+        return True
+    return os.fstat(fd).st_nlink > 0
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Remove the temp files killed writers left next to ``out`` (a live writer holds a lock on its own)."""
+    if not _HAVE_FLOCK:
+        return
+    prefix = f".{out.name}{_TMP_MARK}"
+    try:
+        entries = [e for e in os.scandir(out.parent) if e.name.startswith(prefix)
+                   and len(e.name) == len(prefix) + 16]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                         | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            try:
+                _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+            except OSError:
+                continue  # held: a live writer
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        finally:
+            os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -134,3 +134,11 @@ def test_context_manager_closes(engine, prefix):
     assert agent.prefix is None and agent.history == []
     with pytest.raises(GenerationError, match="closed"):
         agent.reply("hi there")
+
+
+def test_a_message_that_is_not_valid_text_is_a_generation_error(engine, prefix):
+    agent = PersonaAgent(prefix, engine=engine, generation=GREEDY)
+    with pytest.raises(GenerationError, match="not valid text"):
+        agent.reply("\udcff")  # what Python makes of a non-UTF-8 byte in argv
+    assert agent.history == []  # nothing happened
+    assert agent.reply("hi there")  # and the agent is still usable

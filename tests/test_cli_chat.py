@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -135,3 +136,21 @@ def test_an_outdated_export_without_the_export_extra_is_one_line_naming_the_rebu
     assert len(lines) == 1 and lines[0].startswith("Error: the cached fp32 ONNX export"), out.stderr
     assert "outdated" in lines[0] and f"`persona backbone export --backbone {tiny_backbone}`" in lines[0]
     assert "pip install 'persona-sdk[export]'" in lines[0]
+
+
+def test_message_that_is_not_utf8_is_a_one_line_error(tiny_onnx):
+    out = subprocess.run([sys.executable, "-m", "persona_sdk", "chat", "--backbone", str(tiny_onnx), "--message",
+                          b"\xff".decode("utf-8", "surrogateescape")], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 1 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "not valid text" in lines[0], out.stderr
+
+
+def test_a_bad_line_in_the_interactive_chat_does_not_end_it(tiny_onnx):
+    out = subprocess.run([sys.executable, "-m", "persona_sdk", "chat", "--backbone", str(tiny_onnx),
+                          "--max-new-tokens", "3"], input=b"hi \xff there\nhello\n", capture_output=True,
+                         timeout=180, env={**os.environ, "PYTHONIOENCODING": "utf-8:surrogateescape"})
+    stderr = out.stderr.decode()
+    assert out.returncode == 0, stderr
+    assert "Traceback" not in stderr and "not valid text" in stderr
+    assert out.stdout.decode().count("persona> ") == 1  # the good line was answered

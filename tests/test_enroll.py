@@ -210,3 +210,49 @@ def test_ctrl_c_leaves_no_profile_and_no_temp_files(tmp_path, tiny_backbone, per
     leftovers = [p.name for p in data.rglob("*") if p.is_file() and p.name != ".lock"] if data.exists() else []
     assert leftovers == []
     assert rest_out == ""
+
+
+def _untrained(monkeypatch, steps: int, best_step: int):
+    """The trainer returns a run that never moved the block (as under a heavy load)."""
+    real = tr.train_prefix
+
+    def fake(train, val=None, *, backbone=None, config=None, init=None, progress=None, should_stop=None,
+             clock=None):
+        prefix, summary = real(train, val, backbone=backbone, config=tr.TrainConfig(**{**vars(config),
+                               "max_steps": 1}), init=init)
+        from dataclasses import replace
+
+        return prefix, replace(summary, steps=steps, best_step=best_step, stopped="max-minutes")
+
+    monkeypatch.setattr(tr, "train_prefix", fake)
+
+
+@pytest.mark.parametrize("steps, best_step, match", [(0, 0, "no step"), (7, 0, "none of the 7 training steps")])
+def test_a_persona_that_was_never_trained_is_not_saved(tmp_path, tiny_backbone, monkeypatch, steps, best_step,
+                                                       match):
+    from persona_sdk.errors import TrainingError
+
+    chats = write_chats(tmp_path / "chats.json")
+    _untrained(monkeypatch, steps, best_step)
+    with pytest.raises(TrainingError, match=match):
+        enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw", config=quick(),
+                          max_minutes=1)
+    assert Vault().list() == []
+    # without saving, the caller gets the run and decides
+    result = enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw",
+                               config=quick(), save=False)
+    assert result.summary.steps == steps and result.path is None
+
+
+def test_cli_enroll_with_no_training_step_exits_1_and_says_why(tmp_path, tiny_backbone, monkeypatch, capsys):
+    from persona_sdk.cli import main
+
+    chats = write_chats(tmp_path / "chats.json")
+    _untrained(monkeypatch, 0, 0)
+    monkeypatch.setenv("PERSONA_PASSPHRASE", "pw")
+    code = main(["enroll", str(chats), "--me", "Ana", "--backbone", str(tiny_backbone), "--source", "none",
+                 "--max-minutes", "0.1"])
+    out = capsys.readouterr()
+    assert code == 1 and out.out == ""
+    assert out.err.strip().splitlines()[-1].startswith("Error: training made no step in the time budget")
+    assert "Saved" not in out.err and Vault().list() == []
