@@ -30,10 +30,12 @@ def run_cli(app: typer.Typer, argv: Sequence[str]) -> int:
     except Exception as exc:  # click usage errors
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        # typer >= 0.29 raises usage errors from its own vendored click: same shape (show, exit_code)
+        if isinstance(exc, click.exceptions.ClickException) or (
+                callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)):
             exc.show()
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, (click.exceptions.Abort, typer.Abort)):
             err("Aborted.")
             return 1
         raise
