@@ -143,9 +143,16 @@ class Remote:
         return self.eval(".chat.transcript get 1.0 end-1c")
 
     def click(self, path: str) -> None:
+        wait_until(lambda: self.eval(f"winfo viewable {path}") == "1", what=f"{path} on screen")
         x = int(self.eval(f"winfo rootx {path}")) + int(self.eval(f"winfo width {path}")) // 2
         y = int(self.eval(f"winfo rooty {path}")) + int(self.eval(f"winfo height {path}")) // 2
         xdotool(self.display, "mousemove", str(x), str(y), "click", "1")
+
+    def type(self, path: str, text: str) -> None:
+        """Click into the entry ``path`` and type ``text`` with real key events; wait until it shows."""
+        self.click(path)
+        xdotool(self.display, "type", "--delay", "15", text)
+        wait_until(lambda: self.eval(f"{path} get") == text, what=f"the text typed into {path}")
 
     def close(self) -> None:
         self.root.destroy()
@@ -172,16 +179,13 @@ def test_the_app_as_a_user_runs_it(display, engine, tiny_onnx, tmp_path, persona
         assert remote.eval(".open.passphrase cget -show") == "\u2022"  # hidden entry
         assert "disabled" in remote.eval(".chat.send state")  # nothing to chat with before unlocking
 
-        remote.click(".open.passphrase")
-        xdotool(display, "type", "--delay", "20", "pw")
-        assert remote.eval(".open.passphrase get") == "pw"  # typed through X, not set by the test
+        remote.type(".open.passphrase", "pw")  # typed through X, not set by the test
         remote.click(".open.open")
         wait_until(lambda: remote.status().endswith("profile alice"), what="unlocking")
         assert remote.status() == "fp32 \u00b7 cpu \u00b7 - tok/s \u00b7 profile alice"
         assert remote.eval(".open.passphrase get") == ""  # cleared once used
 
-        remote.click(".chat.message")
-        xdotool(display, "type", "--delay", "15", MESSAGE)
+        remote.type(".chat.message", MESSAGE)
         remote.click(".chat.send")
         wait_until(lambda: "- tok/s" not in remote.status(), what="the reply")
         assert remote.transcript() == f"you: {MESSAGE}\nalice: {desktop.displayable(reply)}\n\n"
@@ -231,7 +235,7 @@ class InProcess:
         return wait_until(condition, self.pump, timeout, what)
 
     def click(self, widget) -> None:
-        self.pump()
+        self.wait(lambda: widget.winfo_viewable(), f"{widget} on screen")
         x = widget.winfo_rootx() + widget.winfo_width() // 2
         y = widget.winfo_rooty() + widget.winfo_height() // 2
         xdotool(self.display, "mousemove", str(x), str(y), "click", "1")
