@@ -32,17 +32,33 @@ def collect(worker: ReplyWorker, timeout: float = 60.0) -> tuple[list[str], Repl
     raise AssertionError("no ReplyDone")
 
 
+class _Gated:
+    """The real agent, whose stream begins only once ``gate`` is set."""
+
+    def __init__(self, agent: PersonaAgent) -> None:
+        self.agent, self.engine, self.gate = agent, agent.engine, threading.Event()
+
+    def stream(self, text):
+        assert self.gate.wait(30)
+        yield from self.agent.stream(text)
+
+    def cancel(self):
+        self.agent.cancel()
+
+
 def test_a_reply_streams_in_order_and_reports_its_speed(engine):
     gen = GenerationConfig(seed=2, max_new_tokens=32)
     with PersonaAgent(engine=engine, generation=gen) as reference:
         expected = ["".join(reference.stream(MESSAGE)), "".join(reference.stream("and then?"))]
     with PersonaAgent(engine=engine, generation=gen) as agent:
-        worker = ReplyWorker(agent)
+        gated = _Gated(agent)
+        worker = ReplyWorker(gated)
         assert not worker.busy and worker.drain() == []
         worker.send(MESSAGE)
         assert worker.busy
         with pytest.raises(GenerationError, match="still being written"):
             worker.send("again")  # one reply at a time
+        gated.gate.set()
         pieces, done = collect(worker)
         assert "".join(pieces) == expected[0] and len(pieces) > 1
         assert not done.stopped and done.error is None and not worker.busy
@@ -56,9 +72,11 @@ def test_a_reply_streams_in_order_and_reports_its_speed(engine):
 def test_stop_before_the_first_token_still_stops(engine):
     gen = GenerationConfig(seed=2, max_new_tokens=128)
     with PersonaAgent(engine=engine, generation=gen) as agent:
-        worker = ReplyWorker(agent)
+        gated = _Gated(agent)
+        worker = ReplyWorker(gated)
         worker.send(MESSAGE)
-        worker.stop()  # before the thread has even begun decoding (agent.cancel alone would be cleared)
+        worker.stop()  # before decoding begins: the agent clears a cancel() it gets that early
+        gated.gate.set()
         pieces, done = collect(worker)
         assert done.stopped and done.error is None
         assert len(pieces) <= 1  # at most the piece being shown
