@@ -14,7 +14,9 @@ from typing import Any, Optional
 import typer
 
 from . import app
+from . import _peft
 from ._common import err, prompt_passphrase
+from ._peft import Format
 
 ENV_NEW_PASSPHRASE = "PERSONA_NEW_PASSPHRASE"
 
@@ -155,17 +157,36 @@ def rekey(
 @app.command("export")
 def export(
     name: str = typer.Argument(..., help="Profile name."),
-    output: Path = typer.Option(..., "--output", "-o", help="Export file to write, e.g. me.persona."),
+    target: Optional[Path] = typer.Argument(None, help="Where to write (same as --output)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Export file to write, e.g. me.persona "
+                                          "(with --format peft: the adapter folder)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output file if it exists."),
+    fmt: Format = typer.Option(Format.persona, "--format", help="persona: an encrypted file (default); "
+                               "peft: a PEFT prefix-tuning adapter folder, UNENCRYPTED (needs --yes)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--format peft: confirm writing the persona unencrypted."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="--format peft: the backbone folder to name "
+                                           "as the adapter's base model (default: the embedded one, if it fits)."),
 ) -> None:
-    """Write a profile to an encrypted file (its own export passphrase) to carry to another device.
+    """Write a profile to an encrypted file (its own export passphrase) to carry to another device,
+    or (--format peft --yes) to a plaintext PEFT prefix-tuning adapter folder for PeftModel.from_pretrained.
 
     Non-interactive: PERSONA_PASSPHRASE (vault) and PERSONA_EXPORT_PASSPHRASE (export file).
     Example: persona export me -o me.persona
+    Example: persona export me --format peft me-adapter --yes
     """
+    from persona_sdk.errors import ConfigError
     from persona_sdk.vault import ENV_EXPORT_PASSPHRASE
 
+    if target is not None and output is not None and target != output:
+        raise ConfigError("give the destination once (as an argument or with --output)")
+    output = target if target is not None else output
+    if output is None:
+        raise ConfigError("where to write? e.g. persona export NAME -o NAME.persona")
     vault = _vault()
+    if fmt is Format.peft:
+        out = _peft.export_peft(vault, name, output, yes=yes, force=force, backbone=backbone, unlock=_unlock)
+        typer.echo(str(out))
+        return
     vault.info(name)
     vault.check_export_path(output)
     if output.exists() and not force:
@@ -181,19 +202,28 @@ def export(
 
 @app.command("import")
 def import_(
-    file: Path = typer.Argument(..., help="Export file made by `persona export`."),
+    file: Path = typer.Argument(..., help="Export file made by `persona export` (--format peft: a PEFT "
+                                "prefix-tuning adapter folder)."),
     name: Optional[str] = typer.Option(None, "--name", help="Profile name (default: the file name)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing profile of that name."),
     backbone: Optional[str] = typer.Option(
         None, "--backbone", help="Backbone folder in use (default: the embedded default backbone)."),
     keyring: bool = typer.Option(False, "--keyring",
                                  help="Keep the profile's key in the OS keyring instead of a passphrase."),
+    fmt: Format = typer.Option(Format.persona, "--format", help="persona: an encrypted export file (default); "
+                               "peft: a PEFT prefix-tuning adapter folder (e.g. trained with PEFT elsewhere)."),
 ) -> None:
     """Import an exported persona; refuses one made for a different backbone.
 
     Non-interactive: PERSONA_EXPORT_PASSPHRASE (export file) and PERSONA_PASSPHRASE (vault).
     Example: persona import me.persona --name me
+    Example: persona import my-peft-adapter --format peft --name me
     """
+    if fmt is Format.peft:
+        done = _peft.import_peft(_vault(), file, name=name, force=force, backbone=backbone,
+                                 new_key=lambda env: _new_key(env, keyring, "New vault passphrase"))
+        typer.echo(done)
+        return
     from persona_sdk import _crypto, backbone as bb
     from persona_sdk.errors import BackboneMismatchError, ProfileExistsError
     from persona_sdk.vault import ENV_EXPORT_PASSPHRASE, ENV_PASSPHRASE, _read_bounded, validate_name

@@ -43,6 +43,8 @@ _quiet_dependencies()
 # public name -> module that defines it (imported on first use)
 _LAZY = {
     "PersonaAgent": "agent",
+    "ReplyWorker": "worker",
+    "ReplyDone": "worker",
     "GenerationConfig": "config",
     "Prefix": "prefix",
     "PrefixSpec": "prefix",
@@ -61,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .conversation import Turn
     from .prefix import Prefix, PrefixSpec
     from .vault import Vault
+    from .worker import ReplyDone, ReplyWorker
 
 
 def __getattr__(name: str) -> Any:

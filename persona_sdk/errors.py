@@ -163,3 +163,12 @@ class UnsupportedFormatError(PersonaFileError):
 
 class KdfParameterError(PersonaFileError):
     """Key-derivation parameters are below the security floor or above the resource cap."""
+
+
+# --- interop: PEFT adapter folders ----------------------------------------------
+class PeftAdapterError(PersonaError):
+    """A PEFT adapter folder cannot be written or read: missing files, not prefix tuning, wrong shapes."""
+
+
+class ConfirmationRequiredError(PersonaError):
+    """An action that writes a persona unencrypted (or cannot be undone) needs an explicit --yes."""
