@@ -20,9 +20,9 @@ def enroll(
     fmt: str = typer.Option("auto", "--format", help="auto, chats, whatsapp, telegram, discord or chitchat"),
     method: str = typer.Option("prefix", "--method", help="prefix (from the source prefix), rand-prefix, or prompt"),
     prefix_len: int = typer.Option(16, "--prefix-len", help="virtual tokens P of the persona block"),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="training time budget; stops at the best checkpoint so far"),
-    epochs: int = typer.Option(3, "--epochs", help="maximum passes over your replies"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default: 1e-3 when starting from a source prefix, 3e-3 otherwise)"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="time budget of the whole enrollment, all of it used for training (default 5; 0 = no limit, the epochs end it)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="maximum passes over your replies (default 20; the time budget usually ends the run first)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate (default: 1e-2 when starting from a source prefix, 3e-3 otherwise)"),
     seed: int = typer.Option(0, "--seed", help="random seed (same data + seed = same persona)"),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)"),
     source: str = typer.Option("default", "--source", help="source prefix: default (shipped), a FILE, or none"),
@@ -40,11 +40,14 @@ def enroll(
     from ._progress import TrainBar
 
     passphrase = prompt_passphrase(ENV_PASSPHRASE, confirm=True, label="Passphrase for the new profile")
-    config = TrainConfig(method=method, prefix_len=prefix_len, epochs=epochs, lr=lr, seed=seed,
-                         max_minutes=max_minutes)
+    given = {"epochs": epochs, "lr": lr}
+    if max_minutes is not None:
+        given["max_minutes"] = max_minutes or None  # 0 = no limit
+    config = TrainConfig(method=method, prefix_len=prefix_len, seed=seed,
+                         **{k: v for k, v in given.items() if v is not None or k == "max_minutes"})
     try:
         result = run_enroll(chats, me=me, name=name, fmt=fmt, method=method, prefix_len=prefix_len,
-                            max_minutes=max_minutes, backbone=backbone, source=source, passphrase=passphrase,
+                            backbone=backbone, source=source, passphrase=passphrase,
                             force=force, progress=TrainBar("enrolling"), config=config)
     except EnrollmentCancelled as exc:
         sys.stderr.write("\n")

@@ -121,8 +121,9 @@ def enroll(
 
     ``source``: ``"default"`` (the shipped source prefix), a file, or ``"none"``.
     ``config`` overrides the trainer settings (``method``, ``prefix_len`` and
-    ``max_minutes`` given here win); its ``lr`` None is the library's policy
-    (:meth:`TrainConfig.learning_rate`), the same for every caller.
+    ``max_minutes`` given here win); its defaults are the library's policy --
+    a 5-minute budget used whole, the learning rate of
+    :meth:`TrainConfig.learning_rate` -- the same for every caller.
     ``passphrase`` None: ``PERSONA_PASSPHRASE`` or the vault's keyring mode.
     ``clock`` (seconds, monotonic) times the ``max_minutes`` budget, which covers
     the whole enrollment. Raises before training for every input problem.

@@ -30,10 +30,14 @@ from .loop import Clock, LoopConfig, ProgressFn, Trainable, TrainProgress, gradi
 METHODS = ("prefix", "rand-prefix", "prompt")
 BF16_MODES = ("auto", "on", "off")
 DEFAULT_PROMPT_INIT = "Reply as yourself: in your own words, tone and style, as you always write to friends."
-# The default learning rate: a source prefix is already a good start and is refined gently;
-# a random block or a soft prompt has further to go.
-LR_FROM_SOURCE = 1e-3
+# The default learning rate. From a source prefix the block has to move far enough to change how
+# replies *read* (length, casing, topics), not only their perplexity: a gentle rate refines the
+# likelihood while the generated replies stay the source's (BENCHMARKS.md, enrollment defaults).
+LR_FROM_SOURCE = 1e-2
 LR_FROM_SCRATCH = 3e-3
+# The default budget: one enrollment fits in this many minutes of a laptop's CPU (the whole
+# budget is used, the learning rate decays over it).
+DEFAULT_MINUTES = 5.0
 MIN_IMPROVEMENT = 1e-4  # a validation loss counts as better only by more than this (early stopping)
 
 
@@ -44,7 +48,7 @@ class TrainConfig:
     method: str = "prefix"
     prefix_len: int = 16
     lr: float | None = None
-    epochs: int = 3
+    epochs: int = 20
     batch_size: int = 8
     warmup: float = 0.06
     weight_decay: float = 0.0
@@ -52,8 +56,10 @@ class TrainConfig:
     context_budget: int = 112
     reply_budget: int = 48
     eval_every: int = 0
-    patience: int = 2
-    max_minutes: float | None = None
+    evals: int = 4
+    max_val: int = 48
+    patience: int = 0
+    max_minutes: float | None = DEFAULT_MINUTES
     max_steps: int = 0
     min_examples: int = 20
     val_fraction: float = 0.1
@@ -66,16 +72,19 @@ class TrainConfig:
         "prefix_len": "P, the number of virtual tokens in the KV block",
         "lr": (f"AdamW peak learning rate (None = {LR_FROM_SOURCE:g} when training starts from a source prefix, "
                f"{LR_FROM_SCRATCH:g} otherwise)"),
-        "epochs": "maximum passes over the training replies",
+        "epochs": "maximum passes over the training replies (a time budget usually ends the run first)",
         "batch_size": "examples per optimisation step (length-bucketed)",
         "warmup": "fraction of the steps with linear learning-rate warm-up (0..0.5)",
         "weight_decay": "AdamW weight decay on the KV block / soft prompt",
         "grad_clip": "max gradient L2 norm (0 disables clipping)",
         "context_budget": "max tokens of conversation context in front of a reply (oldest turns dropped)",
         "reply_budget": "max tokens of a reply that are trained on",
-        "eval_every": "validate every N steps (0 = once per epoch)",
-        "patience": "stop after this many validations without improvement",
-        "max_minutes": "wall-clock budget; stops at the best checkpoint so far (None = no limit)",
+        "eval_every": "validate every N steps (0 = `evals` times, spread over the run)",
+        "evals": "validations spread evenly over the run when eval_every is 0 (the last at its end)",
+        "max_val": "validation replies scored each time, evenly spread over the held-out ones (0 = all)",
+        "patience": "stop after this many validations in a row without improvement (0 = never)",
+        "max_minutes": ("wall-clock budget: training runs until it is used, the learning rate decaying "
+                        "over it, and keeps the best checkpoint (None = no limit: the epochs end the run)"),
         "max_steps": "stop after this many optimisation steps (0 = no limit)",
         "min_examples": "refuse to train (before loading the model) with fewer training replies",
         "val_fraction": "share of conversations held out for validation when no split is given",
@@ -89,13 +98,13 @@ class TrainConfig:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.bf16 not in BF16_MODES:
             raise ConfigError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
-        positive_ints = ("prefix_len", "epochs", "batch_size", "context_budget", "reply_budget", "patience",
+        positive_ints = ("prefix_len", "epochs", "batch_size", "context_budget", "reply_budget", "evals",
                          "min_examples")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("eval_every", "max_steps", "seed"):
+        for name in ("eval_every", "max_steps", "seed", "patience", "max_val"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
@@ -197,6 +206,8 @@ def train_prefix(
     use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and bf16_supported())
 
     train_data = encode(bb.fmt, train, config.context_budget, config.reply_budget)
+    if config.max_val and len(val) > config.max_val:  # evenly spread: every held-out conversation has its say
+        val = [val[i] for i in np.linspace(0, len(val) - 1, config.max_val).round().astype(int)]
     val_data = encode(bb.fmt, val, config.context_budget, config.reply_budget)
     block = start_block(bb, config, init)
     lr = config.learning_rate(from_source=block.from_source)
@@ -219,10 +230,13 @@ def train_prefix(
 
     trainable = Trainable(block.params, epochs_of_batches(train_data, config.batch_size, rng, config.epochs), step,
                           evaluate, opt, export)
+    budget = config.max_minutes * 60 if config.max_minutes else None
+    # with a time budget the schedule follows whichever runs out first, the time or the epochs
     loop = LoopConfig(total_steps=total, max_steps=config.max_steps, steps_per_epoch=steps_per_epoch,
-                      epochs=config.epochs, eval_every=config.eval_every or steps_per_epoch,
+                      epochs=config.epochs, eval_every=config.eval_every,
+                      evals=0 if config.eval_every else config.evals,
                       patience=config.patience, min_delta=MIN_IMPROVEMENT, warmup=config.warmup,
-                      max_seconds=config.max_minutes * 60 if config.max_minutes else None)
+                      schedule_by="both" if budget is not None else "steps", max_seconds=budget)
     result = run(trainable, loop, progress=say, should_stop=should_stop, clock=clock, started=start)
     prefix = export()
     summary = TrainSummary(config.method, len(train_data), len(val_data), result.steps,
