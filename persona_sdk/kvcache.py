@@ -119,7 +119,7 @@ class SharedKVCache:
                 value = ort.OrtValue.ortvalue_from_numpy(logits)
                 binding.bind_ortvalue_output(LOGITS, value)
                 keep.append(value)
-            else:
+            else:  # bound first: get_outputs()[0] is the logits
                 binding.bind_output(LOGITS, "cpu")
             for past, present, array in zip(self.engine.past_names, self.engine.present_names, self.arrays):
                 value = ort.OrtValue.ortvalue_from_numpy(array[first:last])  # shares the array's memory
@@ -129,7 +129,9 @@ class SharedKVCache:
             self._bindings[key] = (binding, logits, keep)
         return self._bindings[key]
 
-    def _run(self, binding, ids: np.ndarray, mask: np.ndarray) -> None:
+    def _run(self, binding, ids: np.ndarray, mask: np.ndarray, fresh_logits: bool = False) -> None:
+        if fresh_logits:  # let onnxruntime allocate this run's logits (it would reuse the last run's shape)
+            binding.bind_output(LOGITS, "cpu")
         binding.bind_cpu_input(INPUT_IDS, ids)
         binding.bind_cpu_input(ATTENTION_MASK, mask)
         if self.engine.has_logits_to_keep:
@@ -148,7 +150,7 @@ class SharedKVCache:
             piece = ids[start:start + chunk][None]  # (1, t)
             total = int(self.lengths[slot]) + piece.shape[1]
             binding, logits, _ = self._binding(slot, slot + 1, 1 if keep_last else None)
-            self._run(binding, piece, np.ones((1, total), dtype=np.int64))
+            self._run(binding, piece, np.ones((1, total), dtype=np.int64), fresh_logits=logits is None)
             self.lengths[slot] = total
             out = logits if keep_last else binding.get_outputs()[0].numpy()
         return np.array(out[0, -1], dtype=np.float32)  # a copy: the buffer is reused
