@@ -159,3 +159,8 @@ class UnsupportedFormatError(PersonaFileError):
 
 class KdfParameterError(PersonaFileError):
     """Key-derivation parameters are below the security floor or above the resource cap."""
+
+
+# --- serving ---------------------------------------------------------------------------
+class BatcherBusyError(GenerationError):
+    """Too many replies are already waiting for a row of the batch; try again later."""

@@ -334,34 +334,65 @@ class Engine:
 
         Stops consuming ``tokens`` (and closes it, when it is a generator) at a stop string.
         """
-        hold = max((len(s) for s in stops), default=1) - 1
-        ids: list[int] = []
-        sent = 0
-        text = ""
+        text = TextStream(self.format, stops)
         try:
             for token in tokens:
-                ids.append(token)
-                text = self.format.decode(ids)
-                if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
-                    continue
-                cut = _find_stop(text, stops)
-                if cut is not None:
-                    if cut > sent:
-                        yield text[sent:cut]
+                piece = text.push(token)
+                if piece:
+                    yield piece
+                if text.stopped:
                     return
-                safe = len(text) - hold if stops else len(text)
-                if safe > sent:
-                    yield text[sent:safe]
-                    sent = safe
-            text = text.rstrip("\ufffd")
-            cut = _find_stop(text, stops)
-            end = cut if cut is not None else len(text)
-            if end > sent:
-                yield text[sent:end]
+            piece = text.finish()
+            if piece:
+                yield piece
         finally:
             close = getattr(tokens, "close", None)
             if close is not None:
                 close()
+
+
+class TextStream:
+    """Reply token ids in, text pieces out: whole characters only, cut at the first stop string.
+
+    ``push(token)`` returns the text that became final (maybe ""); once a stop
+    string appears, ``stopped`` is True and the text before it has been returned.
+    ``finish()`` returns what is left at the end of the reply.
+    """
+
+    def __init__(self, fmt: ChatFormat, stops: Sequence[str] = ()) -> None:
+        self.format = fmt
+        self.stops = tuple(stops)
+        self._hold = max((len(s) for s in self.stops), default=1) - 1
+        self._ids: list[int] = []
+        self._sent = 0
+        self._text = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        self._ids.append(int(token))
+        self._text = text = self.format.decode(self._ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
+            return ""
+        cut = _find_stop(text, self.stops)
+        if cut is not None:
+            self.stopped = True
+            return self._take(cut)
+        return self._take(len(text) - self._hold if self.stops else len(text))
+
+    def finish(self) -> str:
+        if self.stopped:
+            return ""
+        text = self._text.rstrip("\ufffd")
+        cut = _find_stop(text, self.stops)
+        return self._take(cut if cut is not None else len(text))
+
+    def _take(self, end: int) -> str:
+        if end <= self._sent:
+            return ""
+        piece, self._sent = self._text[self._sent:end], end
+        return piece
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int | None:
