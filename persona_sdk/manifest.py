@@ -40,7 +40,9 @@ MODEL = "model.onnx"
 VARIANTS = ("fp32", "int8", "int4", "fp16")
 KV_DTYPES = ("float32", "float16")
 GRAPHS = ("fused", "optimum")
-REVISION = 2  # bump when exports built by older code should be rebuilt (2: the fused graph)
+# bump when exports built by older code should be rebuilt (2: the fused graph; 3: logits_to_keep,
+# 8-bit embedding table and Q8_0-form lm_head in the quantised variants)
+REVISION = 3
 REQUIRED = {
     "format": str, "variant": str, "fingerprint": str, "inputs": list, "outputs": list,
     "layers": int, "kv_heads": int, "head_dim": int, "vocab_size": int, "kv_dtype": str,
@@ -54,9 +56,9 @@ INPUT_IDS = "input_ids"  # (B, T) int64
 ATTENTION_MASK = "attention_mask"  # (B, past+T) int64
 POSITION_IDS = "position_ids"  # (B, T) int64: optimum graph only
 LOGITS = "logits"  # (B, T, V)
-# fused graph, revision 3: (1,) int64 with a default of 0 (an overridable initializer). 0 = logits for
-# every position (perplexity, validation); k = for the last k positions only (generation: a prefill
-# then skips the lm_head, ~20% of its work, on every position but the last).
+# fused graph, revision 3 on: (1,) int64. 0 = logits for every position (perplexity, validation);
+# k = for the last k positions only (generation: a prefill then skips the lm_head, ~a fifth of a
+# small model's work per position, on every position but the last).
 LOGITS_TO_KEEP = "logits_to_keep"
 
 # export_status() results
@@ -78,7 +80,7 @@ def io_names(layers: int, position_ids: bool = True, logits_to_keep: bool = Fals
 
     The fused graph (GroupQueryAttention derives positions from the mask) has
     no ``position_ids`` input; the optimum graph has one. Fused graphs from
-    revision 3 on end with ``logits_to_keep`` (optional to feed: it defaults to 0).
+    revision 3 on end with ``logits_to_keep``.
     """
     inputs = [INPUT_IDS, ATTENTION_MASK] + ([POSITION_IDS] if position_ids else []) + past_names(layers)
     return inputs + ([LOGITS_TO_KEEP] if logits_to_keep else []), [LOGITS] + present_names(layers)

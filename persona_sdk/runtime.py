@@ -138,8 +138,7 @@ class Engine:
             raise ModelFileError(f"{self.export_dir / MODEL} is not a decoder-with-past graph for "
                                  f"{self.layers} layers (inputs: {', '.join(names[:6])}...)")
         self.has_position_ids = POSITION_IDS in names
-        overridable = {i.name for i in self.session.get_overridable_initializers()}
-        self.has_logits_to_keep = LOGITS_TO_KEEP in names or LOGITS_TO_KEEP in overridable
+        self.has_logits_to_keep = LOGITS_TO_KEEP in names
         # the fused graph's attention kernel can extend a preallocated past in place (CPU buffers)
         self.shares_kv = (not self.has_position_ids and self.device == "cpu"
                           and m.get("graph", "fused") == "fused")
@@ -192,6 +191,8 @@ class Engine:
         if self.has_position_ids:
             pos = np.broadcast_to(np.arange(past_len, past_len + t, dtype=np.int64), (batch, t))
             binding.bind_cpu_input(POSITION_IDS, np.ascontiguousarray(pos))
+        if self.has_logits_to_keep:  # 1: the lm_head on the last position only
+            binding.bind_cpu_input(LOGITS_TO_KEEP, np.array([0 if all_logits else 1], dtype=np.int64))
         for name, value in zip(self.past_names, past):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output(LOGITS, "cpu")
