@@ -54,3 +54,18 @@ def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| ORT int4 (runtime) |" in table and "held-out perplexity" in table
     assert "| 3 |" in table and "reusing the first turn's KV" in table
+
+
+def test_serve_load_smoke(tiny_onnx, tmp_path, capsys):
+    """benchmarks/serve_load.py drives a real server process with streaming clients for a bounded time."""
+    spec = importlib.util.spec_from_file_location("serve_load", BENCH.parent / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "load.json"
+    results = bench.main(["--backbone", str(tiny_onnx), "--clients", "3", "--duration", "2", "--personas", "2",
+                          "--rows", "4", "--max-tokens", "8", "--threads", "1", "--json", str(out)])
+    assert results["errors"] == 0, results["error_kinds"]
+    assert results["requests"] >= 3 and results["requests_per_s"] > 0
+    assert results["latency_p95_s"] >= results["latency_p50_s"] > 0
+    assert results["server_peak_rss_mb"] > 20
+    assert out.is_file() and "| 3 | 3 | 4 |" in capsys.readouterr().out
