@@ -69,3 +69,17 @@ def test_serve_load_smoke(tiny_onnx, tmp_path, capsys):
     assert results["latency_p95_s"] >= results["latency_p50_s"] > 0
     assert results["server_peak_rss_mb"] > 20
     assert out.is_file() and "| 3 | 3 | 4 |" in capsys.readouterr().out
+
+
+def test_profile_decode_smoke(tiny_onnx, tmp_path):
+    """benchmarks/profile_decode.py: CPU-time A/B (shared KV vs the copying loop), op census, prefill."""
+    spec = importlib.util.spec_from_file_location("profile_decode", BENCH.parent / "profile_decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ab = bench.main(["ab", str(tiny_onnx), f"{tiny_onnx}:legacy", "--past", "20", "--steps", "6", "--rounds", "2"])
+    assert ab[f"{tiny_onnx}:legacy"]["same_greedy_as_first"] == 6  # the same tokens either way
+    assert all(row["cpu_ms_per_token"] > 0 for row in ab.values())
+    census = bench.main(["census", str(tiny_onnx), "--past", "20", "--steps", "4", "--out-dir", str(tmp_path)])
+    assert census["ops"]["GroupQueryAttention"]["nodes"] == 2  # one per layer of the tiny backbone
+    prefill = bench.main(["prefill", str(tiny_onnx), "--prompt", "30", "--rounds", "2"])
+    assert prefill[str(tiny_onnx)] > 0
