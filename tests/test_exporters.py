@@ -56,6 +56,9 @@ def test_every_variant_has_the_manifest_contract(tiny_exports, tiny_backbone):
         assert m["opset"] >= 14
         assert set(m["versions"]) == {"onnx", "onnxruntime", "optimum", "torch", "transformers"}
         assert MODEL in m["files"] and m["files"][MODEL]["size"] == (folder / MODEL).stat().st_size
+        # weights in an external file: onnxruntime maps it, so repacked weights are not held twice
+        assert set(m["files"]) == {MODEL, MODEL + ".data"}
+        assert (folder / MODEL).stat().st_size < (folder / (MODEL + ".data")).stat().st_size
         assert m["stop_token_ids"] == [2]  # <|im_end|> == eos in the tiny tokenizer
         v = m["validation"]
         assert v["passed"] is True and v["reference"] == "torch+peft"
