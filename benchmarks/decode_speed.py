@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only-batch", action="store_true", help="only the batched rows (and TTFT)")
     ap.add_argument("--batch-rows", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--batch-variant", default="int8", help="the variant the batched / TTFT rows run on")
-    ap.add_argument("--batch-prompt-tokens", type=int, default=64)
-    ap.add_argument("--batch-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-prompt-tokens", type=int, default=32, help="a short chat message")
+    ap.add_argument("--batch-new-tokens", type=int, default=128)
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
 
