@@ -19,8 +19,9 @@ def chat(
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Enrolled profile to speak as (see `persona list`)."),
     backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    spin: bool = typer.Option(False, "--spin", help="Busy-waiting CPU threads: ~1.5x faster on an idle CPU, "
-                              "slower when the cores are busy."),
+    spin: bool = typer.Option(True, "--spin/--no-spin", help="Busy-waiting CPU threads while a reply is decoded "
+                              "(never between replies): ~1.5x faster on an idle CPU; --no-spin when other busy "
+                              "programs share few cores."),
     variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8, int4 or fp16 (default: int8 on CPU, fp16 on CUDA)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Most tokens in one reply."),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature; 0 = greedy."),

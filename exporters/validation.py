@@ -33,7 +33,8 @@ import numpy as np
 
 from persona_sdk.errors import ExportError
 
-from persona_sdk.manifest import ATTENTION_MASK, INPUT_IDS, MODEL, POSITION_IDS, past_names, read_manifest
+from persona_sdk.manifest import (ATTENTION_MASK, INPUT_IDS, LOGITS_TO_KEEP, MODEL, POSITION_IDS, past_names,
+                                  read_manifest)
 
 PREFIX_LEN = 8
 STEPS = 24
@@ -66,7 +67,9 @@ class OrtDecoder:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(Path(export_dir) / MODEL), opts, providers=["CPUExecutionProvider"])
         self.layers = self.manifest["layers"]
-        self.has_position_ids = POSITION_IDS in {i.name for i in self.session.get_inputs()}
+        names = {i.name for i in self.session.get_inputs()}
+        self.has_position_ids = POSITION_IDS in names
+        self.has_logits_to_keep = LOGITS_TO_KEEP in names
         self.past_names = past_names(self.layers)
         self.kv_dtype = np.dtype(self.manifest["kv_dtype"])
 
@@ -87,6 +90,8 @@ class OrtDecoder:
         }
         if self.has_position_ids:  # optimum graph; the fused one derives positions from the mask
             feed[POSITION_IDS] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
+        if self.has_logits_to_keep:
+            feed[LOGITS_TO_KEEP] = np.array([0], dtype=np.int64)  # every position
         for i, (k, v) in enumerate(past):
             feed[self.past_names[2 * i]] = k
             feed[self.past_names[2 * i + 1]] = v

@@ -75,9 +75,10 @@ class RuntimeConfig:
     variant: str | None = field(default=None, metadata=_meta(
         "ONNX variant: fp32, int8, int4 (CPU) or fp16 (GPU); None = int8 on CPU, fp16 on CUDA."))
     threads: int | None = field(default=None, metadata=_meta("Intra-op threads; None lets onnxruntime decide."))
-    spin: bool = field(default=False, metadata=_meta(
-        "Let onnxruntime's worker threads busy-wait between ops: ~1.5x faster decoding on an idle CPU, "
-        "2x slower when other work shares the cores, and idle cores stay busy (BENCHMARKS.md)."))
+    spin: bool = field(default=True, metadata=_meta(
+        "Let onnxruntime's worker threads busy-wait between the ops of a run (~1.5x faster decoding on an "
+        "idle CPU); they stop the moment a run returns, so nothing spins between tokens or replies. "
+        "False: workers sleep between ops (better when other busy programs share few cores)."))
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

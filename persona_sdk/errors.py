@@ -172,3 +172,8 @@ class PeftAdapterError(PersonaError):
 
 class ConfirmationRequiredError(PersonaError):
     """An action that writes a persona unencrypted (or cannot be undone) needs an explicit --yes."""
+
+
+# --- serving ---------------------------------------------------------------------------
+class BatcherBusyError(GenerationError):
+    """Too many replies are already waiting for a row of the batch; try again later."""
