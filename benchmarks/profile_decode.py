@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+import persona_sdk  # noqa: F401  (first: switches onnxruntime's telemetry off before anything imports it)
+
 
 def _engine(spec: str, threads: int = 1):
     from persona_sdk.config import RuntimeConfig
