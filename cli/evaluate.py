@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._common import err
 
 

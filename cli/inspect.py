@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from . import app
+from ._app import app
 from ._common import err
 
 _HOW = {

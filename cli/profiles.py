@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._common import err, prompt_passphrase
 
 ENV_NEW_PASSPHRASE = "PERSONA_NEW_PASSPHRASE"

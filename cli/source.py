@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._common import err
 
 source_app = typer.Typer(help="Source prefixes (maintainers): the multi-speaker start of every enrollment.",
