@@ -46,7 +46,7 @@ from .errors import ConfigError, EvalError, MetricError, MissingDependencyError
 from .prefix import Prefix
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .chats import Chats
+    from .chatdata import Chats
     from .examples import Example
     from .runtime import Engine
 

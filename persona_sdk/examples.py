@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .chats import TEXT, Chats, normalize_name
+from .chatdata import TEXT, Chats, normalize_name
 from .conversation import ASSISTANT, USER, Turn, render_turn
 from .errors import ConfigError, TooLittleDataError
 from .split import split_by_conversation

@@ -663,7 +663,7 @@ META_FORMAT = 1
 
 
 def _normalise(text: str) -> str:
-    from .chats import strip_marks
+    from .chatdata import strip_marks
 
     return " ".join(unicodedata.normalize("NFKC", strip_marks(text)).split()).casefold()
 

@@ -23,7 +23,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from ..chats import Chats, Conversation, Message, classify_text, decode_text, parse_json
+from ..chatbytes import decode_text, parse_json
+from ..chatdata import Chats, Conversation, Message, classify_text
 from ..errors import ChatFileError
 from ._util import shape_error, type_name, parse_time
 

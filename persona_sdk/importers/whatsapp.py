@@ -30,7 +30,8 @@ from datetime import datetime, timedelta
 from pathlib import PurePath
 from typing import Callable, Iterable
 
-from ..chats import SYSTEM, TEXT, Conversation, Message, classify_text, split_on_silence, strip_marks, text_lines
+from ..chatbytes import text_lines
+from ..chatdata import SYSTEM, TEXT, Conversation, Message, classify_text, split_on_silence, strip_marks
 from ..errors import ChatFormatError
 
 SOURCE = "whatsapp"
