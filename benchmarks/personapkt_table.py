@@ -241,7 +241,7 @@ class Person:
 
 
 def examples_of(chats, conv_ids: Sequence[str], speaker: str, count: Callable[[str], int], ctx: int) -> list:
-    from persona_sdk.examples import build_examples
+    from persona_sdk.reply_examples import build_examples
     from persona_sdk.split import select
 
     if not conv_ids:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .errors import ConfigError, SourcePrefixError, TrainingError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .examples import ExampleReport
+    from .reply_examples import ExampleReport
     from .prefix import Prefix
     from .trainer import TrainConfig, TrainProgress, TrainSummary
 
@@ -132,7 +132,7 @@ def enroll(
     from . import backbone as bb_mod
     from .chats import load_chats, resolve_me
     from .conversation import ChatFormat, count_tokens_fn
-    from .examples import MIN_REPLIES, build_examples
+    from .reply_examples import MIN_REPLIES, build_examples
     from .trainer import TrainConfig, check_enough, load_backbone, train_prefix
     from .vault import Vault, validate_name
 

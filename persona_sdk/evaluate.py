@@ -47,7 +47,7 @@ from .prefix import Prefix
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chatdata import Chats
-    from .examples import Example
+    from .reply_examples import Example
     from .runtime import Engine
 
 
@@ -237,7 +237,7 @@ def _spread(n: int, k: int) -> list[int]:
 
 def held_out_examples(engine: "Engine", chats: "Chats", me: str, config: EvalConfig) -> list["Example"]:
     """Every reply of ``me`` with context, as enrollment builds them (no split, no minimum)."""
-    from .examples import build_examples
+    from .reply_examples import build_examples
 
     fmt = engine.format
     ex = build_examples(chats, me, count_tokens=lambda t: len(fmt.encode(t)),
@@ -374,7 +374,7 @@ def source_speakers(k: int, per_speaker: int = 100, *, min_replies: int = 30, se
     """
     import importlib.util
 
-    from .examples import build_examples
+    from .reply_examples import build_examples
     from .split import chitchat_split, select
 
     if corpus is None and importlib.util.find_spec("chitchat_dataset") is None:

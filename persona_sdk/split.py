@@ -254,7 +254,7 @@ def split_speakers(
 def conversation_senders(chats: "Chats") -> dict[str, list[str]]:
     """conversation id -> sender of each text message, in order: the input of
     :func:`split_speakers`. Placeholders and empty messages are skipped, exactly
-    as :func:`persona_sdk.examples.conversation_turns` skips them, so "reply
+    as :func:`persona_sdk.reply_examples.conversation_turns` skips them, so "reply
     conversations" here are those that yield examples there."""
     from .chatdata import TEXT
 

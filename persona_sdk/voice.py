@@ -675,7 +675,7 @@ def reply_digest(key: bytes, previous: str, reply: str) -> bytes:
 
 
 def example_pair(example: Any) -> tuple[str, str]:
-    """(preceding message, reply) of an :class:`persona_sdk.examples.Example`."""
+    """(preceding message, reply) of an :class:`persona_sdk.reply_examples.Example`."""
     return (example.context[-1].text if example.context else "", example.reply)
 
 

@@ -15,7 +15,7 @@ import pytest
 from persona_sdk import voice as vm
 from persona_sdk.conversation import Turn
 from persona_sdk.errors import MetricError
-from persona_sdk.examples import Example
+from persona_sdk.reply_examples import Example
 from persona_sdk.prefix import Prefix
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ For training and benchmarks use :func:`load_chitchat`::
     chats = load_chitchat()                      # 7,168 conversations, sender = speaker id
     by_speaker = speaker_conversations(chats)    # {speaker_id: [conversation index, ...]}
     mine = chats.subset(by_speaker[speaker_id])  # only that speaker's conversations (fast)
-    # build_examples(mine, speaker_id) -> ExampleSet (see persona_sdk.examples)
+    # build_examples(mine, speaker_id) -> ExampleSet (see persona_sdk.reply_examples)
 
 Conversations keep the dataset's order; ``Conversation.id`` is the dataset's
 conversation id; ``Message.time`` is an aware UTC datetime.
