@@ -32,7 +32,7 @@ def enroll(
 
     Example: persona enroll chats.json --me Ana --name ana --max-minutes 5
     """
-    from persona_sdk.enroll import enroll as run_enroll
+    from persona_sdk.enrollment import enroll as run_enroll
     from persona_sdk.errors import EnrollmentCancelled
     from persona_sdk.trainer import TrainConfig
     from persona_sdk.vault import ENV_PASSPHRASE
@@ -53,7 +53,7 @@ def enroll(
             from persona_sdk.vault import Vault
 
             from persona_sdk.chats import load_chats, resolve_me
-            from persona_sdk.enroll import profile_name_for
+            from persona_sdk.enrollment import profile_name_for
 
             who = resolve_me(load_chats(chats, None if fmt == "auto" else fmt), me)
             target = name or profile_name_for(who)

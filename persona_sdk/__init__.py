@@ -48,8 +48,8 @@ _LAZY = {
     "PrefixSpec": "prefix",
     "Turn": "conversation",
     "Vault": "vault",
-    "enroll": "enroll",
-    "EnrollResult": "enroll",
+    "enroll": "enrollment",
+    "EnrollResult": "enrollment",
     "TrainConfig": "trainer",
     "errors": None,
 }
@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .agent import PersonaAgent
     from .config import GenerationConfig
     from .conversation import Turn
+    from .enrollment import EnrollResult, enroll
     from .prefix import Prefix, PrefixSpec
     from .vault import Vault
 

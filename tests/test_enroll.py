@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import persona_sdk
-from persona_sdk import enroll as enroll_mod
+from persona_sdk import enrollment as enroll_mod
 from persona_sdk import trainer as tr
 from persona_sdk.errors import (ProfileExistsError, SourcePrefixError, TooLittleDataError, UnknownSpeakerError)
 from persona_sdk.prefix import Prefix
@@ -33,6 +33,17 @@ def no_training(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("training started")
     monkeypatch.setattr(tr, "load_backbone", boom)
+
+
+def test_persona_sdk_enroll_is_the_function_with_its_module_imported():
+    """The function lives in persona_sdk.enrollment: importing that module cannot shadow it (no callable module)."""
+    import types
+
+    from persona_sdk import enroll
+
+    assert "persona_sdk.enrollment" in sys.modules  # imported above, as enroll_mod
+    assert persona_sdk.enroll is enroll is enroll_mod.enroll and persona_sdk.EnrollResult is enroll_mod.EnrollResult
+    assert type(enroll_mod) is types.ModuleType and not callable(enroll_mod)
 
 
 def test_enroll_trains_and_stores_an_encrypted_profile(tmp_path, tiny_backbone):

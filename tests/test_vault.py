@@ -695,7 +695,7 @@ def test_names_near_reserved_ones_are_fine(vault, name):
 
 
 def test_profile_name_derived_from_a_sender_is_always_valid():
-    from persona_sdk.enroll import profile_name_for
+    from persona_sdk.enrollment import profile_name_for
     from persona_sdk.vault import validate_name
 
     for sender in ("Con", "NUL", "a" * 70 + ".", "com1", "..", "Ana Lúcia", "\n", "x..y", "-.-"):

@@ -194,16 +194,3 @@ def enroll(
     return EnrollResult(name, path, prefix, summary, examples.report, who, Path(model_dir), source_label, notes,
                         clock() - start)
 
-
-# `persona_sdk.enroll(...)` works whether Python resolved the name to this
-# module (once imported) or to the function: the module is callable.
-import sys as _sys  # noqa: E402
-import types as _types  # noqa: E402
-
-
-class _CallableModule(_types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> EnrollResult:
-        return enroll(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule
