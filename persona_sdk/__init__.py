@@ -50,7 +50,7 @@ _LAZY = {
     "Vault": "vault",
     "enroll": "enrollment",
     "EnrollResult": "enrollment",
-    "TrainConfig": "trainer",
+    "TrainConfig": "training.config",
     "errors": None,
 }
 
@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .conversation import Turn
     from .enrollment import EnrollResult, enroll
     from .prefix import Prefix, PrefixSpec
+    from .training.config import TrainConfig
     from .vault import Vault
 
 

@@ -29,7 +29,8 @@ from .prefix import Prefix
 from .training.corpora import Speaker, chitchat_part_a, spc_speakers, spc_split
 from .training.methods.mixing import speaker_rates
 from .training.methods.mtml import RECONSTRUCT_PROMPT, reconstruction_example
-from .training.source import META_METHODS, SOURCE_METHODS, SourceConfig, SourceSummary, train_source
+from .training.config import META_METHODS, SOURCE_METHODS, SourceConfig
+from .training.source import SourceSummary, train_source
 
 SHIPPED_DIR = Path(__file__).parent / "data" / "source_prefix"
 SHIPPED_FILE = "source_prefix.safetensors"
