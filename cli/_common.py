@@ -1,11 +1,13 @@
-"""Shared CLI plumbing: error → message + exit code, stderr helpers, passphrases."""
+"""Shared CLI plumbing: error → message + exit code, stderr helpers, passphrases, options that
+take their default and help from the library's config dataclasses."""
 
 from __future__ import annotations
 
 import os
 import sys
 import warnings
-from typing import Sequence
+from dataclasses import fields
+from typing import Any, Sequence
 
 import typer
 
@@ -85,3 +87,10 @@ def prompt_passphrase(env_var: str, confirm: bool, label: str = "Passphrase") ->
     if not sys.stdin.isatty():
         raise PersonaError(f"no passphrase: set {env_var} or run in a terminal")
     return typer.prompt(label, hide_input=True, confirmation_prompt=confirm)
+
+
+def config_option(config: type, name: str, *flags: str) -> Any:
+    """A typer option whose default and help are field ``name`` of the library's dataclass ``config``
+    (the library owns defaults and policies; the CLI only parses)."""
+    spec = next(f for f in fields(config) if f.name == name)
+    return typer.Option(spec.default, *flags, help=spec.metadata["help"])
