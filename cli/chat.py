@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,7 +9,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import err
+from ._common import err, open_vault, profile_key
 
 
 @app.command()
@@ -48,7 +47,7 @@ def chat(
     kwargs = dict(backbone=backbone, device=device, variant=variant, spin=spin, generation=gen, progress=err,
                   build=True)
     if name:
-        agent = PersonaAgent.open(name, passphrase=_vault_passphrase(name), **kwargs)
+        agent = PersonaAgent.open(name, passphrase=profile_key(open_vault(), name), **kwargs)
     else:
         agent = PersonaAgent(**kwargs)
     with agent:
@@ -56,18 +55,6 @@ def chat(
             typer.echo(agent.reply(message).strip())
             return
         _repl(agent, name)
-
-
-def _vault_passphrase(name: str) -> Optional[str]:
-    """PERSONA_PASSPHRASE, else a hidden prompt — only for passphrase-mode profiles."""
-    from persona_sdk import vault
-
-    value = os.environ.get("PERSONA_PASSPHRASE")
-    if value or not vault.needs_passphrase(name):
-        return value or None
-    from ._common import prompt_passphrase
-
-    return prompt_passphrase("PERSONA_PASSPHRASE", confirm=False)
 
 
 def _repl(agent, name: Optional[str]) -> None:

@@ -97,6 +97,39 @@ class ProfileInfo:
     format_version: int
 
 
+@dataclass(frozen=True)
+class ExportInfo:
+    """What can be shown about an export file without its passphrase (structure already checked)."""
+
+    path: Path
+    kdf: KdfParams | None  # Argon2id parameters of the export passphrase
+    backbone: str  # fingerprint (hex) of the backbone the persona was made for
+    payload_bytes: int
+    file_bytes: int
+    format_version: int
+
+    def check_backbone(self, fingerprint: str) -> None:
+        """Refuse (:class:`BackboneMismatchError`) a backbone other than the one the export was made for."""
+        _check_fingerprint(self.backbone, fingerprint, f"export file {self.path.name}")
+
+
+def export_info(path: Path | str) -> ExportInfo:
+    """Header facts of an export file: no passphrase needed. The file is treated as hostile: a
+    regular file only, size-bounded, its structure and KDF bounds checked, passphrase-protected."""
+    src = Path(path).expanduser()
+    data, header = _read_export(src)
+    return ExportInfo(path=src, kdf=header.kdf, backbone=header.fingerprint, payload_bytes=header.payload_len,
+                      file_bytes=len(data), format_version=header.version)
+
+
+def _read_export(src: Path) -> tuple[bytes, Header]:
+    data = _read_bounded(src)
+    header = _crypto.read_header(data, kind=KIND_EXPORT)
+    if header.mode != "passphrase":
+        raise UnsupportedFormatError(f"export file {src.name} is not passphrase-protected")
+    return data, header
+
+
 def _valid_name(name: object) -> bool:
     return (isinstance(name, str) and _NAME.fullmatch(name) is not None and not name.endswith((SUFFIX, "."))
             and ".." not in name and name.split(".", 1)[0].upper() not in _RESERVED)
@@ -279,10 +312,7 @@ class Vault:
                 raise ProfileNameError(f"the file name does not make a valid profile name; pass a name "
                                        f"(--name). {ProfileNameError.__doc__}") from None
         target = self.path(name)
-        data = _read_bounded(src)
-        header = _crypto.read_header(data, kind=KIND_EXPORT)
-        if header.mode != "passphrase":
-            raise UnsupportedFormatError(f"export file {src.name} is not passphrase-protected")
+        data, header = _read_export(src)
         _check_fingerprint(header.fingerprint, fingerprint, f"export file {src.name}")
         if not force and target.exists():
             raise ProfileExistsError(f"profile {name!r} already exists (use force / --force to replace it)")

@@ -8,7 +8,9 @@ made unimportable, is in test_runtime.py.
 
 from __future__ import annotations
 
-from import_graph import Import, eager_closure, find_cycles, import_graph
+import ast
+
+from import_graph import PACKAGES, Import, eager_closure, find_cycles, import_graph
 
 EXPORTERS = "persona_sdk.exporters"
 COMPOSER = "persona_sdk.engines"
@@ -56,6 +58,25 @@ def test_chat_importers_never_reach_back_to_the_dispatcher():
     for module in [m for m in graph if _is(m, ("persona_sdk.importers",))] + ["persona_sdk.chatdata",
                                                                                "persona_sdk.chatbytes"]:
         assert "persona_sdk.chats" not in {imp.target for imp in graph[module]}, module
+
+
+def test_the_cli_uses_only_public_library_names_and_shares_helpers_through_its_own_modules():
+    """A thin CLI: no private module or name of the library (persona_sdk._crypto, vault._read_bounded...),
+    and no command module importing another (shared helpers live in cli/_common.py)."""
+    offenders = []
+    for path in sorted(PACKAGES["persona_sdk.cli"].glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            names = [a.name for a in node.names]
+            if node.level == 0 and (node.module or "").startswith("persona_sdk"):
+                private = [n for n in (node.module or "").split(".") + names if n.startswith("_")]
+            elif node.level == 1 and path.name != "__init__.py":  # a sibling: only the CLI's shared modules
+                private = [] if (node.module or "").startswith("_") else [f".{node.module or ''} {names}"]
+            else:
+                continue
+            offenders += [f"{path.name}:{node.lineno} {p}" for p in private]
+    assert offenders == []
 
 
 def test_the_cycle_walker_finds_circles():

@@ -559,6 +559,23 @@ def test_export_file_checks(vault, tmp_path, monkeypatch):
     assert vault.import_file(out, name="viaenv") == "viaenv"
 
 
+def test_export_info_reads_the_header_without_a_passphrase(vault, tmp_path, monkeypatch):
+    vault.save("me", small_prefix(), "pw")
+    out = vault.export("me", tmp_path / "me.persona", "pw", "export-pw")
+    monkeypatch.setattr(_crypto, "_argon2id", lambda *a: pytest.fail("KDF ran"))  # header only: no key derived
+    info = vault_mod.export_info(out)
+    assert (info.path, info.backbone, info.kdf) == (out, FP, FLOOR)
+    assert info.file_bytes == out.stat().st_size > info.payload_bytes > 0 and info.format_version >= 1
+    info.check_backbone(FP.upper())  # fingerprints compare as the vault does everywhere
+    with pytest.raises(BackboneMismatchError) as exc:
+        info.check_backbone(OTHER_FP)
+    assert f"export file {out.name}" in str(exc.value) and FP[:16] in str(exc.value) and OTHER_FP[:16] in str(exc.value)
+    with pytest.raises(UnsupportedFormatError, match="not a persona export file"):
+        vault_mod.export_info(vault.path("me"))  # a profile is not an export
+    with pytest.raises(VaultError, match="not found"):
+        vault_mod.export_info(tmp_path / "missing.persona")
+
+
 # --- crash safety and concurrency (real processes) --------------------------------------
 CHILD = textwrap.dedent(r"""
     import sys
