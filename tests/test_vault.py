@@ -779,11 +779,11 @@ def test_a_killed_exports_temp_file_is_removed_by_the_next_export(vault, tmp_pat
     writer = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from persona_sdk.vault import _atomic_write
+        from persona_sdk.fileio import atomic_write
         def stall(tmp):
             print("writing", flush=True)
             time.sleep(120)
-        _atomic_write(Path({str(out)!r}), b"x" * 100, verify=stall)
+        atomic_write(Path({str(out)!r}), b"x" * 100, verify=stall)
     """)
     proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
     try:
