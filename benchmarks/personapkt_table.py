@@ -62,6 +62,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from persona_sdk.fileio import atomic_write
+
 SETTINGS: dict[str, str] = {  # key -> row label, in table order
     "backbone": "backbone only",
     "source": "source prefix only",
@@ -169,9 +171,7 @@ def spread(n: int, k: int) -> list[int]:
 
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data, private=False)
 
 
 class Cache:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -43,6 +42,7 @@ from . import voice as vm
 from .config import GenerationConfig
 from .conversation import Turn
 from .errors import ConfigError, EvalError, MetricError, MissingDependencyError
+from .fileio import atomic_write
 from .prefix import Prefix
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -484,18 +484,8 @@ def write_html(report: EvalReport, path: str | os.PathLike) -> Path:
     if not folder.is_dir():
         raise EvalError(f"cannot write the report: folder {folder} does not exist")
     data = render_html(report).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=".persona-eval-", suffix=".tmp", dir=folder)
     try:
-        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data)  # 0600
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise EvalError(f"cannot write the report to {path}: {exc.strerror or type(exc).__name__}") from None
     return path

@@ -45,6 +45,7 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import MetricError, MissingDependencyError
+from .fileio import atomic_write
 
 # --- surface style ---------------------------------------------------------------
 # Unicode emoji blocks (pictographs, emoticons, transport, supplemental symbols,
@@ -322,9 +323,7 @@ def write_background(counts: Mapping[str, int], out_dir: str | Path, info: Mappi
         if payload is None:
             meta = {**info, "file": BACKGROUND_FILE, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             payload = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
-        tmp = out / (name + ".tmp")
-        tmp.write_bytes(payload)
-        tmp.replace(out / name)
+        atomic_write(out / name, payload, private=False)
     return out / BACKGROUND_FILE
 
 
