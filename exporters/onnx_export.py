@@ -220,14 +220,11 @@ def _quantize_nbits(src: Path, dst: Path, bits: int, block: int, accuracy: int |
     onnx.save_model(quant.model.model, str(dst))
 
 
-def _pack_blockwise(weight, bits: int, block: int):
-    """Asymmetric min/max block quantisation of a MatMul weight ``(K, N)`` along K.
+def _pack8_blockwise(weight, block: int):
+    """Asymmetric min/max 8-bit block quantisation of a MatMul weight ``(K, N)`` along K.
 
-    Returns MatMulNBits inputs: packed codes ``(N, k_blocks, block*bits/8)``
-    uint8 (low bits first), scales and *float* zero points ``(N, k_blocks)``.
-    For 4 bits a float zero point represents ``x = q·d + m`` blocks (GGUF Q4_1,
-    which our default backbone was dequantised from) exactly, where an integer
-    zero point would shift every block by up to d/2. 8 bits: uint8 zero points.
+    Returns MatMulNBits inputs: codes ``(N, k_blocks, block)`` uint8, scales
+    ``(N, k_blocks)`` float32 and uint8 zero points ``(N, k_blocks)``.
     """
     import numpy as np
 
@@ -236,19 +233,13 @@ def _pack_blockwise(weight, bits: int, block: int):
     w = np.zeros((blocks * block, n), dtype=np.float32)
     w[:k] = weight
     w = w.T.reshape(n, blocks, block)  # (N, k_blocks, block)
-    levels = (1 << bits) - 1
+    levels = 255
     lo = w.min(-1)
     hi = w.max(-1)
     scale = (hi - lo) / levels
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # (N, k_blocks)
-    if bits == 8:  # ORT's CPU kernel takes float zero points for 2/4 bits only: uint8 here
-        zero = np.clip(np.rint(-lo / scale), 0, levels).astype(np.uint8)
-        q = np.clip(np.rint(w / scale[..., None]) + zero[..., None], 0, levels).astype(np.uint8)
-    else:
-        q = np.clip(np.rint((w - lo[..., None]) / scale[..., None]), 0, levels).astype(np.uint8)
-        zero = (-lo / scale).astype(np.float32)
-    if bits == 4:
-        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    zero = np.clip(np.rint(-lo / scale), 0, levels).astype(np.uint8)
+    q = np.clip(np.rint(w / scale[..., None]) + zero[..., None], 0, levels).astype(np.uint8)
     return np.ascontiguousarray(q), scale, zero
 
 
@@ -287,7 +278,7 @@ def _quantize_offset4(src: Path, dst: Path, block: int, accuracy: int) -> None:
         base = node.input[1] + "_q"
         if "lm_head" in node.name or k % block:
             bits = 8
-            packed, scale, zero = _pack_blockwise(weight, 8, block)
+            packed, scale, zero = _pack8_blockwise(weight, block)
             new_inits += [numpy_helper.from_array(packed, base), numpy_helper.from_array(scale, base + "_scales"),
                           numpy_helper.from_array(zero, base + "_zp")]
             out_nodes.append(helper.make_node(

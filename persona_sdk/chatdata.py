@@ -94,16 +94,6 @@ class Chats:
         """Messages per sender (system lines not counted); ``.most_common()`` orders them."""
         return Counter(m.sender for c in self.conversations for m in c.messages if m.kind != SYSTEM)
 
-    def with_sender(self, sender: str) -> "Chats":
-        """Only the conversations in which ``sender`` (matched loosely) wrote something."""
-        key = normalize_name(sender)
-        keep = tuple(
-            c
-            for c in self.conversations
-            if any(m.kind != SYSTEM and normalize_name(m.sender) == key for m in c.messages)
-        )
-        return Chats(keep, self.me, self.formats, self.skipped)
-
     def subset(self, indices: Iterable[int]) -> "Chats":
         """Only the conversations at ``indices`` (in that order); Example.conversation then indexes the subset."""
         return Chats(tuple(self.conversations[i] for i in indices), self.me, self.formats, self.skipped)
@@ -187,10 +177,6 @@ def resolve_me(chats: Chats, me: str | None = None) -> str:
     """The sender who is "me": ``me``, else the file's ``me``, else the only
     sender present in every conversation; else an error listing the senders."""
     return who_is_me(chats, me)[0]
-
-
-def is_me(sender: str, me: str) -> bool:
-    return normalize_name(sender) == normalize_name(me)
 
 
 # --- helpers shared by importers -----------------------------------------------

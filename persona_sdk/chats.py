@@ -37,7 +37,6 @@ from .chatdata import (
     classify_text,
     clean_text,
     display_name,
-    is_me,
     normalize_name,
     resolve_me,
     split_on_silence,
@@ -48,10 +47,9 @@ from .errors import ChatFileError, ChatFileTooLargeError, ChatFormatError, Confi
 
 __all__ = [
     "FORMATS", "FORMAT_CHOICES", "MAX_CHAT_BYTES", "load_chats", "detect_format", "detect_json_format",
-    "parse_chat_text",
     # the data model and helpers, re-exported from chatdata / chatbytes
     "TEXT", "MEDIA", "DELETED", "SYSTEM", "KINDS", "Message", "Conversation", "Chats", "clean_text", "strip_marks",
-    "normalize_name", "display_name", "who_is_me", "resolve_me", "is_me", "classify_text", "split_on_silence",
+    "normalize_name", "display_name", "who_is_me", "resolve_me", "classify_text", "split_on_silence",
     "decode_text", "parse_json", "text_lines", "utf8_lines",
 ]
 
@@ -152,15 +150,8 @@ class _Loaded:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def parse_chat_text(text: str, where: str, fmt: str | None = None) -> tuple[str, list[Conversation], str | None]:
-    """(format, conversations, me hint) from one decoded file."""
-    if fmt is not None and fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {FORMAT_CHOICES}, got {fmt!r}")
-    return _parse_text([text], where, fmt)
-
-
 def _parse_text(box: list[str], where: str, fmt: str | None) -> tuple[str, list[Conversation], str | None]:
-    """:func:`parse_chat_text` on ``box[0]``, which is released once parsed (memory)."""
+    """(format, conversations, me hint) from the decoded text in ``box`` (released once parsed: memory)."""
     text = box.pop()
     if fmt is None and importers.whatsapp.detect(text):
         fmt = "whatsapp"

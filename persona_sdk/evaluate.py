@@ -201,33 +201,6 @@ def reply_token_losses(engine: "Engine", prefix: Prefix | None, context: Sequenc
     return engine.token_losses(ids, n_prompt, prefix)
 
 
-def reply_loss_fn(engine: "Engine", prefix: Prefix | None, context_budget: int = 256,
-                  reply_budget: int | None = 64) -> Callable[[Sequence[Turn], str], float]:
-    """``loss(context, reply)`` = mean reply-token loss under ``prefix``: the
-    callable :func:`persona_sdk.metrics.hits_at_1` takes."""
-    def loss(context: Sequence[Turn], reply: str) -> float:
-        return float(reply_token_losses(engine, prefix, context, reply, context_budget, reply_budget).mean())
-
-    return loss
-
-
-def loss_matrix(engine: "Engine", prefixes: Sequence[Prefix | None], examples: Sequence["Example"],
-                context_budget: int = 256, reply_budget: int | None = 64,
-                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """``(K, N)`` mean reply-token loss of each example under each prefix: the
-    input of :func:`persona_sdk.metrics.persona_identification`."""
-    for p in prefixes:
-        engine.check_prefix(p)
-    out = np.zeros((len(prefixes), len(examples)), dtype=np.float64)  # (K, N)
-    for j, ex in enumerate(examples):
-        ids, n_prompt = engine.format.example_ids(list(ex.context), ex.reply, context_budget, reply_budget)
-        for k, p in enumerate(prefixes):
-            out[k, j] = float(engine.token_losses(ids, n_prompt, p).mean())
-        if progress is not None:
-            progress(j + 1, len(examples))
-    return out
-
-
 def _spread(n: int, k: int) -> list[int]:
     """k indices evenly spread over range(n) (all of them if k >= n)."""
     if k >= n:

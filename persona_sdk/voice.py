@@ -273,12 +273,6 @@ def distinctive_words(
     return ranked[:top]
 
 
-def uses_topic(text: str, topic_words: Iterable[str]) -> bool:
-    """The reply uses at least one of ``topic_words``."""
-    vocab = set(topic_words)
-    return any(w in vocab for w in words(text))
-
-
 def topic_share(texts: Sequence[str], topic_words: Iterable[str]) -> float:
     """Share of ``texts`` using at least one of ``topic_words`` (0.0 when there are none)."""
     if not texts:

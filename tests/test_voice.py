@@ -126,7 +126,7 @@ def test_topic_share():
     assert vm.topic_share(texts, ["guitar", "dog"]) == pytest.approx(1 / 3)  # "dogs" is not "dog"
     assert vm.topic_share(texts, ["guitar", "dogs"]) == pytest.approx(2 / 3)
     assert vm.topic_share(texts, []) == 0.0
-    assert vm.uses_topic("GUITAR!", ["guitar"])
+    assert vm.topic_share(["GUITAR!"], ["guitar"]) == 1.0  # words are matched case-folded
 
 
 # --- attribution ---------------------------------------------------------------------
