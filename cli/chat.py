@@ -18,7 +18,7 @@ def chat(
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Enrolled profile to speak as (see `persona list`)."),
     backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    spin: bool = typer.Option(False, "--spin", help="Busy-waiting CPU threads: ~1.5x faster on an idle CPU, "
+    spin: bool = typer.Option(False, "--spin", help="Busy-waiting CPU threads: faster on an idle CPU, "
                               "slower when the cores are busy."),
     variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8, int4 or fp16 (default: int8 on CPU, fp16 on CUDA)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Most tokens in one reply."),

@@ -10,8 +10,8 @@ Graph contract, identical across variants (the runtime treats them the same)::
 Two graphs (``graph`` in the manifest):
 - ``fused`` (Llama-style backbones, the default for them): written by
   :mod:`.fused` with onnxruntime's fused kernels (GroupQueryAttention with
-  rotary, SkipSimplifiedLayerNormalization); int8 decodes 1.46x faster than
-  from the optimum graph (BENCHMARKS.md, run D).
+  rotary, SkipSimplifiedLayerNormalization), which decode faster than the
+  optimum graph (BENCHMARKS.md).
 - ``optimum``: optimum-onnx ``main_export``, task ``text-generation-with-past``,
   for every other architecture (and on request, for comparison).
 
@@ -26,9 +26,9 @@ Variants:
 - ``int4``: 4-bit block-32 ``MatMulNBits`` with exact per-block offsets (the
   GGUF Q4_1 form, see ``_quantize_offset4``), lm_head at 8 bits.
   Both run with CPU accuracy level 4 (int8 dot products inside the kernel:
-  the fast path; levels 0/1 were 2-20x slower here). Measured on SmolLM2-135M
-  (teacher-forced top-1 agreement with fp32, no prefix): ORT's own 4-bit RTN
-  (integer zero points) 0.67, this form 0.88, 8-bit 1.0.
+  the fast path; levels 0/1 are much slower). The exact offsets agree with
+  fp32 far more often than ORT's own 4-bit RTN with integer zero points
+  (BENCHMARKS.md).
 - ``fp16``: every float tensor in half precision, KV and logits too (GPU).
 """
 
@@ -252,7 +252,7 @@ def _quantize_offset4(src: Path, dst: Path, block: int, accuracy: int) -> None:
     ``BlockSum(X)`` sums X over each block: ``(..., K/block)``. This is the
     GGUF Q4_1 form, so weights dequantised from Q4_1 (the default backbone)
     are represented exactly, while the 4-bit part stays on the fast kernel
-    (integer zero points; float zero points fall back to a kernel ~10x slower).
+    (integer zero points; float zero points fall back to a much slower kernel).
     The lm_head (tied embedding, Q8_0 in the GGUF) and any weight whose K is
     not a multiple of ``block`` get 8-bit codes with uint8 zero points.
     """

@@ -8,8 +8,8 @@ from .errors import ConfigError
 from .manifest import VARIANTS
 
 DEVICES = ("auto", "cpu", "cuda")
-# int8 weight-only MatMulNBits: +0.11% perplexity, half of fp32's memory, 1.5-1.8x its speed
-# (BENCHMARKS.md); int4 is as fast and smaller but costs +2.6% perplexity.
+# int8 weight-only MatMulNBits: close to fp32's perplexity at half its memory and faster; int4
+# is smaller still but loses more quality (the measurements are in BENCHMARKS.md).
 DEFAULT_VARIANT = "int8"
 GPU_VARIANT = "fp16"
 
@@ -76,8 +76,8 @@ class RuntimeConfig:
         "ONNX variant: fp32, int8, int4 (CPU) or fp16 (GPU); None = int8 on CPU, fp16 on CUDA."))
     threads: int | None = field(default=None, metadata=_meta("Intra-op threads; None lets onnxruntime decide."))
     spin: bool = field(default=False, metadata=_meta(
-        "Let onnxruntime's worker threads busy-wait between ops: ~1.5x faster decoding on an idle CPU, "
-        "2x slower when other work shares the cores, and idle cores stay busy (BENCHMARKS.md)."))
+        "Let onnxruntime's worker threads busy-wait between ops: faster decoding on an idle CPU, "
+        "slower when other work shares the cores, and idle cores stay busy (BENCHMARKS.md)."))
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

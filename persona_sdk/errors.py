@@ -84,7 +84,7 @@ class EnrollmentCancelled(PersonaError):
         self.profile = profile  # the profile name enrollment would have saved to (set by enroll())
 
 
-# --- chats, importers, examples (issue 3) ---------------------------------------
+# --- chats, importers, reply examples ---------------------------------------------
 class ChatsError(PersonaError):
     """The chat history cannot be used (base of the chat-input errors)."""
 

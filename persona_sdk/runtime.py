@@ -101,7 +101,7 @@ class Engine:
             opts.intra_op_num_threads = self.runtime.threads
         opts.log_severity_level = 3
         # Busy-waiting intra-op workers fight everything else on a small desktop CPU: off by
-        # default (halved the per-token time on busy cores; costs ~1/3 on idle ones, BENCHMARKS.md).
+        # default (faster on busy cores, slower on idle ones; BENCHMARKS.md has the runs).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.runtime.spin else "0")
         try:
             self.session = ort.InferenceSession(str(self.export_dir / MODEL), opts, providers=providers)

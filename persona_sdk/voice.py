@@ -371,9 +371,8 @@ def _sklearn():
 class Attributor:
     """Character n-gram TF-IDF (1-4 grams, case kept, start/end marked, sublinear tf, the
     ``max_features`` most frequent) + multinomial logistic regression (L2, ``c``, balanced class
-    weights), trained on labelled replies. On the first 20 part-B chitchat speakers (trained on
-    their training replies, scored on their held-out ones) C = 1 and 50k features named the
-    author of 50% of real replies (chance 5%); C = 10 or 200k features did no better."""
+    weights), trained on labelled replies. C = 1 and 50k features were chosen on chitchat part-B
+    speakers (larger C or more features did no better; benchmarks/README.md has the protocol)."""
 
     def __init__(self, train: Mapping[Hashable, Sequence[str]], *, c: float = 1.0, max_features: int = 50_000,
                  seed: int = 0) -> None:

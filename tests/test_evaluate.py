@@ -255,7 +255,7 @@ def test_cli_eval_prints_the_voice_comparison_and_the_overlap_warning(tiny_backb
 
     fresh = _voice_chats(tmp_path, "fresh", "guitar")
     code = main(["eval", "alice", "--chats", fresh, "--backbone", str(tiny_onnx), "--voice", "2",
-                 "--max-replies", "2", "--samples", "1", "--attribution-k", "3"])  # K = 20 costs ~10 s more
+                 "--max-replies", "2", "--samples", "1", "--attribution-k", "3"])  # K = 20 trains a larger classifier
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "warning" not in out.out + out.err

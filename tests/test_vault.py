@@ -2,8 +2,8 @@
 renamed and spliced files, foreign backbones, SIGKILLed writers, concurrent writers,
 plaintext on disk, file modes, export / import between two homes.
 
-All files use the Argon2id floor (19 MiB, 2 passes, 1 lane; ~50 ms here), the weakest
-setting the vault accepts anywhere; the default (64 MiB, 3 passes, 4 lanes) is ~0.5 s.
+All files use the Argon2id floor (19 MiB, 2 passes, 1 lane), the weakest setting the
+vault accepts anywhere, so they run fast; the default is 64 MiB, 3 passes, 4 lanes.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def dataset_path() -> Path:
 @functools.lru_cache(maxsize=2)
 def load_chitchat(path: str | None = None) -> Chats:
     """All chitchat-dataset conversations (sender = speaker id), read from the
-    installed package (or ``path``). Cached: ~1 s on first call. ``Chats.me`` is None."""
+    installed package (or ``path``). Parsed once per process (cached). ``Chats.me`` is None."""
     file = Path(path) if path is not None else dataset_path()
     try:
         data = file.read_bytes()
