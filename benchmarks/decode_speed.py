@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 import persona_sdk  # noqa: F401  (first: switches onnxruntime's telemetry off before anything imports it)
+from persona_sdk.fileio import atomic_write
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "heldout_sample.txt"
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                        args.threads)
     report(results)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        atomic_write(args.json, json.dumps(results, indent=2).encode("utf-8"), private=False)
     return results
 
 

@@ -10,8 +10,8 @@ Graph contract, identical across variants (the runtime treats them the same)::
 Two graphs (``graph`` in the manifest):
 - ``fused`` (Llama-style backbones, the default for them): written by
   :mod:`.fused` with onnxruntime's fused kernels (GroupQueryAttention with
-  rotary, SkipSimplifiedLayerNormalization); int8 decodes 1.46x faster than
-  from the optimum graph (BENCHMARKS.md, run D).
+  rotary, SkipSimplifiedLayerNormalization), which decode faster than the
+  optimum graph (BENCHMARKS.md).
 - ``optimum``: optimum-onnx ``main_export``, task ``text-generation-with-past``,
   for every other architecture (and on request, for comparison).
 
@@ -27,9 +27,9 @@ Variants:
 - ``int4``: 4-bit block-32 ``MatMulNBits`` with exact per-block offsets (the
   GGUF Q4_1 form), lm_head and embedding as in int8.
   Both run with CPU accuracy level 4 (int8 dot products inside the kernel:
-  the fast path; levels 0/1 were 2-20x slower here). Measured on SmolLM2-135M
-  (teacher-forced top-1 agreement with fp32, no prefix): ORT's own 4-bit RTN
-  (integer zero points) 0.67, this form 0.88, 8-bit 1.0.
+  the fast path; levels 0/1 are much slower). The exact offsets agree with
+  fp32 far more often than ORT's own 4-bit RTN with integer zero points
+  (BENCHMARKS.md).
 - ``fp16``: every float tensor in half precision, KV and logits too (GPU).
 """
 
@@ -222,14 +222,11 @@ def _quantize_nbits(src: Path, dst: Path, bits: int, block: int, accuracy: int |
     onnx.save_model(quant.model.model, str(dst))
 
 
-def _pack_blockwise(weight, bits: int, block: int):
-    """Asymmetric min/max block quantisation of a MatMul weight ``(K, N)`` along K.
+def _pack8_blockwise(weight, block: int):
+    """Asymmetric min/max 8-bit block quantisation of a MatMul weight ``(K, N)`` along K.
 
-    Returns MatMulNBits inputs: packed codes ``(N, k_blocks, block*bits/8)``
-    uint8 (low bits first), scales and *float* zero points ``(N, k_blocks)``.
-    For 4 bits a float zero point represents ``x = q·d + m`` blocks (GGUF Q4_1,
-    which our default backbone was dequantised from) exactly, where an integer
-    zero point would shift every block by up to d/2. 8 bits: uint8 zero points.
+    Returns MatMulNBits inputs: codes ``(N, k_blocks, block)`` uint8, scales
+    ``(N, k_blocks)`` float32 and uint8 zero points ``(N, k_blocks)``.
     """
     import numpy as np
 
@@ -238,19 +235,13 @@ def _pack_blockwise(weight, bits: int, block: int):
     w = np.zeros((blocks * block, n), dtype=np.float32)
     w[:k] = weight
     w = w.T.reshape(n, blocks, block)  # (N, k_blocks, block)
-    levels = (1 << bits) - 1
+    levels = 255
     lo = w.min(-1)
     hi = w.max(-1)
     scale = (hi - lo) / levels
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # (N, k_blocks)
-    if bits == 8:  # ORT's CPU kernel takes float zero points for 2/4 bits only: uint8 here
-        zero = np.clip(np.rint(-lo / scale), 0, levels).astype(np.uint8)
-        q = np.clip(np.rint(w / scale[..., None]) + zero[..., None], 0, levels).astype(np.uint8)
-    else:
-        q = np.clip(np.rint((w - lo[..., None]) / scale[..., None]), 0, levels).astype(np.uint8)
-        zero = (-lo / scale).astype(np.float32)
-    if bits == 4:
-        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    zero = np.clip(np.rint(-lo / scale), 0, levels).astype(np.uint8)
+    q = np.clip(np.rint(w / scale[..., None]) + zero[..., None], 0, levels).astype(np.uint8)
     return np.ascontiguousarray(q), scale, zero
 
 
@@ -285,8 +276,8 @@ def _quantize_weights(src: Path, dst: Path, bits: int, block: int, accuracy: int
       over each block: ``(..., K/block)``. This is the GGUF Q4_1 form, so weights
       dequantised from Q4_1 (the default backbone) are represented exactly, while
       the 4-bit part stays on the fast packed kernel (integer zero points; float
-      zero points fall back to a kernel 50-100x slower; rounding Q4_1 weights to
-      integer zero points instead costs +10-18% held-out perplexity).
+      zero points fall back to a much slower kernel; rounding Q4_1 weights to
+      integer zero points instead costs held-out perplexity, BENCHMARKS.md).
     - The lm_head: 8-bit symmetric (``_pack_symmetric8``), exact for a GGUF Q8_0
       tensor; weights whose K is not a multiple of ``block``: 8-bit asymmetric.
     - The token embedding ``Gather(table, input_ids)``: ``GatherBlockQuantized``
@@ -340,7 +331,7 @@ def _quantize_weights(src: Path, dst: Path, bits: int, block: int, accuracy: int
         if "lm_head" in node.name or bits == 8 or k % block:
             head = "lm_head" in node.name
             size = head_block if head else block
-            packed, scale, zero = _pack_symmetric8(weight, size) if head else _pack_blockwise(weight, 8, size)
+            packed, scale, zero = _pack_symmetric8(weight, size) if head else _pack8_blockwise(weight, size)
             add(base, packed, scale, zero)
             out_nodes.append(helper.make_node(
                 "MatMulNBits", [node.input[0], base, base + "_scales", base + "_zp"], list(node.output),

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from . import paths
 from .errors import ExportError, ModelFileError
+from .fileio import atomic_write
 
 FORMAT = "persona-onnx/1"
 MANIFEST = "manifest.json"
@@ -138,16 +138,10 @@ def file_entries(export_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_manifest(export_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically (temp file, fsync, rename)."""
+    """Write ``manifest.json`` atomically (:func:`persona_sdk.fileio.atomic_write`)."""
     _check_fields(manifest, Path(export_dir) / MANIFEST)
     path = Path(export_dir) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"), private=False)
 
 
 def read_manifest(export_dir: Path, verify_sha256: bool = False) -> dict[str, Any]:
