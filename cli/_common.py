@@ -1,11 +1,13 @@
-"""Shared CLI plumbing: error → message + exit code, stderr helpers, passphrases."""
+"""Shared CLI plumbing: error → message + exit code, stderr helpers, passphrases and vault keys,
+options that take their default and help from the library's config dataclasses."""
 
 from __future__ import annotations
 
 import os
 import sys
 import warnings
-from typing import Sequence
+from dataclasses import fields
+from typing import Any, Sequence
 
 import typer
 
@@ -85,3 +87,38 @@ def prompt_passphrase(env_var: str, confirm: bool, label: str = "Passphrase") ->
     if not sys.stdin.isatty():
         raise PersonaError(f"no passphrase: set {env_var} or run in a terminal")
     return typer.prompt(label, hide_input=True, confirmation_prompt=confirm)
+
+
+def open_vault() -> Any:
+    """The vault in the data directory (``PERSONA_HOME``)."""
+    from persona_sdk.vault import Vault
+
+    return Vault()
+
+
+def profile_key(vault: Any, name: str) -> Any:
+    """What opens profile ``name``: the keyring, or its passphrase (env or prompt)."""
+    from persona_sdk.vault import ENV_PASSPHRASE, KEYRING
+
+    if vault.info(name).mode == "keyring":
+        return KEYRING
+    return prompt_passphrase(ENV_PASSPHRASE, confirm=False, label=f"Passphrase for {name}")
+
+
+def new_key(env_var: str, use_keyring: bool, label: str) -> Any:
+    """A new key: the OS keyring if asked for and present, else a confirmed passphrase."""
+    from persona_sdk.vault import KEYRING, keyring_available
+
+    if use_keyring:
+        if keyring_available():
+            return KEYRING
+        err("No OS keyring is available here; protecting the profile with a passphrase instead.")
+    return prompt_passphrase(env_var, confirm=True, label=label)
+
+
+def config_option(config: type, name: str, *flags: str, note: str = "") -> Any:
+    """A typer option whose default and help are field ``name`` of the library's dataclass ``config``
+    (the library owns defaults and policies; the CLI only parses). ``note``: what the CLI adds (e.g. how
+    a command line says None)."""
+    spec = next(f for f in fields(config) if f.name == name)
+    return typer.Option(spec.default, *flags, help=spec.metadata["help"] + (f"; {note}" if note else ""))

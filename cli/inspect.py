@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from . import app
+from ._app import app
 from ._common import err
 
 _HOW = {
@@ -33,7 +33,7 @@ def inspect(
     """
     from persona_sdk.chats import FORMAT_CHOICES, display_name, load_chats, who_is_me
     from persona_sdk.errors import ConfigError
-    from persona_sdk.examples import MIN_REPLIES, build_examples
+    from persona_sdk.reply_examples import MIN_REPLIES, build_examples
 
     if fmt not in FORMAT_CHOICES:
         raise ConfigError(f"--format must be one of {', '.join(FORMAT_CHOICES)}, got {fmt!r}")

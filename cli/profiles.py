@@ -9,42 +9,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from . import app
-from . import _peft
-from ._common import err, prompt_passphrase
-from ._peft import Format
+from ._app import app
+from ._common import err, new_key, open_vault, profile_key, prompt_passphrase
+from ._peft import Format, export_peft, import_peft
 
 ENV_NEW_PASSPHRASE = "PERSONA_NEW_PASSPHRASE"
-
-
-def _vault():
-    from persona_sdk.vault import Vault
-
-    return Vault()
-
-
-def _unlock(vault, name: str) -> Any:
-    """What opens profile ``name``: the keyring, or its passphrase (env or prompt)."""
-    from persona_sdk.vault import ENV_PASSPHRASE, KEYRING
-
-    if vault.info(name).mode == "keyring":
-        return KEYRING
-    return prompt_passphrase(ENV_PASSPHRASE, confirm=False, label=f"Passphrase for {name}")
-
-
-def _new_key(env_var: str, use_keyring: bool, label: str) -> Any:
-    """A new key: the OS keyring if asked for and present, else a confirmed passphrase."""
-    from persona_sdk.vault import KEYRING, keyring_available
-
-    if use_keyring:
-        if keyring_available():
-            return KEYRING
-        err("No OS keyring is available here; protecting the profile with a passphrase instead.")
-    return prompt_passphrase(env_var, confirm=True, label=label)
 
 
 def _ago(ts: float) -> str:
@@ -59,7 +32,7 @@ def list_profiles() -> None:
     """
     from persona_sdk.errors import PersonaError, VaultError
 
-    vault = _vault()
+    vault = open_vault()
     names = vault.list()
     if not names:
         err(f"No profiles yet in {vault.root}.")
@@ -87,7 +60,7 @@ def info(
 
     Example: persona info me --no-unlock
     """
-    vault = _vault()
+    vault = open_vault()
     meta = vault.info(name)
     typer.echo(f"name: {meta.name}")
     typer.echo(f"file: {meta.path}")
@@ -102,7 +75,7 @@ def info(
     typer.echo(f"modified: {_ago(meta.modified)}")
     if not unlock:
         return
-    prefix = vault.load(name, _unlock(vault, name))
+    prefix = vault.load(name, profile_key(vault, name))
     spec = prefix.spec
     typer.echo(f"prefix: {spec.length} virtual tokens x {spec.layers} layers x {spec.kv_heads} KV heads "
                f"x {spec.head_dim} dims ({spec.dtype}, {prefix.kv.nbytes} bytes)")
@@ -124,7 +97,7 @@ def delete(
     """
     import sys
 
-    vault = _vault()
+    vault = open_vault()
     vault.info(name)  # raises ProfileNotFoundError early
     if not yes:
         if not sys.stdin.isatty():
@@ -147,9 +120,9 @@ def rekey(
     Non-interactive: PERSONA_PASSPHRASE (current) and PERSONA_NEW_PASSPHRASE (new).
     Example: persona rekey me
     """
-    vault = _vault()
-    old = _unlock(vault, name)
-    new = _new_key(ENV_NEW_PASSPHRASE, keyring, "New passphrase")
+    vault = open_vault()
+    old = profile_key(vault, name)
+    new = new_key(ENV_NEW_PASSPHRASE, keyring, "New passphrase")
     vault.rekey(name, old, new)
     err(f"Profile {name!r} re-encrypted.")
 
@@ -182,9 +155,9 @@ def export(
     output = target if target is not None else output
     if output is None:
         raise ConfigError("where to write? e.g. persona export NAME -o NAME.persona")
-    vault = _vault()
+    vault = open_vault()
     if fmt is Format.peft:
-        out = _peft.export_peft(vault, name, output, yes=yes, force=force, backbone=backbone, unlock=_unlock)
+        out = export_peft(vault, name, output, yes=yes, force=force, backbone=backbone, unlock=profile_key)
         typer.echo(str(out))
         return
     vault.info(name)
@@ -193,7 +166,7 @@ def export(
         from persona_sdk.errors import ProfileExistsError
 
         raise ProfileExistsError(f"{output} already exists (use --force to overwrite it)")
-    unlock = _unlock(vault, name)
+    unlock = profile_key(vault, name)
     export_pw = prompt_passphrase(ENV_EXPORT_PASSPHRASE, confirm=True, label="Export passphrase")
     out = vault.export(name, output, unlock, export_pw, force=force)
     err(f"Exported {name!r} to {out} (encrypted; bound to backbone {vault.info(name).backbone[:12]}).")
@@ -220,28 +193,24 @@ def import_(
     Example: persona import my-peft-adapter --format peft --name me
     """
     if fmt is Format.peft:
-        done = _peft.import_peft(_vault(), file, name=name, force=force, backbone=backbone,
-                                 new_key=lambda env: _new_key(env, keyring, "New vault passphrase"))
+        done = import_peft(open_vault(), file, name=name, force=force, backbone=backbone,
+                                 new_key=lambda env: new_key(env, keyring, "New vault passphrase"))
         typer.echo(done)
         return
-    from persona_sdk import _crypto, backbone as bb
-    from persona_sdk.errors import BackboneMismatchError, ProfileExistsError
-    from persona_sdk.vault import ENV_EXPORT_PASSPHRASE, ENV_PASSPHRASE, _read_bounded, validate_name
+    from persona_sdk import backbone as bb
+    from persona_sdk.errors import ProfileExistsError
+    from persona_sdk.vault import ENV_EXPORT_PASSPHRASE, ENV_PASSPHRASE, export_info, validate_name
 
-    vault = _vault()
-    # cheap checks first: structure, backbone, existing profile; then passphrases
-    header = _crypto.read_header(_read_bounded(file), kind=_crypto.KIND_EXPORT)
+    vault = open_vault()
+    # cheap checks first: structure, existing profile, backbone; then passphrases
+    exported = export_info(file)
     target = validate_name(name) if name else None
     if target and vault.exists(target) and not force:
         raise ProfileExistsError(f"profile {target!r} already exists (use --force to replace it)")
     fp = bb.fingerprint(bb.resolve(backbone, progress=err))
-    if fp != header.fingerprint:
-        raise BackboneMismatchError(
-            f"{file.name} was made for backbone {header.fingerprint[:16]}, but the backbone in use is "
-            f"{fp[:16]}; pass the matching one with --backbone"
-        )
+    exported.check_backbone(fp)
     export_pw = prompt_passphrase(ENV_EXPORT_PASSPHRASE, confirm=False, label="Export passphrase")
-    new = _new_key(ENV_PASSPHRASE, keyring, "New vault passphrase")
+    new = new_key(ENV_PASSPHRASE, keyring, "New vault passphrase")
     done = vault.import_file(file, export_pw, new, name=name, force=force, fingerprint=fp)
     err(f"Imported {file.name} as profile {done!r}.")
     typer.echo(done)

@@ -50,9 +50,9 @@ _LAZY = {
     "PrefixSpec": "prefix",
     "Turn": "conversation",
     "Vault": "vault",
-    "enroll": "enroll",
-    "EnrollResult": "enroll",
-    "TrainConfig": "trainer",
+    "enroll": "enrollment",
+    "EnrollResult": "enrollment",
+    "TrainConfig": "training.config",
     "errors": None,
 }
 
@@ -61,7 +61,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .agent import PersonaAgent
     from .config import GenerationConfig
     from .conversation import Turn
+    from .enrollment import EnrollResult, enroll
     from .prefix import Prefix, PrefixSpec
+    from .training.config import TrainConfig
     from .vault import Vault
     from .worker import ReplyDone, ReplyWorker
 

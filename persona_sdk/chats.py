@@ -1,10 +1,12 @@
-"""Chat history in: the canonical in-memory model, reading and format detection.
+"""Chat history in: read a file, a folder or a .zip, detect each export's format, dispatch.
 
-Every importer (``persona_sdk.importers``) turns one export into
-:class:`Conversation` objects; :func:`load_chats` reads a file, a folder or a
-.zip, guards the bytes (size, emptiness, binary data, BOM / UTF-16), detects
-the format from the content (or takes ``fmt``) and returns :class:`Chats`.
-:func:`resolve_me` decides which sender is the user.
+:func:`load_chats` guards the bytes (regular files only, size, emptiness,
+binary data, BOM / UTF-16; zip bombs), detects the format from the content (or
+takes ``fmt``), hands each file to its importer (:mod:`persona_sdk.importers`)
+and returns :class:`Chats`. The data model (:class:`Message`,
+:class:`Conversation`, :class:`Chats`, :func:`resolve_me`, ...) lives in
+:mod:`persona_sdk.chatdata` and is re-exported here, so callers need only
+this module. Imports point one way: chats -> importers -> chatdata / chatbytes.
 
 Privacy: the input is read into memory only, never copied, cached or logged.
 Errors name a file and a position (``line 2041``, ``conversation 3, message
@@ -13,36 +15,43 @@ Errors name a file and a position (``line 2041``, ``conversation 3, message
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import re
 import stat
-import unicodedata
 import zipfile
 import zlib
-from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
-from .errors import (
-    AmbiguousSpeakerError,
-    ChatFileError,
-    ChatFileTooLargeError,
-    ChatFormatError,
-    ConfigError,
-    UnknownSpeakerError,
+from . import importers
+from .chatbytes import decode_body, decode_text, first_line, loads_json, parse_json, sniff, text_lines, utf8_lines
+from .chatdata import (
+    DELETED,
+    KINDS,
+    MEDIA,
+    SYSTEM,
+    TEXT,
+    Chats,
+    Conversation,
+    Message,
+    classify_text,
+    clean_text,
+    display_name,
+    normalize_name,
+    resolve_me,
+    split_on_silence,
+    strip_marks,
+    who_is_me,
 )
+from .errors import ChatFileError, ChatFileTooLargeError, ChatFormatError, ConfigError
 
-# Message kinds. Only TEXT messages are replies or context; the others are kept
-# so that reports can count them.
-TEXT = "text"
-MEDIA = "media"  # "<Media omitted>", "image omitted", attachments without text
-DELETED = "deleted"  # "This message was deleted"
-SYSTEM = "system"  # joins, leaves, subject changes, encryption notices, calls
-KINDS = (TEXT, MEDIA, DELETED, SYSTEM)
+__all__ = [
+    "FORMATS", "FORMAT_CHOICES", "MAX_CHAT_BYTES", "load_chats", "detect_format", "detect_json_format",
+    # the data model and helpers, re-exported from chatdata / chatbytes
+    "TEXT", "MEDIA", "DELETED", "SYSTEM", "KINDS", "Message", "Conversation", "Chats", "clean_text", "strip_marks",
+    "normalize_name", "display_name", "who_is_me", "resolve_me", "classify_text", "split_on_silence",
+    "decode_text", "parse_json", "text_lines", "utf8_lines",
+]
 
 FORMATS = ("chats", "whatsapp", "telegram", "discord", "chitchat")
 FORMAT_CHOICES = ("auto",) + FORMATS
@@ -53,273 +62,6 @@ MAX_CHAT_BYTES = 512 * 2**20
 
 # File types looked at inside folders and .zip archives (media is skipped).
 _CHAT_SUFFIXES = (".txt", ".json")
-
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def clean_text(text: str) -> str:
-    """``text`` with unpaired surrogates (JSON ``"\\ud800"``, undecodable bytes) made U+FFFD.
-
-    Such a str cannot be encoded, tokenised or printed; one bad character must not
-    cost the whole history.
-    """
-    if text.isascii() or not _SURROGATES.search(text):
-        return text
-    return _SURROGATES.sub("\ufffd", text)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One message. ``time`` is naive local time or aware UTC, when known.
-
-    Sender and text are cleaned of unpaired surrogates (:func:`clean_text`).
-    """
-
-    sender: str
-    text: str
-    time: datetime | None = None
-    kind: str = TEXT
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"message kind must be one of {KINDS}, got {self.kind!r}")
-        for name in ("sender", "text"):
-            value = getattr(self, name)
-            if not value.isascii():
-                cleaned = clean_text(value)
-                if cleaned is not value:
-                    object.__setattr__(self, name, cleaned)
-
-
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    """Messages in order. ``source`` is the format it came from."""
-
-    id: str
-    messages: tuple[Message, ...]
-    source: str
-
-
-@dataclass(frozen=True)
-class Chats:
-    """Everything loaded: conversations, a "me" hint from the file, formats seen.
-
-    ``skipped`` lists (file, reason) for files inside a folder or .zip that
-    were not chat exports.
-    """
-
-    conversations: tuple[Conversation, ...]
-    me: str | None = None
-    formats: tuple[str, ...] = ()
-    skipped: tuple[tuple[str, str], ...] = ()
-
-    def sender_counts(self) -> Counter:
-        """Messages per sender (system lines not counted); ``.most_common()`` orders them."""
-        return Counter(m.sender for c in self.conversations for m in c.messages if m.kind != SYSTEM)
-
-    def with_sender(self, sender: str) -> "Chats":
-        """Only the conversations in which ``sender`` (matched loosely) wrote something."""
-        key = normalize_name(sender)
-        keep = tuple(
-            c
-            for c in self.conversations
-            if any(m.kind != SYSTEM and normalize_name(m.sender) == key for m in c.messages)
-        )
-        return Chats(keep, self.me, self.formats, self.skipped)
-
-    def subset(self, indices: Iterable[int]) -> "Chats":
-        """Only the conversations at ``indices`` (in that order); Example.conversation then indexes the subset."""
-        return Chats(tuple(self.conversations[i] for i in indices), self.me, self.formats, self.skipped)
-
-
-# --- names ---------------------------------------------------------------------
-_INVISIBLE = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff\u200b"))
-
-
-def strip_marks(text: str) -> str:
-    """Remove invisible direction marks (U+200E etc.) that exports carry."""
-    return text if text.isascii() else text.translate(_INVISIBLE)
-
-
-@functools.lru_cache(maxsize=65536)  # sender names repeat on every message
-def normalize_name(name: str) -> str:
-    """Case-, width- and whitespace-insensitive key for a sender name."""
-    name = unicodedata.normalize("NFKC", strip_marks(name))
-    return " ".join(name.split()).casefold()
-
-
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def display_name(name: str) -> str:
-    """A sender name safe to print: control characters (terminal escape sequences) escaped."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
-
-
-def _senders_line(counts: Counter, limit: int = 12) -> str:
-    """Senders and counts for an error message. A "sender" seen only once may be message
-    text that looked like a header line (WhatsApp), so those are counted, never named."""
-    top = counts.most_common()
-    named = [(name, n) for name, n in top if n > 1]
-    once = len(top) - len(named)
-    parts = [f"{display_name(name)} ({n})" for name, n in named[:limit]]
-    if len(named) > limit:
-        parts.append(f"{len(named) - limit} more")
-    if once:
-        parts.append(f"{once} sender(s) with a single message (not named)")
-    return "senders with message counts: " + ", ".join(parts)
-
-
-def who_is_me(chats: Chats, me: str | None = None) -> tuple[str, str]:
-    """(sender name as written in the chats, how it was chosen).
-
-    How: ``"given"`` (``me`` argument / ``--me``), ``"file"`` (``me`` in the
-    file) or ``"inferred"`` (the only sender present in every conversation).
-    Matching is case- and whitespace-insensitive.
-    """
-    counts = chats.sender_counts()
-    if not counts:
-        raise ChatFormatError("the chats contain no messages")
-    for how, wanted in (("given", me), ("file", chats.me)):
-        if wanted is None:
-            continue
-        key = normalize_name(wanted)
-        matches = [name for name, _ in counts.most_common() if normalize_name(name) == key]
-        if not matches:
-            where = "--me" if how == "given" else "\"me\" in the chats file"
-            raise UnknownSpeakerError(
-                f"{where} matches no sender; {_senders_line(counts)}"
-            )
-        return matches[0], how
-    everywhere: set[str] | None = None
-    for conv in chats.conversations:
-        present = {normalize_name(m.sender) for m in conv.messages if m.kind != SYSTEM}
-        if not present:
-            continue
-        everywhere = present if everywhere is None else everywhere & present
-    if everywhere and len(everywhere) == 1:
-        key = next(iter(everywhere))
-        name = next(n for n, _ in counts.most_common() if normalize_name(n) == key)
-        return name, "inferred"
-    raise AmbiguousSpeakerError(
-        f"cannot tell which sender is you; pass --me NAME. {_senders_line(counts)}"
-    )
-
-
-def resolve_me(chats: Chats, me: str | None = None) -> str:
-    """The sender who is "me": ``me``, else the file's ``me``, else the only
-    sender present in every conversation; else an error listing the senders."""
-    return who_is_me(chats, me)[0]
-
-
-def is_me(sender: str, me: str) -> bool:
-    return normalize_name(sender) == normalize_name(me)
-
-
-# --- bytes -> text -------------------------------------------------------------
-_BOMS = (
-    (b"\xff\xfe\x00\x00", "utf-32-le"),
-    (b"\x00\x00\xfe\xff", "utf-32-be"),
-    (b"\xef\xbb\xbf", "utf-8"),
-    (b"\xff\xfe", "utf-16-le"),
-    (b"\xfe\xff", "utf-16-be"),
-)
-
-
-def _sniff(data: bytes, where: str) -> tuple[str, int]:
-    """(encoding, offset of the text after any BOM), refusing empty and binary data -- without copying."""
-    if not _NOT_BLANK.search(data):
-        raise ChatFileError(f"{where} is empty")
-    encoding, start = "utf-8", 0
-    for bom, enc in _BOMS:
-        if data.startswith(bom):
-            encoding, start = enc, len(bom)
-            break
-    else:
-        head = data[:4096]
-        if len(head) >= 4:
-            odd_nuls = head[1::2].count(0) / max(len(head[1::2]), 1)
-            even_nuls = head[0::2].count(0) / max(len(head[0::2]), 1)
-            if odd_nuls > 0.4 and even_nuls < 0.05:
-                encoding = "utf-16-le"
-            elif even_nuls > 0.4 and odd_nuls < 0.05:
-                encoding = "utf-16-be"
-    if encoding == "utf-8" and data.find(b"\x00", start) >= 0:
-        raise ChatFileError(f"{where} looks like a binary file, not a chat export")
-    return encoding, start
-
-
-_NOT_BLANK = re.compile(rb"[^ \t\n\r\x0b\x0c]")
-
-
-def _bad_bytes(where: str, encoding: str, line: int) -> ChatFileError:
-    return ChatFileError(
-        f"{where} is not valid {encoding.upper()} text (bad bytes at line {line}); save the export as UTF-8"
-    )
-
-
-def _decode(data: bytes, encoding: str, start: int, where: str) -> str:
-    try:
-        text = str(memoryview(data)[start:], encoding) if start else data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        nl = b"\n" if encoding == "utf-8" else "\n".encode(encoding)
-        line = data.count(nl, start, start + exc.start) + 1
-        raise _bad_bytes(where, encoding, line) from None
-    if "\x00" in text:
-        raise ChatFileError(f"{where} looks like a binary file, not a chat export")
-    if not text.strip():
-        raise ChatFileError(f"{where} is empty")
-    return text
-
-
-def decode_text(data: bytes, where: str) -> str:
-    """Chat bytes -> str: BOMs, BOM-less UTF-16, binary and invalid UTF-8 handled."""
-    encoding, start = _sniff(data, where)
-    return _decode(data, encoding, start, where)
-
-
-def text_lines(text: str) -> Iterator[str]:
-    """``text.splitlines()`` one line at a time (no list of every line in memory)."""
-    pos, end = 0, len(text)
-    while pos < end:
-        nl = text.find("\n", pos)
-        stop = end if nl < 0 else nl + 1
-        yield from text[pos:stop].splitlines()
-        pos = stop
-
-
-def utf8_lines(data: bytes, start: int, where: str) -> Iterator[str]:
-    """The lines of UTF-8 ``data`` from ``start``, as ``str.splitlines()`` would give them,
-    decoded one line at a time: the whole text never exists as one str (which a
-    single emoji would make 4 bytes per character)."""
-    pos, end, line = start, len(data), 0
-    while pos < end:
-        nl = data.find(b"\n", pos)
-        stop = end if nl < 0 else nl + 1
-        line += 1
-        try:
-            chunk = data[pos:stop].decode("utf-8")
-        except UnicodeDecodeError:
-            raise _bad_bytes(where, "utf-8", line) from None
-        yield from chunk.splitlines()
-        pos = stop
-
-
-def _first_line(data: bytes, start: int) -> str | None:
-    """The first non-blank line of UTF-8 ``data`` (None if it does not decode)."""
-    pos = start
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        stop = len(data) if nl < 0 else nl + 1
-        try:
-            for line in data[pos:stop].decode("utf-8").splitlines():
-                if line.strip(" \t\ufeff\u200e\u200f"):
-                    return line
-        except UnicodeDecodeError:
-            return None
-        pos = stop
-    return None
 
 
 def _open_regular(path: Path) -> tuple[int, os.stat_result]:
@@ -379,49 +121,13 @@ def _read_limited(path: Path, max_bytes: int) -> bytes:
 
 
 # --- format detection and dispatch ---------------------------------------------
-class _NotChatJSON(ValueError):
-    """JSON that Python accepts but no chat export contains (NaN, Infinity, huge numbers)."""
-
-
-def _no_constant(name: str) -> Any:
-    raise _NotChatJSON(f"it holds {name}, which is not standard JSON")
-
-
-def _bounded_int(digits: str) -> int:
-    if len(digits) > 64:  # Python refuses > 4300 digits anyway; no id or timestamp is this long
-        raise _NotChatJSON("it holds a number with more than 64 digits")
-    return int(digits)
-
-
-def _loads(text: str) -> Any:
-    return json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int)
-
-
-def parse_json(text: str, where: str) -> Any:
-    try:
-        return _loads(text)
-    except json.JSONDecodeError as exc:
-        # exc.msg is a fixed phrase ("Expecting value"), never document text
-        raise ChatFormatError(
-            f"{where} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
-    except _NotChatJSON as exc:
-        raise ChatFormatError(f"{where} is not a chat export: {exc}") from None
-    except RecursionError:
-        raise ChatFormatError(f"{where} is JSON nested too deeply to be a chat export") from None
-    except ValueError:  # anything else the decoder refuses; its message may quote the document
-        raise ChatFormatError(f"{where} is not valid JSON") from None
-
-
 def detect_format(text: str) -> str | None:
     """The format of a decoded chat file, from its content; None if unknown."""
-    from .importers import whatsapp
-
-    if whatsapp.detect(text):
+    if importers.whatsapp.detect(text):
         return "whatsapp"
     if text.lstrip()[:1] in ("{", "["):
         try:
-            obj = _loads(text)
+            obj = loads_json(text)
         except (ValueError, RecursionError):
             return None
         return detect_json_format(obj)
@@ -429,9 +135,7 @@ def detect_format(text: str) -> str | None:
 
 
 def detect_json_format(obj: Any) -> str | None:
-    from .importers import JSON_DETECTORS
-
-    for name, detect in JSON_DETECTORS:
+    for name, detect in importers.JSON_DETECTORS:
         if detect(obj):
             return name
     return None
@@ -446,17 +150,8 @@ class _Loaded:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def parse_chat_text(text: str, where: str, fmt: str | None = None) -> tuple[str, list[Conversation], str | None]:
-    """(format, conversations, me hint) from one decoded file."""
-    if fmt is not None and fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {FORMAT_CHOICES}, got {fmt!r}")
-    return _parse_text([text], where, fmt)
-
-
 def _parse_text(box: list[str], where: str, fmt: str | None) -> tuple[str, list[Conversation], str | None]:
-    """:func:`parse_chat_text` on ``box[0]``, which is released once parsed (memory)."""
-    from . import importers
-
+    """(format, conversations, me hint) from the decoded text in ``box`` (released once parsed: memory)."""
     text = box.pop()
     if fmt is None and importers.whatsapp.detect(text):
         fmt = "whatsapp"
@@ -486,15 +181,13 @@ def _parse_data(box: list[bytes], where: str, fmt: str | None) -> tuple[str, lis
 
     UTF-8 WhatsApp text is parsed line by line from the bytes; everything else is decoded whole.
     """
-    from . import importers
-
     data = box.pop()
-    encoding, start = _sniff(data, where)
+    encoding, start = sniff(data, where)
     if encoding == "utf-8" and fmt in (None, "whatsapp"):
-        first = _first_line(data, start) if fmt is None else None
+        first = first_line(data, start) if fmt is None else None
         if fmt == "whatsapp" or (first is not None and importers.whatsapp.detect(first)):
             return "whatsapp", importers.whatsapp.parse_lines(lambda: utf8_lines(data, start, where), where), None
-    box.append(_decode(data, encoding, start, where))
+    box.append(decode_body(data, encoding, start, where))
     del data
     return _parse_text(box, where, fmt)
 
@@ -647,60 +340,3 @@ def _is_zip(path: Path) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-# --- helpers shared by importers -----------------------------------------------
-_SILENCE_HOURS = 6.0
-
-
-def split_on_silence(
-    messages: Iterable[Message], source: str, id_prefix: str, silence_hours: float = _SILENCE_HOURS
-) -> list[Conversation]:
-    """Cut one chat log into conversations wherever nobody wrote for
-    ``silence_hours`` (so context never spans days). Messages without a time
-    never cut."""
-    out: list[Conversation] = []
-    current: list[Message] = []
-    last: datetime | None = None
-    for msg in messages:
-        if current and msg.time is not None and last is not None:
-            try:
-                gap = (msg.time - last).total_seconds()
-            except TypeError:  # naive vs aware: no cut
-                gap = 0.0
-            if gap > silence_hours * 3600:
-                out.append(Conversation(f"{id_prefix}#{len(out) + 1}", tuple(current), source))
-                current = []
-        current.append(msg)
-        if msg.time is not None:
-            last = msg.time
-    if current:
-        out.append(Conversation(f"{id_prefix}#{len(out) + 1}", tuple(current), source))
-    return out
-
-
-_MARKS = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff\u200b"
-_PLACEHOLDER_RE = re.compile(
-    r"^(?:<media omitted>|<attached: [^>\n]*>|(?:image|video|audio|sticker|gif|document|contact card|location)"
-    r" omitted|[^\n]{0,200} (?:document|file|pages?) omitted|[^\n]{0,200} ?\(file attached\)|null)$",
-    re.IGNORECASE,
-)
-_DELETED = frozenset(
-    ("this message was deleted", "this message was deleted.", "you deleted this message",
-     "you deleted this message.", "deleted message", "message deleted")
-)
-
-
-def classify_text(text: str) -> str:
-    """TEXT, or MEDIA / DELETED for the placeholders exports write instead of content."""
-    probe = text.strip()
-    if not probe or len(probe) > 300:
-        return TEXT
-    if probe[0] in _MARKS or probe[-1] in _MARKS or "\u200e" in probe:
-        probe = strip_marks(probe).strip()
-    low = probe.lower()
-    if low in _DELETED:
-        return DELETED
-    if (low.endswith(("omitted", "omitted>", "(file attached)", ">")) or low == "null") and _PLACEHOLDER_RE.match(probe):
-        return MEDIA
-    return TEXT

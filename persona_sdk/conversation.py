@@ -53,11 +53,6 @@ def render_turn(turn: Turn) -> str:
 REPLY_HEADER = f"{TURN_START}{ASSISTANT}\n"
 
 
-def render_prompt(history: Sequence[Turn]) -> str:
-    """History followed by the header that asks the persona to speak."""
-    return "".join(render_turn(t) for t in history) + REPLY_HEADER
-
-
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 

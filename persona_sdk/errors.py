@@ -77,12 +77,14 @@ class EnrollmentCancelled(PersonaError):
 
     exit_code = 130
 
-    def __init__(self, message: str = "enrollment interrupted; nothing was saved", best=None) -> None:
+    def __init__(self, message: str = "enrollment interrupted; nothing was saved", best=None,
+                 profile: str | None = None) -> None:
         super().__init__(message)
         self.best = best  # the best Prefix so far (in memory only), or None
+        self.profile = profile  # the profile name enrollment would have saved to (set by enroll())
 
 
-# --- chats, importers, examples (issue 3) ---------------------------------------
+# --- chats, importers, reply examples ---------------------------------------------
 class ChatsError(PersonaError):
     """The chat history cannot be used (base of the chat-input errors)."""
 
@@ -172,3 +174,8 @@ class PeftAdapterError(PersonaError):
 
 class ConfirmationRequiredError(PersonaError):
     """An action that writes a persona unencrypted (or cannot be undone) needs an explicit --yes."""
+
+
+# --- serving ---------------------------------------------------------------------------
+class BatcherBusyError(GenerationError):
+    """Too many replies are already waiting for a row of the batch; try again later."""

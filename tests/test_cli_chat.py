@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 PERSONA = [sys.executable, "-m", "persona_sdk"]
 
@@ -61,18 +60,22 @@ def test_cuda_requested_without_gpu_is_clear(tiny_onnx):
     assert "CUDA was requested" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_help_is_fast_and_loads_no_heavy_modules():
-    code = ("import sys, time; t = time.perf_counter(); from persona_sdk.cli import main\n"
+# what `persona --help` must not import: each costs from a tenth of a second to seconds
+HEAVY = ("torch", "transformers", "peft", "optimum", "onnx", "onnxruntime", "numpy", "tokenizers", "safetensors",
+         "cryptography", "argon2", "keyring", "sklearn")
+
+
+def test_help_is_instant_because_it_loads_no_heavy_modules():
+    """Deterministic stand-in for "fast" (a timing would fail on a busy machine): --help imports
+    none of the heavy libraries."""
+    code = ("import sys; from persona_sdk.cli import main\n"
             "rc = main(['--help'])\n"
-            "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'peft', 'optimum') if m in sys.modules]\n"
-            "print('RESULT', rc, heavy, time.perf_counter() - t, file=sys.stderr)")
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    wall = time.perf_counter() - start
+            f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+            "print('RESULT', rc, ','.join(heavy) or '-', file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     line = [l for l in out.stderr.splitlines() if l.startswith("RESULT")][0]
-    assert line.split()[1] == "0" and line.split()[2] == "[]", line
+    assert line.split()[1:] == ["0", "-"], line
     assert "chat" in out.stdout and "backbone" in out.stdout
-    assert wall < 3.0  # generous for a loaded 2-core CI box; ~0.3 s quiet
 
 
 def test_python_dash_m_works():

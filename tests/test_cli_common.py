@@ -57,8 +57,11 @@ def _save_profile(home: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PERSONA_HOME": str(home)}, timeout=60)
 
 
-def _in_a_terminal(args: list[str], env: dict, answer: bytes, prompt: bytes, timeout: float = 30.0) -> tuple[str, int]:
-    """Run the console script on a pseudo-terminal, answer one prompt, return (output, exit code)."""
+def _in_a_terminal(args: list[str], env: dict, answer: bytes, prompt: bytes, timeout: float = 120.0) -> tuple[str, int]:
+    """Run the console script on a pseudo-terminal, answer one prompt, return (output, exit code).
+
+    ``timeout`` only guards against a hang (a busy machine may take long to start it); a run that
+    ends returns at once."""
     import pty
 
     pid, fd = pty.fork()

@@ -1,7 +1,7 @@
 """`persona list / info / delete / rekey / export / import` (cli/profiles.py).
 
 Passphrases come from the environment (no terminal in tests); the vault uses the
-Argon2id floor through the `_vault` factory, except in the one subprocess test,
+Argon2id floor through the `open_vault` factory, except in the one subprocess test,
 which runs the installed `persona` entry point with the real defaults.
 """
 
@@ -28,7 +28,7 @@ FLOOR = _crypto.KdfParams.floor()
 
 @pytest.fixture(autouse=True)
 def fast_vault(monkeypatch):
-    monkeypatch.setattr(profiles, "_vault", lambda: Vault(kdf=FLOOR))
+    monkeypatch.setattr(profiles, "open_vault", lambda: Vault(kdf=FLOOR))
 
 
 @pytest.fixture

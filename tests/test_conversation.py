@@ -1,6 +1,6 @@
 from tokenizers import Tokenizer
 
-from persona_sdk.conversation import ASSISTANT, USER, ChatFormat, Turn, render_prompt
+from persona_sdk.conversation import ASSISTANT, REPLY_HEADER, USER, ChatFormat, Turn, render_turn
 
 
 def _fmt(tiny_backbone):
@@ -11,7 +11,8 @@ def test_turn_by_turn_ids_equal_whole_string(tiny_backbone):
     fmt = _fmt(tiny_backbone)
     history = [Turn(USER, "hey, back from the trip?"), Turn(ASSISTANT, "yes! still jetlagged"),
                Turn(USER, "what do you do on weekends?")]
-    assert fmt.prompt_ids(history, budget=10_000) == fmt.encode(render_prompt(history))
+    whole = "".join(render_turn(t) for t in history) + REPLY_HEADER  # the history, then the reply header
+    assert fmt.prompt_ids(history, budget=10_000) == fmt.encode(whole)
 
 
 def test_budget_drops_oldest_turns_first(tiny_backbone):

@@ -255,13 +255,13 @@ def test_stop_mid_reply_and_new_chat(display, engine, tiny_onnx, monkeypatch):
     gen = GenerationConfig(seed=11, max_new_tokens=200)
     (full,) = _reference(engine, None, gen, MESSAGE)
     assert len(engine.tokenizer.encode(full, add_special_tokens=False).ids) > 40  # long enough to stop midway
-    real_forward = Engine.forward
+    real_run = Engine.run  # every decode path calls onnxruntime through it
 
-    def slow_forward(self, *args, **kwargs):  # 30 ms a token: Stop lands mid-reply
+    def slow_run(self, *args, **kwargs):  # 30 ms a step: Stop lands mid-reply
         time.sleep(0.03)
-        return real_forward(self, *args, **kwargs)
+        return real_run(self, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "forward", slow_forward)
+    monkeypatch.setattr(Engine, "run", slow_run)
     ui = InProcess(display, backbone=str(tiny_onnx), generation=gen)
     try:
         app = ui.app
@@ -294,7 +294,7 @@ def test_stop_mid_reply_and_new_chat(display, engine, tiny_onnx, monkeypatch):
         ui.click(app.new_button)
         ui.wait(lambda: app.transcript_text() == "", "the new chat")
         assert app.agent.history == []
-        monkeypatch.setattr(Engine, "forward", real_forward)
+        monkeypatch.setattr(Engine, "run", real_run)
         ui.type(app.message, MESSAGE)
         xdotool(display, "key", "Return")  # Return sends
         ui.wait(lambda: app.last is not None and app.transcript_text().endswith("\n\n")

@@ -231,7 +231,7 @@ def chat_file(draw) -> bytes:
 
 def _inspect_in_process(path: Path, me: str | None) -> None:
     from persona_sdk.chats import load_chats, who_is_me
-    from persona_sdk.examples import build_examples
+    from persona_sdk.reply_examples import build_examples
 
     chats = load_chats(path)
     name, _ = who_is_me(chats, me)
@@ -504,7 +504,7 @@ def test_enroll_reading_a_4MiB_message_stays_bounded(tmp_path, tiny_backbone):
         from tokenizers import Tokenizer
         from persona_sdk.chats import load_chats
         from persona_sdk.conversation import ChatFormat, count_tokens_fn
-        from persona_sdk.examples import build_examples
+        from persona_sdk.reply_examples import build_examples
         from persona_sdk.trainer import TrainConfig, encode
         def hwm(): return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
         cfg = TrainConfig()

@@ -2,8 +2,8 @@
 renamed and spliced files, foreign backbones, SIGKILLed writers, concurrent writers,
 plaintext on disk, file modes, export / import between two homes.
 
-All files use the Argon2id floor (19 MiB, 2 passes, 1 lane; ~50 ms here), the weakest
-setting the vault accepts anywhere; the default (64 MiB, 3 passes, 4 lanes) is ~0.5 s.
+All files use the Argon2id floor (19 MiB, 2 passes, 1 lane), the weakest setting the
+vault accepts anywhere, so they run fast; the default is 64 MiB, 3 passes, 4 lanes.
 """
 
 from __future__ import annotations
@@ -559,6 +559,23 @@ def test_export_file_checks(vault, tmp_path, monkeypatch):
     assert vault.import_file(out, name="viaenv") == "viaenv"
 
 
+def test_export_info_reads_the_header_without_a_passphrase(vault, tmp_path, monkeypatch):
+    vault.save("me", small_prefix(), "pw")
+    out = vault.export("me", tmp_path / "me.persona", "pw", "export-pw")
+    monkeypatch.setattr(_crypto, "_argon2id", lambda *a: pytest.fail("KDF ran"))  # header only: no key derived
+    info = vault_mod.export_info(out)
+    assert (info.path, info.backbone, info.kdf) == (out, FP, FLOOR)
+    assert info.file_bytes == out.stat().st_size > info.payload_bytes > 0 and info.format_version >= 1
+    info.check_backbone(FP.upper())  # fingerprints compare as the vault does everywhere
+    with pytest.raises(BackboneMismatchError) as exc:
+        info.check_backbone(OTHER_FP)
+    assert f"export file {out.name}" in str(exc.value) and FP[:16] in str(exc.value) and OTHER_FP[:16] in str(exc.value)
+    with pytest.raises(UnsupportedFormatError, match="not a persona export file"):
+        vault_mod.export_info(vault.path("me"))  # a profile is not an export
+    with pytest.raises(VaultError, match="not found"):
+        vault_mod.export_info(tmp_path / "missing.persona")
+
+
 # --- crash safety and concurrency (real processes) --------------------------------------
 CHILD = textwrap.dedent(r"""
     import sys
@@ -695,7 +712,7 @@ def test_names_near_reserved_ones_are_fine(vault, name):
 
 
 def test_profile_name_derived_from_a_sender_is_always_valid():
-    from persona_sdk.enroll import profile_name_for
+    from persona_sdk.enrollment import profile_name_for
     from persona_sdk.vault import validate_name
 
     for sender in ("Con", "NUL", "a" * 70 + ".", "com1", "..", "Ana Lúcia", "\n", "x..y", "-.-"):
@@ -762,11 +779,11 @@ def test_a_killed_exports_temp_file_is_removed_by_the_next_export(vault, tmp_pat
     writer = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from persona_sdk.vault import _atomic_write
+        from persona_sdk.fileio import atomic_write
         def stall(tmp):
             print("writing", flush=True)
             time.sleep(120)
-        _atomic_write(Path({str(out)!r}), b"x" * 100, verify=stall)
+        atomic_write(Path({str(out)!r}), b"x" * 100, verify=stall)
     """)
     proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
     try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ..chats import MEDIA, TEXT, Conversation, Message, classify_text, split_on_silence
+from ..chatdata import MEDIA, TEXT, Conversation, Message, classify_text, split_on_silence
 from ._util import parse_time, shape_error, type_name
 
 SOURCE = "telegram"

@@ -30,7 +30,8 @@ from datetime import datetime, timedelta
 from pathlib import PurePath
 from typing import Callable, Iterable
 
-from ..chats import SYSTEM, TEXT, Conversation, Message, classify_text, split_on_silence, strip_marks, text_lines
+from ..chatbytes import text_lines
+from ..chatdata import SYSTEM, TEXT, Conversation, Message, classify_text, split_on_silence, strip_marks
 from ..errors import ChatFormatError
 
 SOURCE = "whatsapp"
@@ -54,7 +55,7 @@ _SYSTEM_RE = re.compile(
 )
 _EDITED = "<this message was edited>"  # WhatsApp's note after an edited message's text
 _BACK_IN_TIME = timedelta(days=1)
-_SYSTEM_MAX = 1000  # characters: system lines are short; the regex costs ~0.5 s per MB of a long message
+_SYSTEM_MAX = 1000  # characters: system lines are short, and the regex's cost grows with a line's length
 _DATE_SPLIT = re.compile(r"[./-]")
 _TIME_SPLIT = re.compile(r"[:.]")
 

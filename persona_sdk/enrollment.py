@@ -6,7 +6,8 @@ default) and stores it encrypted as a profile. Everything checkable is checked
 before training starts: the profile name (and that it is free unless
 ``force``), the chats, who "me" is, that there are enough replies, the source
 prefix. Nothing is written until training has finished; an interruption
-(Ctrl-C) raises :class:`EnrollmentCancelled` and leaves the vault unchanged.
+(Ctrl-C) raises :class:`EnrollmentCancelled` and leaves the vault unchanged (the
+exception carries the best block so far and the profile name it was meant for).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ConfigError, SourcePrefixError, TrainingError
+from .errors import ConfigError, EnrollmentCancelled, SourcePrefixError, TrainingError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .examples import ExampleReport
+    from .reply_examples import ExampleReport
     from .prefix import Prefix
     from .trainer import TrainConfig, TrainProgress, TrainSummary
 
@@ -103,8 +104,8 @@ def enroll(
     me: str | None = None,
     name: str | None = None,
     fmt: str | None = None,
-    method: str = "prefix",
-    prefix_len: int = 16,
+    method: str | None = None,
+    prefix_len: int | None = None,
     max_minutes: float | None = None,
     backbone: str | Path | None = None,
     source: str | Path | None = SOURCE_DEFAULT,
@@ -120,10 +121,10 @@ def enroll(
     """Learn the persona of ``me`` from ``chats_path`` and store it as profile ``name``.
 
     ``source``: ``"default"`` (the shipped source prefix), a file, or ``"none"``.
-    ``config`` overrides the trainer settings (``method``, ``prefix_len`` and
-    ``max_minutes`` given here win); its defaults are the library's policy --
-    a 5-minute budget used whole, the learning rate of
-    :meth:`TrainConfig.learning_rate` -- the same for every caller.
+    ``config`` holds the trainer settings (default ``TrainConfig()``); ``method``,
+    ``prefix_len`` and ``max_minutes`` win over it only when given (not None). Its
+    ``lr`` None is the library's policy (:meth:`TrainConfig.learning_rate`), the
+    same for every caller.
     ``passphrase`` None: ``PERSONA_PASSPHRASE`` or the vault's keyring mode.
     ``clock`` (seconds, monotonic) times the ``max_minutes`` budget, which covers
     the whole enrollment. Raises before training for every input problem.
@@ -133,15 +134,14 @@ def enroll(
     from . import backbone as bb_mod
     from .chats import load_chats, resolve_me
     from .conversation import ChatFormat, count_tokens_fn
-    from .examples import MIN_REPLIES, build_examples
+    from .reply_examples import MIN_REPLIES, build_examples
     from .trainer import TrainConfig, check_enough, load_backbone, train_prefix
     from .vault import Vault, validate_name
 
     clock = clock or time.monotonic
     start = clock()
-    base = config or TrainConfig()
-    cfg = replace(base, method=method, prefix_len=prefix_len,
-                  max_minutes=max_minutes if max_minutes is not None else base.max_minutes)
+    given = {"method": method, "prefix_len": prefix_len, "max_minutes": max_minutes}
+    cfg = replace(config or TrainConfig(), **{k: v for k, v in given.items() if v is not None})
     if fmt is not None and fmt == "auto":
         fmt = None
     vault = vault if vault is not None else Vault()
@@ -185,8 +185,12 @@ def enroll(
         # encrypting + saving take comes out of the trainer's share
         spent = (clock() - start) / 60
         cfg = replace(cfg, max_minutes=max(cfg.max_minutes - spent - SAVE_RESERVE_MINUTES, 0.05))
-    prefix, summary = train_prefix(examples.train, examples.val or None, backbone=tb, config=cfg, init=init,
-                                   progress=progress, should_stop=should_stop, clock=clock)
+    try:
+        prefix, summary = train_prefix(examples.train, examples.val or None, backbone=tb, config=cfg, init=init,
+                                       progress=progress, should_stop=should_stop, clock=clock)
+    except EnrollmentCancelled as exc:
+        exc.profile = name  # where a caller that keeps the best block so far saves it
+        raise
     prefix.meta.update(source="none" if init is None else ("shipped" if source_label == "shipped" else "file"))
     prefix.meta.update(voice_meta)  # kept inside the encrypted profile only; `persona info` prints numbers only
     if save:
@@ -195,16 +199,3 @@ def enroll(
     return EnrollResult(name, path, prefix, summary, examples.report, who, Path(model_dir), source_label, notes,
                         clock() - start)
 
-
-# `persona_sdk.enroll(...)` works whether Python resolved the name to this
-# module (once imported) or to the function: the module is callable.
-import sys as _sys  # noqa: E402
-import types as _types  # noqa: E402
-
-
-class _CallableModule(_types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> EnrollResult:
-        return enroll(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule

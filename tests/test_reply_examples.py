@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 from persona_sdk.chats import MEDIA, Chats, Conversation, Message, load_chats
 from persona_sdk.conversation import ASSISTANT, USER, ChatFormat, Turn, count_tokens_fn, render_turn
 from persona_sdk.errors import ConfigError, TooLittleDataError
-from persona_sdk.examples import (
+from persona_sdk.reply_examples import (
     DROP_DUPLICATE,
     DROP_EMPTY,
     DROP_NO_CONTEXT,
@@ -175,7 +175,7 @@ def test_many_conversations_count_only_report_matches():
 
 
 def test_a_hash_collision_never_drops_a_distinct_example(monkeypatch):
-    import persona_sdk.examples as examples_mod
+    import persona_sdk.reply_examples as examples_mod
 
     convs = [(Message("you", f"question {i}"), Message("me", f"answer {i}")) for i in range(3)]
     convs.append(convs[0])  # one true duplicate

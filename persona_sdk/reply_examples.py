@@ -1,6 +1,6 @@
 """From chats + "me" to training examples (context -> my reply).
 
-Rules (issue 3):
+Rules:
 
 - consecutive TEXT messages of one sender form one turn (joined with "\\n");
   placeholders (media, deleted, system) and empty messages are neither
@@ -30,13 +30,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .chats import TEXT, Chats, normalize_name
+from .chatdata import TEXT, Chats, normalize_name
 from .conversation import ASSISTANT, USER, Turn, render_turn
 from .errors import ConfigError, TooLittleDataError
 from .split import split_by_conversation
 
-# Fewest replies of mine we learn from. The calibration run in DESIGN.md
-# improved over the source prefix with 136 replies; 50 is a floor, not a target.
+# Fewest replies of mine we learn from: a floor, not a target (DESIGN.md's calibration
+# run shows how the personal prefix does with little data).
 MIN_REPLIES = 50
 
 # Reasons a turn of mine did not become an example.
