@@ -780,7 +780,8 @@ GB = 1e9
 # prompt forwards are BENCHMARKS.md's quiet run-D figures (int8 24.7 ms/token, spinning off; fp32 and
 # int8 time to first token on 200 tokens) scaled by this preset's token counts with CPU-time ratios
 # measured here; reply lengths are the backbone's and the shipped source prefix's on part-B contexts
-# (the backbone mostly runs into the 128-token cap), the enrolled persona's is a guess. results.json
+# (means of 107-118 and 29-44 tokens over 8-18 replies; the backbone often runs into the 128-token
+# cap), the enrolled persona's is a guess. results.json
 # records the measured seconds of every stage and the generated tokens per row.
 VOICE_COST = {
     "enroll_overhead": 10.0,  # per enrollment beyond --max-minutes: interpreter + CLI start, chats.json
@@ -790,7 +791,7 @@ VOICE_COST = {
     "setup": 60.0,  # corpus and split, engines, profiles
     "voice": 60.0,  # style and topic shares, the attribution classifier over the speakers' training replies
 }
-VOICE_REPLY_TOKENS = {"backbone": 120, "source": 60, "enroll": 40}  # expected generated tokens per reply
+VOICE_REPLY_TOKENS = {"backbone": 120, "source": 45, "enroll": 40}  # expected generated tokens per reply
 
 
 @dataclass(frozen=True)
