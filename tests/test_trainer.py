@@ -10,6 +10,7 @@ import pytest
 from persona_sdk import trainer as tr
 from persona_sdk.errors import ConfigError, EnrollmentCancelled, TooLittleDataError, SourcePrefixError
 from persona_sdk.prefix import Prefix
+from persona_sdk.training.data import batch_backward, micro_batches
 
 from enroll_helpers import make_sharp, quirky_speaker
 
@@ -219,6 +220,32 @@ def test_length_bucketed_batches_cover_everything_once():
     assert padding < naive / 3
 
 
+def test_micro_batches_bound_padded_tokens_and_keep_every_row_in_order():
+    data = [tr.Encoded(tuple(range(n)), 1, 0) for n in (10, 12, 30, 31, 5, 40, 40, 3)]
+    groups = micro_batches(data, 64)
+    assert [e for g in groups for e in g] == data
+    assert all(len(g) == 1 or max(len(e.ids) for e in g) * len(g) <= 64 for g in groups)
+    assert [len(g) for g in groups] == [2, 2, 1, 1, 1, 1]  # 10,12 | 30,31 | 5 (5,40: 80) | 40 | 40 | 3
+    assert micro_batches(data, 0) == [data]
+    assert [len(g) for g in micro_batches(data, 1)] == [1] * 8  # a row longer than the cap still goes alone
+
+
+def test_micro_batched_gradient_equals_the_one_pass_gradient(bb):
+    import torch
+
+    data = tr.encode(bb.fmt, quirky_speaker(8), 48, 16)
+    kv0 = torch.from_numpy(tr.random_prefix(bb, 4, seed=0).astype(np.float32))  # (layers, 2, kv_heads, 4, head_dim)
+    grads, values = [], []
+    for cap in (0, 40):
+        kv = kv0.clone().requires_grad_(True)
+        assert (len(micro_batches(data, cap)) > 2) == bool(cap)
+        values.append(batch_backward(bb, data, lambda: {"kv": kv}, max_tokens=cap))
+        grads.append(kv.grad.clone())
+    one = tr.batch_mean_loss(bb, data, kv=kv0)
+    assert values[0] == pytest.approx(float(one), rel=1e-6) and values[1] == pytest.approx(values[0], rel=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4) and grads[0].abs().sum() > 0
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(method="lora"), "method must be one of"),
     (dict(prefix_len=0), "prefix_len"),
@@ -227,6 +254,7 @@ def test_length_bucketed_batches_cover_everything_once():
     (dict(bf16="maybe"), "bf16 must be one of"),
     (dict(max_minutes=0), "max_minutes"),
     (dict(batch_size=2.5), "batch_size"),
+    (dict(micro_batch_tokens=-1), "micro_batch_tokens"),
 ])
 def test_config_rejects_bad_values(bad, match):
     with pytest.raises(ConfigError, match=match):

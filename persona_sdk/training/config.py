@@ -23,6 +23,9 @@ DEFAULT_PROMPT_INIT = "Reply as yourself: in your own words, tone and style, as 
 # likelihood while the generated replies stay the source's (BENCHMARKS.md, enrollment defaults).
 LR_FROM_SOURCE = 1e-2
 LR_FROM_SCRATCH = 3e-3
+# Peak memory of a training step is one forward/backward's activations: bounded by splitting a batch
+# into micro-batches of at most this many padded tokens (BENCHMARKS.md, enrollment memory).
+MICRO_BATCH_TOKENS = 512
 # The default budget: one enrollment fits in this many minutes of a laptop's CPU (the whole
 # budget is used, the learning rate decays over it).
 DEFAULT_MINUTES = 5.0
@@ -45,6 +48,9 @@ class TrainConfig:
                                    f"a source prefix, {LR_FROM_SCRATCH:g} otherwise)")
     epochs: int = _help(20, "maximum passes over the training replies (a time budget usually ends the run first)")
     batch_size: int = _help(8, "examples per optimisation step (length-bucketed)")
+    micro_batch_tokens: int = _help(MICRO_BATCH_TOKENS, "most padded tokens in one forward/backward pass: a "
+                                    "bigger batch is split and its gradients summed (the same step, less memory; "
+                                    "0 = never split)")
     warmup: float = _help(0.06, "fraction of the steps with linear learning-rate warm-up (0..0.5)")
     weight_decay: float = _help(0.0, "AdamW weight decay on the KV block / soft prompt")
     grad_clip: float = _help(1.0, "max gradient L2 norm (0 disables clipping)")
@@ -76,7 +82,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("eval_every", "max_steps", "seed", "patience", "max_val"):
+        for name in ("eval_every", "max_steps", "seed", "patience", "max_val", "micro_batch_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")

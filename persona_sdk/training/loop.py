@@ -156,14 +156,24 @@ class LoopResult:
 
 def gradient_step(optimizer, params: list, loss_fn: Callable[[], Any], grad_clip: float = 0.0) -> float:
     """One optimiser step on ``loss_fn()`` (gradient norm clipped to ``grad_clip``; 0 = no clipping)."""
+
+    def backward() -> float:
+        loss = loss_fn()
+        loss.backward()
+        return float(loss.detach())
+
+    return backward_step(optimizer, params, backward, grad_clip)
+
+
+def backward_step(optimizer, params: list, backward_fn: Callable[[], float], grad_clip: float = 0.0) -> float:
+    """One optimiser step on the gradients ``backward_fn()`` accumulates (it returns the loss value)."""
     torch = torch_module()
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn()
-    loss.backward()
+    loss = backward_fn()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return float(loss.detach())
+    return loss
 
 
 def run(

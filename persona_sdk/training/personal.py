@@ -25,8 +25,8 @@ from ..prefix import Prefix
 from ..split import split_by_conversation
 from .backbone import TrainBackbone, bf16_supported, load_backbone, torch_module
 from .config import TrainConfig
-from .data import batch_mean_loss, encode, epochs_of_batches, mean_loss
-from .loop import Clock, LoopConfig, ProgressFn, Trainable, TrainProgress, gradient_step, run
+from .data import batch_backward, encode, epochs_of_batches, mean_loss
+from .loop import Clock, LoopConfig, ProgressFn, Trainable, TrainProgress, backward_step, run
 
 MIN_IMPROVEMENT = 1e-4  # a validation loss counts as better only by more than this (early stopping)
 
@@ -119,7 +119,8 @@ def train_prefix(
     opt = torch.optim.AdamW(block.params, lr=lr, weight_decay=config.weight_decay)
 
     def step(batch) -> float:
-        return gradient_step(opt, block.params, lambda: batch_mean_loss(bb, batch, bf16=use_bf16, **block.inputs()),
+        return backward_step(opt, block.params, lambda: batch_backward(bb, batch, block.inputs, bf16=use_bf16,
+                                                                       max_tokens=config.micro_batch_tokens),
                              config.grad_clip)
 
     def evaluate() -> float:
