@@ -268,3 +268,43 @@ def test_import_persona_sdk_does_not_import_torch():
     code = "import persona_sdk, persona_sdk.enrollment, persona_sdk.source, persona_sdk.trainer, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_bound_heap_fixes_glibcs_mmap_threshold_in_a_fresh_process():
+    """After bound_heap(), a freed 1 MB block is returned to the system (glibc would otherwise raise its
+    threshold on that free and serve the next such blocks from the heap, keeping them resident)."""
+    import platform
+    import subprocess
+    import sys
+
+    code = """
+import ctypes, sys
+from persona_sdk.training.backbone import bound_heap
+ok = bound_heap() if sys.argv[1] == "1" else False
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return int(open("/proc/self/statm").read().split()[1])
+libc.free(libc.malloc(8 << 20))  # glibc's dynamic threshold now exceeds 1 MB blocks unless fixed
+before = rss()
+blocks = [libc.malloc(1 << 20) for _ in range(64)]
+for b in blocks:
+    ctypes.memset(b, 1, 1 << 20)
+for b in blocks[:-1]:
+    libc.free(b)
+print(int(ok), rss() - before)
+"""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        from persona_sdk.training.backbone import bound_heap
+
+        assert bound_heap() is False
+        return
+    kept = {}
+    for switched in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", code, switched], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        ok, pages = map(int, out.stdout.split())
+        assert ok == int(switched)
+        kept[switched] = pages * 4096 / 2**20  # MiB still resident after freeing 63 of the 64 blocks
+    assert kept["1"] < 8 < 32 < kept["0"], kept
