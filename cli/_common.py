@@ -116,8 +116,9 @@ def new_key(env_var: str, use_keyring: bool, label: str) -> Any:
     return prompt_passphrase(env_var, confirm=True, label=label)
 
 
-def config_option(config: type, name: str, *flags: str) -> Any:
+def config_option(config: type, name: str, *flags: str, note: str = "") -> Any:
     """A typer option whose default and help are field ``name`` of the library's dataclass ``config``
-    (the library owns defaults and policies; the CLI only parses)."""
+    (the library owns defaults and policies; the CLI only parses). ``note``: what the CLI adds (e.g. how
+    a command line says None)."""
     spec = next(f for f in fields(config) if f.name == name)
-    return typer.Option(spec.default, *flags, help=spec.metadata["help"])
+    return typer.Option(spec.default, *flags, help=spec.metadata["help"] + (f"; {note}" if note else ""))

@@ -23,7 +23,7 @@ def enroll(
     fmt: str = typer.Option("auto", "--format", help="auto, chats, whatsapp, telegram, discord or chitchat"),
     method: str = config_option(TrainConfig, "method", "--method"),
     prefix_len: int = config_option(TrainConfig, "prefix_len", "--prefix-len"),
-    max_minutes: Optional[float] = config_option(TrainConfig, "max_minutes", "--max-minutes"),
+    max_minutes: float = config_option(TrainConfig, "max_minutes", "--max-minutes", note="0 = no limit"),
     epochs: int = config_option(TrainConfig, "epochs", "--epochs"),
     lr: Optional[float] = config_option(TrainConfig, "lr", "--lr"),
     seed: int = config_option(TrainConfig, "seed", "--seed"),
@@ -43,7 +43,7 @@ def enroll(
 
     passphrase = prompt_passphrase(ENV_PASSPHRASE, confirm=True, label="Passphrase for the new profile")
     config = TrainConfig(method=method, prefix_len=prefix_len, epochs=epochs, lr=lr, seed=seed,
-                         max_minutes=max_minutes)
+                         max_minutes=max_minutes or None)  # 0 = no limit
     try:
         result = run_enroll(chats, me=me, name=name, fmt=fmt, backbone=backbone, source=source,
                             passphrase=passphrase, force=force, progress=TrainBar("enrolling"), config=config)

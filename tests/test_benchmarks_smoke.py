@@ -83,3 +83,27 @@ def test_profile_decode_smoke(tiny_onnx, tmp_path):
     assert census["ops"]["GroupQueryAttention"]["nodes"] == 2  # one per layer of the tiny backbone
     prefill = bench.main(["prefill", str(tiny_onnx), "--prompt", "30", "--rounds", "2"])
     assert prefill[str(tiny_onnx)] > 0
+
+
+def test_voice_sweep_smoke(tiny_backbone, tiny_onnx, tmp_path):
+    """The sweep trains, answers and scores per (setting, speaker); trained rows really trained."""
+    import io
+    import json
+
+    from persona_sdk.runtime import Engine
+
+    from enroll_helpers import quirky_speaker
+
+    spec = importlib.util.spec_from_file_location("voice_sweep", BENCH.with_name("voice_sweep.py"))
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    assert sweep.parse_setting("lr=1e-2,bf16=off") == {"lr": 0.01, "bf16": "off"}
+    data = quirky_speaker(60)
+    person = dict(train=data[:40], val=data[40:50], test=data[50:])
+    out = io.StringIO()
+    rows = sweep.sweep([person], ["backbone", "lr=1e-2,min_examples=8,batch_size=4"], steps=3, n_gen=3, n_ppl=4,
+                       backbone=str(tiny_backbone), engine=Engine(tiny_onnx), out=out)
+    assert [r["setting"] for r in rows] == ["backbone", "lr=1e-2,min_examples=8,batch_size=4"]
+    assert rows[0]["steps"] == 0 and rows[1]["steps"] == 3
+    assert all(r["perplexity"] > 1 and r["median_words"]["real"] == 2 for r in rows)  # mostly "lol yes!"
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == rows

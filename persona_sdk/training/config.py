@@ -18,10 +18,17 @@ from ..errors import ConfigError
 METHODS = ("prefix", "rand-prefix", "prompt")
 BF16_MODES = ("auto", "on", "off")
 DEFAULT_PROMPT_INIT = "Reply as yourself: in your own words, tone and style, as you always write to friends."
-# The default learning rate: a source prefix is already a good start and is refined gently;
-# a random block or a soft prompt has further to go.
-LR_FROM_SOURCE = 1e-3
+# The default learning rate. From a source prefix the block has to move far enough to change how
+# replies *read* (length, casing, topics), not only their perplexity: a gentle rate refines the
+# likelihood while the generated replies stay the source's (BENCHMARKS.md, enrollment defaults).
+LR_FROM_SOURCE = 1e-2
 LR_FROM_SCRATCH = 3e-3
+# Peak memory of a training step is one forward/backward's activations: bounded by splitting a batch
+# into micro-batches of at most this many padded tokens (BENCHMARKS.md, enrollment memory).
+MICRO_BATCH_TOKENS = 512
+# The default budget: one enrollment fits in this many minutes of a laptop's CPU (the whole
+# budget is used, the learning rate decays over it).
+DEFAULT_MINUTES = 5.0
 
 SOURCE_METHODS = ("plain", "temperature", "ppreptile", "mtml", "amtml")
 META_METHODS = ("ppreptile", "mtml", "amtml")
@@ -39,17 +46,23 @@ class TrainConfig:
     prefix_len: int = _help(16, "P, the number of virtual tokens in the KV block")
     lr: float | None = _help(None, f"AdamW peak learning rate (default: {LR_FROM_SOURCE:g} when training starts from "
                                    f"a source prefix, {LR_FROM_SCRATCH:g} otherwise)")
-    epochs: int = _help(3, "maximum passes over the training replies")
+    epochs: int = _help(20, "maximum passes over the training replies (a time budget usually ends the run first)")
     batch_size: int = _help(8, "examples per optimisation step (length-bucketed)")
+    micro_batch_tokens: int = _help(MICRO_BATCH_TOKENS, "most padded tokens in one forward/backward pass: a "
+                                    "bigger batch is split and its gradients summed (the same step, less memory; "
+                                    "0 = never split)")
     warmup: float = _help(0.06, "fraction of the steps with linear learning-rate warm-up (0..0.5)")
     weight_decay: float = _help(0.0, "AdamW weight decay on the KV block / soft prompt")
     grad_clip: float = _help(1.0, "max gradient L2 norm (0 disables clipping)")
     context_budget: int = _help(112, "max tokens of conversation context in front of a reply (oldest turns dropped)")
     reply_budget: int = _help(48, "max tokens of a reply that are trained on")
-    eval_every: int = _help(0, "validate every N steps (0 = once per epoch)")
-    patience: int = _help(2, "stop after this many validations without improvement")
-    max_minutes: float | None = _help(None, "time budget in minutes; stops at the best checkpoint so far "
-                                            "(default: no limit)")
+    eval_every: int = _help(0, "validate every N steps (0 = `evals` times, spread over the run)")
+    evals: int = _help(4, "validations spread evenly over the run when eval_every is 0 (the last at its end)")
+    max_val: int = _help(48, "validation replies scored each time, evenly spread over the held-out ones (0 = all)")
+    patience: int = _help(0, "stop after this many validations in a row without improvement (0 = never)")
+    max_minutes: float | None = _help(DEFAULT_MINUTES, "time budget in minutes, all of it used for training, the "
+                                                       "learning rate decaying over it; keeps the best checkpoint "
+                                                       "(None = no limit: the epochs end the run)")
     max_steps: int = _help(0, "stop after this many optimisation steps (0 = no limit)")
     min_examples: int = _help(20, "refuse to train (before loading the model) with fewer training replies")
     val_fraction: float = _help(0.1, "share of conversations held out for validation when no split is given")
@@ -63,13 +76,13 @@ class TrainConfig:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.bf16 not in BF16_MODES:
             raise ConfigError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
-        positive_ints = ("prefix_len", "epochs", "batch_size", "context_budget", "reply_budget", "patience",
+        positive_ints = ("prefix_len", "epochs", "batch_size", "context_budget", "reply_budget", "evals",
                          "min_examples")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("eval_every", "max_steps", "seed"):
+        for name in ("eval_every", "max_steps", "seed", "patience", "max_val", "micro_batch_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")

@@ -9,7 +9,7 @@ on reply tokens only, and the LM head runs on those positions only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -118,6 +118,45 @@ def batch_mean_loss(bb: TrainBackbone, batch: Sequence[Encoded], kv=None, soft=N
     """Mean reply-token NLL of one batch (a scalar tensor with its graph: what a step minimises)."""
     loss_sum, n = batch_loss(bb, batch, kv=kv, soft=soft, bf16=bf16)
     return loss_sum / max(n, 1)
+
+
+def reply_tokens(e: Encoded) -> int:
+    """How many reply tokens of ``e`` are predicted (the positions ``collate`` selects)."""
+    return len(e.ids) - max(e.n_prompt, 1)
+
+
+def micro_batches(batch: Sequence[Encoded], max_tokens: int) -> list[list[Encoded]]:
+    """``batch`` as consecutive groups of at most ``max_tokens`` padded tokens (rows x longest row),
+    at least one row each; ``max_tokens`` 0 = the whole batch at once."""
+    if not max_tokens:
+        return [list(batch)]
+    groups: list[list[Encoded]] = [[]]
+    for e in batch:
+        group = groups[-1]
+        longest = max([len(x.ids) for x in group] + [len(e.ids)])
+        if group and longest * (len(group) + 1) > max_tokens:
+            groups.append([])
+        groups[-1].append(e)
+    return groups
+
+
+def batch_backward(bb: TrainBackbone, batch: Sequence[Encoded], inputs: Callable[[], dict], bf16: bool = False,
+                   max_tokens: int = 0) -> float:
+    """Backpropagate the mean reply-token NLL of ``batch``; returns it.
+
+    The rows go through the model in micro-batches of at most ``max_tokens`` padded tokens,
+    each scaled by the whole batch's token count, so the summed gradient is the one-pass
+    gradient while only one micro-batch's activations are alive at a time (the peak memory
+    of a step). ``inputs()``: the block's keyword inputs (``kv=`` / ``soft=``), made afresh
+    for every micro-batch (each backward frees its own graph).
+    """
+    total = max(sum(reply_tokens(e) for e in batch), 1)
+    value = 0.0
+    for group in micro_batches(batch, max_tokens):
+        loss_sum, _ = batch_loss(bb, group, bf16=bf16, **inputs())
+        (loss_sum / total).backward()
+        value += float(loss_sum.detach())
+    return value / total
 
 
 def mean_loss(bb: TrainBackbone, data: Sequence[Encoded], kv=None, soft=None, batch_size: int = 8,

@@ -23,10 +23,10 @@ import numpy as np
 from ..errors import TooLittleDataError
 from ..prefix import Prefix
 from ..split import split_by_conversation
-from .backbone import TrainBackbone, bf16_supported, load_backbone, torch_module
+from .backbone import TrainBackbone, bf16_supported, bound_heap, load_backbone, torch_module
 from .config import TrainConfig
-from .data import batch_mean_loss, encode, epochs_of_batches, mean_loss
-from .loop import Clock, LoopConfig, ProgressFn, Trainable, TrainProgress, gradient_step, run
+from .data import batch_backward, encode, epochs_of_batches, mean_loss
+from .loop import Clock, LoopConfig, ProgressFn, Trainable, TrainProgress, backward_step, run
 
 MIN_IMPROVEMENT = 1e-4  # a validation loss counts as better only by more than this (early stopping)
 
@@ -100,12 +100,15 @@ def train_prefix(
     say = progress or (lambda p: None)
     start = clock()
     say(TrainProgress("load"))
+    bound_heap()  # freed activations go back to the system: the peak stays one step's, not the run's
     bb = backbone if isinstance(backbone, TrainBackbone) else load_backbone(backbone)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and bf16_supported())
 
     train_data = encode(bb.fmt, train, config.context_budget, config.reply_budget)
+    if config.max_val and len(val) > config.max_val:  # evenly spread: every held-out conversation has its say
+        val = [val[i] for i in np.linspace(0, len(val) - 1, config.max_val).round().astype(int)]
     val_data = encode(bb.fmt, val, config.context_budget, config.reply_budget)
     block = start_block(bb, config, init)
     lr = config.learning_rate(from_source=block.from_source)
@@ -117,7 +120,8 @@ def train_prefix(
     opt = torch.optim.AdamW(block.params, lr=lr, weight_decay=config.weight_decay)
 
     def step(batch) -> float:
-        return gradient_step(opt, block.params, lambda: batch_mean_loss(bb, batch, bf16=use_bf16, **block.inputs()),
+        return backward_step(opt, block.params, lambda: batch_backward(bb, batch, block.inputs, bf16=use_bf16,
+                                                                       max_tokens=config.micro_batch_tokens),
                              config.grad_clip)
 
     def evaluate() -> float:
@@ -128,10 +132,13 @@ def train_prefix(
 
     trainable = Trainable(block.params, epochs_of_batches(train_data, config.batch_size, rng, config.epochs), step,
                           evaluate, opt, export)
+    budget = config.max_minutes * 60 if config.max_minutes else None
+    # with a time budget the schedule follows whichever runs out first, the time or the epochs
     loop = LoopConfig(total_steps=total, max_steps=config.max_steps, steps_per_epoch=steps_per_epoch,
-                      epochs=config.epochs, eval_every=config.eval_every or steps_per_epoch,
+                      epochs=config.epochs, eval_every=config.eval_every,
+                      evals=0 if config.eval_every else config.evals,
                       patience=config.patience, min_delta=MIN_IMPROVEMENT, warmup=config.warmup,
-                      max_seconds=config.max_minutes * 60 if config.max_minutes else None)
+                      schedule_by="both" if budget is not None else "steps", max_seconds=budget)
     result = run(trainable, loop, progress=say, should_stop=should_stop, clock=clock, started=start)
     prefix = export()
     summary = TrainSummary(config.method, len(train_data), len(val_data), result.steps,
