@@ -27,10 +27,14 @@ def enroll(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)"),
     source: str = typer.Option("default", "--source", help="source prefix: default (shipped), a FILE, or none"),
     force: bool = typer.Option(False, "--force", help="replace an existing profile of the same name"),
+    private: bool = typer.Option(False, "--private", help="train with differential privacy (DP-SGD; needs the [dp] extra)"),
+    epsilon: float = typer.Option(8.0, "--epsilon", help="with --private: the privacy budget ε per training reply"),
+    delta: float = typer.Option(1e-5, "--delta", help="with --private: δ (below 1/number of your replies)"),
 ) -> None:
     """Learn your implicit persona from your own chats; store it encrypted on this machine.
 
     Example: persona enroll chats.json --me Ana --name ana --max-minutes 5
+    Private: persona enroll chats.json --me Ana --private --epsilon 8
     """
     from persona_sdk.enroll import enroll as run_enroll
     from persona_sdk.errors import EnrollmentCancelled
@@ -39,9 +43,15 @@ def enroll(
 
     from ._progress import TrainBar
 
+    dp = None
+    if private:
+        from persona_sdk.training.methods.dp import DPConfig, require_opacus
+
+        require_opacus()
+        dp = DPConfig(epsilon=epsilon, delta=delta, **({"lr": lr} if lr is not None else {}))
     passphrase = prompt_passphrase(ENV_PASSPHRASE, confirm=True, label="Passphrase for the new profile")
     config = TrainConfig(method=method, prefix_len=prefix_len, epochs=epochs, lr=lr, seed=seed,
-                         max_minutes=max_minutes)
+                         max_minutes=max_minutes, dp=dp)
     try:
         result = run_enroll(chats, me=me, name=name, fmt=fmt, method=method, prefix_len=prefix_len,
                             max_minutes=max_minutes, backbone=backbone, source=source, passphrase=passphrase,
@@ -70,6 +80,12 @@ def enroll(
     err(f"Validation loss {s.best_val_loss:.3f} (perplexity {_ppl(s.best_val_loss):.1f}) vs {s.init_val_loss:.3f} "
         f"({_ppl(s.init_val_loss):.1f}) for the {start_label}; {s.steps} steps, {s.epochs:g} epochs, "
         f"stopped: {s.stopped}, {result.wall_seconds / 60:.1f} min.")
+    if dp is not None:
+        m = result.prefix.meta
+        err(f"Private: ({m['dp_epsilon']:g}, {m['dp_delta']:g})-DP per training reply; spent epsilon "
+            f"{m['dp_epsilon_spent']:g} in {s.steps} of {m['dp_steps_planned']} planned steps (clip "
+            f"{m['dp_max_grad_norm']:g}, noise multiplier {m['dp_noise_multiplier']:.3g}, sampling rate "
+            f"{m['dp_sample_rate']:.3g}).")
     err(f"Saved encrypted profile {result.name!r}.")
     err(f"Chat with it:  persona chat --name {result.name}")
     typer.echo(result.name)
