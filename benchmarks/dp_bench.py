@@ -191,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--context-budget", type=int, default=112)
     ap.add_argument("--reply-budget", type=int, default=48)
+    ap.add_argument("--variant", default=None, help="ONNX variant the replies are generated with (default: int8)")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-canary", action="store_true")
     args = ap.parse_args(argv)
@@ -201,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.dp_lr = args.dp_lr or d.lr
     args.clip = args.clip or d.max_grad_norm
     if args.smoke:
-        args.speakers, args.max_train, args.min_train, args.max_test, args.decode = 2, 24, 12, 6, 2
+        args.speakers, args.max_train, args.min_train, args.max_test, args.decode = 2, 16, 12, 4, 2
         args.candidates, args.epochs, args.max_new_tokens = 20, 1, 6
         args.context_budget, args.reply_budget, args.dp_batch_size, args.delta = 48, 16, 8, 1e-3
         args.eps, args.canary_k, args.canary_eps = [1.0], [2], [1.0]
@@ -235,7 +236,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     # --- quality ---------------------------------------------------------------------------------
     if not args.skip_quality:
-        engine = open_engine(backbone_dir, build=True)
+        from persona_sdk.config import RuntimeConfig
+
+        engine = open_engine(backbone_dir, RuntimeConfig(variant=args.variant), build=True)
         texts: dict = {}
         for i, person in enumerate(people):
             key = f"speaker-{i + 1}"
