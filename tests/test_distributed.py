@@ -61,10 +61,12 @@ def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_does(tmp_path,
 
     bb = load_backbone(tiny_backbone)
     sp, val = speakers(), quirky_speaker(6, seed=9)
-    for shards in (1, 2):
-        cfg = src.SourceConfig(**{**SMALL, "steps": 6, "shards": shards})
+    meta = {**SMALL, "method": "ppreptile", "inner_steps": 1, "outer_batch": 1, "batch_size": 4}
+    for name, cfg in (("plain", src.SourceConfig(**{**SMALL, "steps": 6, "shards": 1})),
+                      ("plain-2-shards", src.SourceConfig(**{**SMALL, "steps": 6, "shards": 2})),
+                      ("ppreptile", src.SourceConfig(**{**meta, "steps": 6}))):  # its data position is its rng
         whole, s_whole = src.train_source(sp, val, backbone=bb, config=cfg)
-        ckpt = tmp_path / f"ckpt-{shards}.pt"
+        ckpt = tmp_path / f"ckpt-{name}.pt"
         calls = [0]
 
         def stop_after_three():
