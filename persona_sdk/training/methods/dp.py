@@ -31,9 +31,9 @@ How each part is done, and why:
   target. Stopping earlier (time, Ctrl-C) spends less; the spent ε is recorded.
 - **Accountant: RDP** (Rényi DP, Mironov 2017; Opacus's ``RDPAccountant``). It
   is an upper bound -- the stated ε is never an underestimate -- numerically
-  robust for every q, σ and T, and calibrates in about a second. Opacus's PRV
-  accountant is tighter (about 7% less noise for the same ε at our sizes) but
-  several times slower and needs care with its discretisation.
+  robust for every q, σ and T, and cheap to calibrate. Opacus's PRV accountant
+  is tighter (about 7% less noise for the same ε at our sizes) but costlier to
+  calibrate and needs care with its discretisation.
 - **Randomness.** The sample and the noise come from a generator seeded from
   the OS's secret randomness: amplification by sampling assumes the sample is
   secret, and noise an attacker could regenerate protects nothing. So a private
