@@ -25,7 +25,7 @@ DEFAULT_OUT = ROOT / "persona_sdk" / "data" / "background"
 
 def part_a_replies(corpus: str | None):
     """(reply texts of part-A speakers' train conversations, provenance)."""
-    from persona_sdk.examples import build_examples
+    from persona_sdk.reply_examples import build_examples
     from persona_sdk.importers.chitchat import dataset_path
     from persona_sdk.training.corpora import _version
     from persona_sdk.split import chitchat_split, select

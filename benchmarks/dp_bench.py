@@ -50,14 +50,14 @@ def canary_text(rng: np.random.Generator) -> str:
 
 
 def write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    from persona_sdk.fileio import atomic_write
+
+    atomic_write(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"), private=False)
 
 
 def load_people(k: int, max_train: int, max_test: int, min_train: int, ctx: int, count) -> list[dict]:
     """The first ``k`` part-B speakers (hash order) with at least ``min_train`` train replies."""
-    from persona_sdk.examples import build_examples
+    from persona_sdk.reply_examples import build_examples
     from persona_sdk.split import chitchat_split, select
 
     def ex_of(chats, ids, who):

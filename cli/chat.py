@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from . import app
-from ._common import err
+from persona_sdk.config import GenerationConfig, RuntimeConfig
+
+from ._app import app
+from ._common import config_option, err, open_vault, profile_key
 
 
 @app.command()
@@ -18,17 +19,16 @@ def chat(
     message: Optional[str] = typer.Option(None, "--message", "-m", help="Send one message, print the reply to stdout, exit."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Enrolled profile to speak as (see `persona list`)."),
     backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    spin: bool = typer.Option(False, "--spin", help="Busy-waiting CPU threads: ~1.5x faster on an idle CPU, "
-                              "slower when the cores are busy."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8, int4 or fp16 (default: int8 on CPU, fp16 on CUDA)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Most tokens in one reply."),
-    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature; 0 = greedy."),
-    top_p: float = typer.Option(0.9, "--top-p", help="Nucleus sampling mass."),
-    top_k: int = typer.Option(50, "--top-k", help="Sample among the k most likely tokens (0 = all)."),
-    repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", help=">= 1; discourages repeating tokens."),
-    beams: int = typer.Option(1, "--beams", help="Beam search width (> 1 disables sampling)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+    device: str = config_option(RuntimeConfig, "device", "--device"),
+    spin: bool = config_option(RuntimeConfig, "spin", "--spin"),
+    variant: Optional[str] = config_option(RuntimeConfig, "variant", "--variant"),
+    max_new_tokens: int = config_option(GenerationConfig, "max_new_tokens", "--max-new-tokens"),
+    temperature: float = config_option(GenerationConfig, "temperature", "--temperature"),
+    top_p: float = config_option(GenerationConfig, "top_p", "--top-p"),
+    top_k: int = config_option(GenerationConfig, "top_k", "--top-k"),
+    repetition_penalty: float = config_option(GenerationConfig, "repetition_penalty", "--repetition-penalty"),
+    beams: int = config_option(GenerationConfig, "num_beams", "--beams"),
+    seed: Optional[int] = config_option(GenerationConfig, "seed", "--seed"),
 ) -> None:
     """Chat in a persona's voice (or with the bare backbone).
 
@@ -39,7 +39,6 @@ def chat(
     backbone's ONNX export (once; it says so on stderr first, needs the [export] extra).
     """
     from persona_sdk.agent import PersonaAgent
-    from persona_sdk.config import GenerationConfig
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                            repetition_penalty=repetition_penalty, num_beams=beams, seed=seed,
@@ -48,7 +47,7 @@ def chat(
     kwargs = dict(backbone=backbone, device=device, variant=variant, spin=spin, generation=gen, progress=err,
                   build=True)
     if name:
-        agent = PersonaAgent.open(name, passphrase=_vault_passphrase(name), **kwargs)
+        agent = PersonaAgent.open(name, passphrase=profile_key(open_vault(), name), **kwargs)
     else:
         agent = PersonaAgent(**kwargs)
     with agent:
@@ -56,18 +55,6 @@ def chat(
             typer.echo(agent.reply(message).strip())
             return
         _repl(agent, name)
-
-
-def _vault_passphrase(name: str) -> Optional[str]:
-    """PERSONA_PASSPHRASE, else a hidden prompt — only for passphrase-mode profiles."""
-    from persona_sdk import vault
-
-    value = os.environ.get("PERSONA_PASSPHRASE")
-    if value or not vault.needs_passphrase(name):
-        return value or None
-    from ._common import prompt_passphrase
-
-    return prompt_passphrase("PERSONA_PASSPHRASE", confirm=False)
 
 
 def _repl(agent, name: Optional[str]) -> None:
@@ -82,6 +69,9 @@ def _repl(agent, name: Optional[str]) -> None:
         except KeyboardInterrupt:
             typer.echo("")
             continue
+        except UnicodeDecodeError:  # a strict-decoding terminal got bytes that are not text
+            err("Error: that line is not valid text (bytes that are not UTF-8); try again")
+            continue
         text = line.strip()
         if not text:
             continue
@@ -91,9 +81,15 @@ def _repl(agent, name: Optional[str]) -> None:
             agent.reset()
             err("(conversation forgotten)")
             continue
+        from persona_sdk.errors import GenerationError
+
+        try:
+            pieces = agent.stream(text)
+        except GenerationError as exc:  # one bad line does not end the conversation
+            err(f"Error: {exc}")
+            continue
         sys.stdout.write(f"{who}> ")
         sys.stdout.flush()
-        pieces = agent.stream(text)
         try:
             for piece in pieces:
                 sys.stdout.write(piece)

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from . import app
-from ._common import err
+from ._app import app
+from ._common import err, open_vault, profile_key
 
 
 @app.command("eval")
@@ -49,8 +49,6 @@ def eval_(
     from persona_sdk.evaluate import EvalConfig, evaluate, format_samples, held_out_examples, write_html
     from persona_sdk.engines import open_engine
 
-    from .profiles import _unlock, _vault
-
     if as_json and html_out is None:
         samples = 0  # nothing would show them
     if attribution_k == 1 or attribution_k < 0:
@@ -59,8 +57,8 @@ def eval_(
         raise ConfigError("--attribution-k must be 0 (skip) or >= 2")
     config = EvalConfig(samples=samples, max_replies=max_replies, voice=voice,
                         **({"attribution_k": attribution_k} if attribution_k else {}))
-    vault = _vault()
-    key = _unlock(vault, profile)
+    vault = open_vault()
+    key = profile_key(vault, profile)
     loaded = load_chats(chats, fmt)
     who = resolve_me(loaded, me)
     runtime = RuntimeConfig(device=device, **({"variant": variant} if variant else {}))

@@ -31,7 +31,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -43,11 +42,12 @@ from . import voice as vm
 from .config import GenerationConfig
 from .conversation import Turn
 from .errors import ConfigError, EvalError, MetricError, MissingDependencyError
+from .fileio import atomic_write
 from .prefix import Prefix
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .chats import Chats
-    from .examples import Example
+    from .chatdata import Chats
+    from .reply_examples import Example
     from .runtime import Engine
 
 
@@ -201,33 +201,6 @@ def reply_token_losses(engine: "Engine", prefix: Prefix | None, context: Sequenc
     return engine.token_losses(ids, n_prompt, prefix)
 
 
-def reply_loss_fn(engine: "Engine", prefix: Prefix | None, context_budget: int = 256,
-                  reply_budget: int | None = 64) -> Callable[[Sequence[Turn], str], float]:
-    """``loss(context, reply)`` = mean reply-token loss under ``prefix``: the
-    callable :func:`persona_sdk.metrics.hits_at_1` takes."""
-    def loss(context: Sequence[Turn], reply: str) -> float:
-        return float(reply_token_losses(engine, prefix, context, reply, context_budget, reply_budget).mean())
-
-    return loss
-
-
-def loss_matrix(engine: "Engine", prefixes: Sequence[Prefix | None], examples: Sequence["Example"],
-                context_budget: int = 256, reply_budget: int | None = 64,
-                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """``(K, N)`` mean reply-token loss of each example under each prefix: the
-    input of :func:`persona_sdk.metrics.persona_identification`."""
-    for p in prefixes:
-        engine.check_prefix(p)
-    out = np.zeros((len(prefixes), len(examples)), dtype=np.float64)  # (K, N)
-    for j, ex in enumerate(examples):
-        ids, n_prompt = engine.format.example_ids(list(ex.context), ex.reply, context_budget, reply_budget)
-        for k, p in enumerate(prefixes):
-            out[k, j] = float(engine.token_losses(ids, n_prompt, p).mean())
-        if progress is not None:
-            progress(j + 1, len(examples))
-    return out
-
-
 def _spread(n: int, k: int) -> list[int]:
     """k indices evenly spread over range(n) (all of them if k >= n)."""
     if k >= n:
@@ -237,7 +210,7 @@ def _spread(n: int, k: int) -> list[int]:
 
 def held_out_examples(engine: "Engine", chats: "Chats", me: str, config: EvalConfig) -> list["Example"]:
     """Every reply of ``me`` with context, as enrollment builds them (no split, no minimum)."""
-    from .examples import build_examples
+    from .reply_examples import build_examples
 
     fmt = engine.format
     ex = build_examples(chats, me, count_tokens=lambda t: len(fmt.encode(t)),
@@ -374,7 +347,7 @@ def source_speakers(k: int, per_speaker: int = 100, *, min_replies: int = 30, se
     """
     import importlib.util
 
-    from .examples import build_examples
+    from .reply_examples import build_examples
     from .split import chitchat_split, select
 
     if corpus is None and importlib.util.find_spec("chitchat_dataset") is None:
@@ -484,18 +457,8 @@ def write_html(report: EvalReport, path: str | os.PathLike) -> Path:
     if not folder.is_dir():
         raise EvalError(f"cannot write the report: folder {folder} does not exist")
     data = render_html(report).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=".persona-eval-", suffix=".tmp", dir=folder)
     try:
-        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data)  # 0600
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise EvalError(f"cannot write the report to {path}: {exc.strerror or type(exc).__name__}") from None
     return path

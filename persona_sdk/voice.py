@@ -45,6 +45,7 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import MetricError, MissingDependencyError
+from .fileio import atomic_write
 
 # --- surface style ---------------------------------------------------------------
 # Unicode emoji blocks (pictographs, emoticons, transport, supplemental symbols,
@@ -272,12 +273,6 @@ def distinctive_words(
     return ranked[:top]
 
 
-def uses_topic(text: str, topic_words: Iterable[str]) -> bool:
-    """The reply uses at least one of ``topic_words``."""
-    vocab = set(topic_words)
-    return any(w in vocab for w in words(text))
-
-
 def topic_share(texts: Sequence[str], topic_words: Iterable[str]) -> float:
     """Share of ``texts`` using at least one of ``topic_words`` (0.0 when there are none)."""
     if not texts:
@@ -322,9 +317,7 @@ def write_background(counts: Mapping[str, int], out_dir: str | Path, info: Mappi
         if payload is None:
             meta = {**info, "file": BACKGROUND_FILE, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             payload = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
-        tmp = out / (name + ".tmp")
-        tmp.write_bytes(payload)
-        tmp.replace(out / name)
+        atomic_write(out / name, payload, private=False)
     return out / BACKGROUND_FILE
 
 
@@ -378,9 +371,8 @@ def _sklearn():
 class Attributor:
     """Character n-gram TF-IDF (1-4 grams, case kept, start/end marked, sublinear tf, the
     ``max_features`` most frequent) + multinomial logistic regression (L2, ``c``, balanced class
-    weights), trained on labelled replies. On the first 20 part-B chitchat speakers (trained on
-    their training replies, scored on their held-out ones) C = 1 and 50k features named the
-    author of 50% of real replies (chance 5%); C = 10 or 200k features did no better."""
+    weights), trained on labelled replies. C = 1 and 50k features were chosen on chitchat part-B
+    speakers (larger C or more features did no better; benchmarks/README.md has the protocol)."""
 
     def __init__(self, train: Mapping[Hashable, Sequence[str]], *, c: float = 1.0, max_features: int = 50_000,
                  seed: int = 0) -> None:
@@ -663,7 +655,7 @@ META_FORMAT = 1
 
 
 def _normalise(text: str) -> str:
-    from .chats import strip_marks
+    from .chatdata import strip_marks
 
     return " ".join(unicodedata.normalize("NFKC", strip_marks(text)).split()).casefold()
 
@@ -675,7 +667,7 @@ def reply_digest(key: bytes, previous: str, reply: str) -> bytes:
 
 
 def example_pair(example: Any) -> tuple[str, str]:
-    """(preceding message, reply) of an :class:`persona_sdk.examples.Example`."""
+    """(preceding message, reply) of an :class:`persona_sdk.reply_examples.Example`."""
     return (example.context[-1].text if example.context else "", example.reply)
 
 

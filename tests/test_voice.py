@@ -15,7 +15,7 @@ import pytest
 from persona_sdk import voice as vm
 from persona_sdk.conversation import Turn
 from persona_sdk.errors import MetricError
-from persona_sdk.examples import Example
+from persona_sdk.reply_examples import Example
 from persona_sdk.prefix import Prefix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_topic_share():
     assert vm.topic_share(texts, ["guitar", "dog"]) == pytest.approx(1 / 3)  # "dogs" is not "dog"
     assert vm.topic_share(texts, ["guitar", "dogs"]) == pytest.approx(2 / 3)
     assert vm.topic_share(texts, []) == 0.0
-    assert vm.uses_topic("GUITAR!", ["guitar"])
+    assert vm.topic_share(["GUITAR!"], ["guitar"]) == 1.0  # words are matched case-folded
 
 
 # --- attribution ---------------------------------------------------------------------

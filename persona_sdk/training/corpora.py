@@ -34,7 +34,7 @@ def speaker_list_sha256(speakers: Sequence[Speaker]) -> str:
 def chitchat_part_a(max_speakers: int | None = None, max_per_speaker: int | None = None, max_val: int = 64,
                     seed: int = 0) -> tuple[list[Speaker], list, dict]:
     """Part-A speakers of chitchat-dataset (the evaluation split), their val replies, and provenance."""
-    from ..examples import build_examples
+    from ..reply_examples import build_examples
     from ..split import chitchat_split, select
 
     chats, split = chitchat_split()
@@ -80,7 +80,7 @@ def spc_speakers(csv_path: str | Path, max_conversations: int | None = None) -> 
     """Synthetic-Persona-Chat CSV → one Speaker per (conversation, side), with persona sentences."""
     import csv
 
-    from ..examples import Example
+    from ..reply_examples import Example
 
     out = []
     with open(csv_path, newline="", encoding="utf-8") as fh:

@@ -60,6 +60,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ...errors import ConfigError, MissingDependencyError, TrainingError
 from ..backbone import torch_module
+from ..config import DPConfig
 
 ACCOUNTANT = "rdp"
 EXTRA_HINT = "private enrollment needs the [dp] extra: pip install 'persona-sdk[dp]'"
@@ -74,39 +75,6 @@ def require_opacus():
     except ImportError:
         raise MissingDependencyError(EXTRA_HINT) from None
     return opacus
-
-
-@dataclass
-class DPConfig:
-    """The privacy target and DP-SGD's own settings. Each field's help is in ``HELP``."""
-
-    epsilon: float = 8.0
-    delta: float = 1e-5
-    max_grad_norm: float = 1e-2
-    batch_size: int = 32
-    lr: float = 3e-3
-    insecure_seed: int | None = None
-
-    HELP = {
-        "epsilon": "target ε of (ε, δ)-DP per training example (inf = clipping without noise)",
-        "delta": "target δ; must be below 1/n for n training replies",
-        "max_grad_norm": "C: each example's gradient is clipped to this L2 norm",
-        "batch_size": "expected examples per step (Poisson sampling rate q = batch_size / n)",
-        "lr": "AdamW peak learning rate of private training (its own: noise changes what works)",
-        "insecure_seed": "seed the sampling and the noise (tests only: a known seed voids the guarantee)",
-    }
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0 and not math.isnan(self.epsilon)):
-            raise ConfigError(f"epsilon must be > 0 (inf = no noise), got {self.epsilon!r}")
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"delta must be in (0, 1), got {self.delta!r}")
-        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
-            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}")
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size <= 0:
-            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
 
 
 @dataclass
