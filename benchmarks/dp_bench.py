@@ -106,11 +106,19 @@ def enroll_one(bb, train, val, setting: str, init, args) -> tuple[Any, dict]:
         dp = DPConfig(epsilon=epsilon_of(setting), delta=args.delta, batch_size=args.dp_batch_size, lr=args.dp_lr,
                       max_grad_norm=args.clip)
     t = time.monotonic()
-    prefix, summary = tr.train_prefix(train, val, backbone=bb, config=tr.TrainConfig(**base, dp=dp), init=init)
+    prefix, summary = tr.train_prefix(train, val, backbone=bb, config=tr.TrainConfig(**base, dp=dp), init=init,
+                                      progress=log_progress)
     info = {"steps": summary.steps, "train_seconds": round(time.monotonic() - t, 1),
             "val_loss": round(summary.best_val_loss, 4), "init_val_loss": round(summary.init_val_loss, 4)}
     info.update({k: v for k, v in prefix.meta.items() if k.startswith("dp_") and isinstance(v, (int, float))})
     return prefix, info
+
+
+def log_progress(p) -> None:
+    """Validations and every 5th step on stderr (numbers only), so a long run shows it is alive."""
+    if p.phase == "eval" or (p.phase == "train" and p.step % 5 == 0):
+        loss = p.val_loss if p.phase == "eval" else p.train_loss
+        say(f"  {p.phase} step {p.step}/{p.total_steps} loss {loss if loss is None else round(loss, 4)}")
 
 
 def test_loss(bb, prefix, examples, args) -> float:
@@ -135,7 +143,7 @@ def canary_exposure(bb, prefix, canary: str, others: Sequence[str], args) -> dic
     from types import SimpleNamespace
 
     from persona_sdk.conversation import USER, Turn
-    from persona_sdk.training.data import encode, example_losses
+    from persona_sdk.training.data import encode
 
     torch = __import__("torch")
     ctx = (Turn(USER, CANARY_PROMPT),)
@@ -143,16 +151,59 @@ def canary_exposure(bb, prefix, canary: str, others: Sequence[str], args) -> dic
     data = encode(bb.fmt, [SimpleNamespace(context=ctx, reply=t, conversation=0) for t in texts],
                   args.context_budget, args.reply_budget)
     kv = None if prefix is None else torch.from_numpy(prefix.kv.astype(np.float32))
-    losses = []
-    with torch.no_grad():
-        for i in range(0, len(data), 64):
-            losses += example_losses(bb, data[i:i + 64], kv=kv).tolist()
-    losses = np.asarray(losses)
+    losses = shared_start_losses(bb, data, kv)
     # 1 = the canary is the likeliest; exact ties count half (a model that cannot tell them apart exposes nothing)
     rank = 1 + float((losses[1:] < losses[0]).sum()) + 0.5 * float((losses[1:] == losses[0]).sum())
     n = len(others)
     return {"rank": rank, "candidates": n, "exposure": round(math.log2(n) - math.log2(rank), 3),
             "canary_loss": round(float(losses[0]), 4), "median_other_loss": round(float(np.median(losses[1:])), 4)}
+
+
+def shared_start_losses(bb, data: Sequence, kv=None, batch_size: int = 64) -> np.ndarray:
+    """Each example's mean reply-token loss, as ``example_losses`` gives it, for examples that share
+    their context and the reply's first tokens (the candidates of a canary): the shared start runs
+    through the model once, then only each example's own tail does, behind the start's KV.
+
+    ``data``: encoded examples with one ``n_prompt``; ``kv`` (layers, 2, kv_heads, P, head_dim) or None."""
+    import os
+
+    import torch
+
+    from persona_sdk.training.data import Encoded, cache_from_kv, collate, hidden
+
+    n_prompt = data[0].n_prompt
+    if any(e.n_prompt != n_prompt for e in data):
+        raise ValueError("the examples must share their context")
+    s = len(os.path.commonprefix([list(e.ids) for e in data])) - 1  # the tail keeps one shared token
+    if s < n_prompt:
+        raise ValueError("the examples' replies must start alike")
+    ids0 = torch.tensor(data[0].ids[: s + 1])
+    P = 0 if kv is None else kv.shape[-2]
+    with torch.no_grad():
+        from transformers import DynamicCache
+
+        cache = cache_from_kv(kv, 1) if kv is not None else DynamicCache()
+        out = bb.model.model(input_ids=ids0[None, :s], past_key_values=cache,
+                             position_ids=torch.arange(P, P + s)[None], attention_mask=torch.ones(1, P + s, dtype=torch.long),
+                             use_cache=True)
+        # positions n_prompt-1 .. s-1 predict the shared reply tokens n_prompt .. s
+        logits = bb.model.lm_head(out.last_hidden_state[0, n_prompt - 1 : s])  # (s - n_prompt + 1, vocab)
+        shared = float(torch.nn.functional.cross_entropy(logits.float(), ids0[n_prompt : s + 1], reduction="sum"))
+        c = out.past_key_values
+        layers = range(len(c.layers)) if hasattr(c, "layers") else range(len(c.key_cache))
+        pairs = [(c.layers[i].keys, c.layers[i].values) if hasattr(c, "layers") else (c.key_cache[i], c.value_cache[i])
+                 for i in layers]
+        ext = torch.stack([torch.stack([k[0], v[0]]) for k, v in pairs])  # (layers, 2, kv_heads, P + s, head_dim)
+        tails = [Encoded(tuple(e.ids[s:]), 1, e.conversation) for e in data]  # from the last shared token on
+        losses = []
+        for i in range(0, len(tails), batch_size):
+            batch = tails[i : i + batch_size]
+            ids, sel, tgt = collate(batch)
+            h = hidden(bb, ids, kv=ext)[sel]  # (N, hidden)
+            nll = torch.nn.functional.cross_entropy(bb.model.lm_head(h).float(), tgt[sel], reduction="none")
+            sums = torch.zeros(len(batch), dtype=nll.dtype).index_add(0, sel.nonzero()[:, 0], nll)  # (B,)
+            losses += [(shared + float(t)) / (len(e.ids) - n_prompt) for t, e in zip(sums, data[i : i + batch_size])]
+    return np.asarray(losses)
 
 
 def plant(train: list, canary: str, k: int, rng: np.random.Generator) -> list:

@@ -30,7 +30,7 @@ def enroll(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)"),
     source: str = typer.Option(SOURCE_DEFAULT, "--source", help="source prefix: default (shipped), a FILE, or none"),
     force: bool = typer.Option(False, "--force", help="replace an existing profile of the same name"),
-    private: bool = typer.Option(False, "--private", help="train with differential privacy (DP-SGD; needs the [dp] extra)"),
+    private: bool = typer.Option(False, "--private", help="train with differential privacy (DP-SGD with Opacus: the dp extra of persona-sdk)"),
     epsilon: float = config_option(DPConfig, "epsilon", "--epsilon"),
     delta: float = config_option(DPConfig, "delta", "--delta"),
 ) -> None:

@@ -15,6 +15,7 @@ pytest.importorskip("torch")
 
 from persona_sdk import source as src  # noqa: E402
 from persona_sdk.errors import ConfigError, EnrollmentCancelled, TrainingError  # noqa: E402
+from persona_sdk.fileio import TMP_MARK  # noqa: E402
 from persona_sdk.prefix import Prefix  # noqa: E402
 from persona_sdk.training import distributed as dd  # noqa: E402
 
@@ -76,7 +77,8 @@ def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_does(tmp_path,
         with pytest.raises(EnrollmentCancelled):
             src.train_source(sp, val, backbone=bb, config=cfg, checkpoint=ckpt, checkpoint_every=2,
                              should_stop=stop_after_three)
-        assert ckpt.is_file() and not ckpt.with_name(ckpt.name + ".tmp").exists()  # step 2's, written atomically
+        assert ckpt.is_file()  # step 2's, written atomically: no temp file is left beside it
+        assert [p.name for p in tmp_path.iterdir() if TMP_MARK in p.name] == []
         resumed, s_resumed = src.train_source(sp, val, backbone=bb, config=cfg, checkpoint=ckpt, checkpoint_every=2,
                                               resume=True)
         np.testing.assert_allclose(resumed.kv, whole.kv, rtol=0, atol=1e-6)
@@ -115,5 +117,5 @@ def test_two_ranks_of_batch_4_equal_one_rank_of_batch_8(tmp_path, tiny_backbone,
     pa = Prefix.from_bytes((tmp_path / "two" / src.SHIPPED_FILE).read_bytes())
     pb = Prefix.from_bytes((tmp_path / "one" / src.SHIPPED_FILE).read_bytes())
     np.testing.assert_allclose(pa.kv, pb.kv, rtol=0, atol=1e-5)
-    leftovers = [p.name for p in Path(tmp_path / "two").iterdir() if p.name.endswith(".tmp")]
+    leftovers = [p.name for p in Path(tmp_path / "two").iterdir() if TMP_MARK in p.name]
     assert leftovers == []

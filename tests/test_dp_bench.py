@@ -49,3 +49,30 @@ def test_dp_bench_smoke(tiny_backbone, tiny_exported_home, tmp_path):
     for row in c.values():
         assert row["candidates"] == 20 and 1 <= row["rank"] <= 21
         assert row["exposure"] == pytest.approx(math.log2(20) - math.log2(row["rank"]), abs=1e-3)
+
+
+def test_canary_losses_from_the_shared_start_equal_whole_example_losses(tiny_backbone):
+    """The canary's candidates run their shared start once; each loss must be the one example_losses gives."""
+    import numpy as np
+    import torch
+
+    from persona_sdk.conversation import USER, Turn
+    from persona_sdk.trainer import load_backbone
+    from persona_sdk.training.data import encode, example_losses
+
+    bench = _load()
+    bb = load_backbone(tiny_backbone)
+    rng = np.random.default_rng(3)
+    texts = [bench.canary_text(rng) for _ in range(7)]
+    ctx = (Turn(USER, bench.CANARY_PROMPT),)
+    data = encode(bb.fmt, [type("Ex", (), {"context": ctx, "reply": t, "conversation": 0}) for t in texts], 48, 24)
+    spec = bb.model.config
+    kv_heads = spec.num_key_value_heads
+    head_dim = getattr(spec, "head_dim", None) or spec.hidden_size // spec.num_attention_heads
+    kv = torch.randn(spec.num_hidden_layers, 2, kv_heads, 3, head_dim, generator=torch.Generator().manual_seed(0))
+    for block in (None, kv):
+        with torch.no_grad():
+            whole = example_losses(bb, data, kv=block).numpy()
+        fast = bench.shared_start_losses(bb, data, block, batch_size=3)
+        np.testing.assert_allclose(fast, whole, rtol=1e-5, atol=1e-6)
+        assert len(set(np.round(whole, 6))) > 1  # the candidates do differ: the tails are scored
