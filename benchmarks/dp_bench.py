@@ -218,6 +218,35 @@ def plant(train: list, canary: str, k: int, rng: np.random.Generator) -> list:
     return list(train) + extra
 
 
+def tables(results: dict) -> str:
+    """BENCHMARKS.md's tables (markdown) from a results file: what each setting's block scores on the
+    speaker's held-out test replies, and each canary run's exposure."""
+    lines = []
+    quality = results.get("quality", {})
+    if quality:
+        lines += ["| speaker | setting | steps | ε spent | noise σ | test loss | test ppl |", "|---|---|---|---|---|---|---|"]
+        for key, row in quality.items():
+            for setting in settings_of([math.inf, 8.0, 4.0, 1.0]):
+                r = row.get(setting)
+                if r is None:
+                    continue
+                eps, sigma = r.get("dp_epsilon_spent"), r.get("dp_noise_multiplier")
+                lines.append(f"| {key} ({row['train_replies']} train / {row['test_replies']} test) | {setting} | "
+                             f"{r.get('steps', '—')} | {'—' if eps is None else f'{eps:.3g}'} | "
+                             f"{'—' if sigma is None else f'{sigma:.3g}'} | {r['test_loss']:.3f} | {r['test_ppl']:.1f} |")
+        lines.append("")
+    canary = results.get("canary", {})
+    if canary:
+        lines += ["| canary run | k | ε spent | rank among candidates | exposure (bits) | canary loss | median other loss |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, r in canary.items():
+            eps = r.get("dp_epsilon_spent")
+            lines.append(f"| {key} | {r.get('k', '—')} | {'—' if eps is None else f'{eps:.3g}'} | "
+                         f"{r['rank']:g} / {r['candidates']} | {r['exposure']:.2f} | {r['canary_loss']:.3f} | "
+                         f"{r['median_other_loss']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="results JSON (rewritten as results arrive)")
@@ -245,7 +274,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--variant", default=None, help="ONNX variant the replies are generated with (default: int8)")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-canary", action="store_true")
+    ap.add_argument("--table", action="store_true", help="print the markdown tables of the results in --out and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        print(tables(json.loads(args.out.read_text())))
+        return {}
     from persona_sdk.training.methods.dp import DPConfig
 
     d = DPConfig()

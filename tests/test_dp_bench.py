@@ -32,7 +32,7 @@ def test_canaries_have_one_shape():
     assert len(set(texts)) == 50
 
 
-def test_dp_bench_smoke(tiny_backbone, tiny_exported_home, tmp_path):
+def test_dp_bench_smoke(tiny_backbone, tiny_exported_home, tmp_path, capsys):
     bench = _load()
     out = tmp_path / "dp.json"
     results = bench.main(["--backbone", str(tiny_backbone), "--smoke", "--variant", "fp32", "--out", str(out)])
@@ -49,6 +49,11 @@ def test_dp_bench_smoke(tiny_backbone, tiny_exported_home, tmp_path):
     for row in c.values():
         assert row["candidates"] == 20 and 1 <= row["rank"] <= 21
         assert row["exposure"] == pytest.approx(math.log2(20) - math.log2(row["rank"]), abs=1e-3)
+    capsys.readouterr()
+    bench.main(["--out", str(out), "--table"])  # BENCHMARKS.md's tables from the results file
+    table = capsys.readouterr().out
+    assert "| speaker-2 (" in table and "| eps=1 |" in table and "| k=2 eps=1 | 2 |" in table
+    assert f"| {c['k=2 non-private']['rank']:g} / 20 |" in table
 
 
 def test_canary_losses_from_the_shared_start_equal_whole_example_losses(tiny_backbone):
