@@ -1,5 +1,5 @@
-"""Training settings: :class:`TrainConfig` (the personal prefix) and :class:`SourceConfig`
-(the source prefix), with the library's defaults and learning-rate policy.
+"""Training settings: :class:`TrainConfig` (the personal prefix, :class:`DPConfig` when it is
+trained privately) and :class:`SourceConfig` (the source prefix), with the library's defaults and learning-rate policy.
 
 Light on purpose (no numpy, no torch): every field carries its help text
 (``field.metadata["help"]``), and the CLI takes its option defaults and help
@@ -10,7 +10,7 @@ train alike.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import ConfigError
@@ -36,6 +36,32 @@ META_METHODS = ("ppreptile", "mtml", "amtml")
 
 def _help(default: Any, text: str) -> Any:
     return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class DPConfig:
+    """Private training's target and DP-SGD's own settings (see :mod:`persona_sdk.training.methods.dp`)."""
+
+    epsilon: float = _help(8.0, "target epsilon of (epsilon, delta)-DP per training reply (inf = clipping, "
+                                "no noise)")
+    delta: float = _help(1e-5, "target delta; must be below 1/n for n training replies")
+    max_grad_norm: float = _help(1e-2, "C: each example's gradient is clipped to this L2 norm")
+    batch_size: int = _help(32, "expected examples per step (Poisson sampling rate q = batch_size / n)")
+    lr: float = _help(3e-3, "AdamW peak learning rate of private training (its own: noise changes what works)")
+    insecure_seed: int | None = _help(None, "seed the sampling and the noise (tests only: a known seed voids "
+                                            "the guarantee)")
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0 and not math.isnan(self.epsilon)):
+            raise ConfigError(f"epsilon must be > 0 (inf = no noise), got {self.epsilon!r}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), got {self.delta!r}")
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
 
 
 @dataclass
@@ -70,6 +96,8 @@ class TrainConfig:
     bf16: str = _help("auto", f"bfloat16 autocast, one of {BF16_MODES} (auto = only if the CPU has native bf16)")
     prompt_init: str = _help(DEFAULT_PROMPT_INIT, "text whose token embeddings initialise the soft prompt "
                                                   "(method 'prompt')")
+    dp: DPConfig | None = _help(None, "train privately: DP-SGD with a stated epsilon, delta (its own batch size "
+                                      "and lr; no best-checkpoint selection) -- None = ordinary training")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -98,6 +126,8 @@ class TrainConfig:
             raise ConfigError(f"max_minutes must be > 0 or None, got {self.max_minutes!r}")
         if self.prefix_len > 256:
             raise ConfigError(f"prefix_len must be at most 256, got {self.prefix_len}")
+        if self.dp is not None and not isinstance(self.dp, DPConfig):
+            raise ConfigError(f"dp must be a DPConfig or None, got {type(self.dp).__name__}")
 
     def learning_rate(self, from_source: bool) -> float:
         """``lr``, or the default policy: gentler when training starts from a source prefix."""
@@ -106,7 +136,9 @@ class TrainConfig:
         return LR_FROM_SOURCE if from_source else LR_FROM_SCRATCH
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prompt_init"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prompt_init"}
+        d["dp"] = asdict(self.dp) if self.dp is not None else None
+        return d
 
 
 @dataclass
@@ -131,6 +163,9 @@ class SourceConfig:
     max_minutes: float | None = _help(None, "time budget in minutes; stops at the best checkpoint so far")
     seed: int = _help(0, "random seed (same data + config + seed = same block)")
     init_text: str | None = _help(None, "start from the KV of this text (a hard prompt) instead of P random tokens")
+    shards: int = _help(0, "plain/temperature: speaker shards, each drawing batch_size/shards of every batch from "
+                           "its own stream (0 = one per process); the data order, and so the result, depends on "
+                           "the seed and the shards, not on how many processes run them")
 
     def __post_init__(self) -> None:
         if self.method not in SOURCE_METHODS:
@@ -148,6 +183,8 @@ class SourceConfig:
             raise ConfigError(f"warmup must be in [0, 0.5], got {self.warmup!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError("max_minutes must be > 0 or None")
+        if not isinstance(self.shards, int) or isinstance(self.shards, bool) or self.shards < 0:
+            raise ConfigError(f"shards must be a non-negative integer, got {self.shards!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

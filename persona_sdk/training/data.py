@@ -71,47 +71,80 @@ def collate(batch: Sequence[Encoded]):
     return ids, sel, tgt
 
 
+def model_device(bb: TrainBackbone):
+    """Where the backbone's weights are (CPU, or the rank's GPU in distributed training)."""
+    return bb.model.lm_head.weight.device
+
+
 def cache_from_kv(kv, batch: int):
-    """A DynamicCache holding ``kv`` (layers, 2, kv_heads, P, head_dim) for every batch row."""
+    """A DynamicCache holding ``kv`` (layers, 2, kv_heads, P, head_dim) for every batch row.
+
+    ``kv`` may also hold one block per row, (B, layers, 2, kv_heads, P, head_dim):
+    private training feeds per-row copies to get per-example gradients."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    for layer in range(kv.shape[0]):
-        k = kv[layer, 0].unsqueeze(0).expand(batch, -1, -1, -1)  # (B, kv_heads, P, head_dim)
-        v = kv[layer, 1].unsqueeze(0).expand(batch, -1, -1, -1)
+    rows = kv.dim() == 6
+    for layer in range(kv.shape[1] if rows else kv.shape[0]):
+        if rows:
+            k, v = kv[:, layer, 0], kv[:, layer, 1]  # (B, kv_heads, P, head_dim)
+        else:
+            k = kv[layer, 0].unsqueeze(0).expand(batch, -1, -1, -1)  # (B, kv_heads, P, head_dim)
+            v = kv[layer, 1].unsqueeze(0).expand(batch, -1, -1, -1)
         cache.update(k, v, layer)
     return cache
 
 
 def hidden(bb: TrainBackbone, ids, kv=None, soft=None):
-    """Final hidden states (B, L, hidden) of ``ids`` behind a KV block, a soft prompt, or nothing."""
+    """Final hidden states (B, L, hidden) of ``ids`` behind a KV block, a soft prompt, or nothing.
+
+    ``kv`` / ``soft`` may carry a leading batch dimension (one copy per row)."""
     torch = torch_module()
     B, L = ids.shape
-    if soft is not None:  # soft (P, hidden) at positions 0..P-1, then the conversation
-        P = soft.shape[0]
+    if soft is not None:  # soft (P, hidden) or (B, P, hidden) at positions 0..P-1, then the conversation
+        P = soft.shape[-2]
         emb = bb.model.get_input_embeddings()(ids)  # (B, L, hidden)
-        x = torch.cat([soft.unsqueeze(0).expand(B, -1, -1), emb], dim=1)
-        pos = torch.arange(P + L).unsqueeze(0).expand(B, -1)
-        out = bb.model.model(inputs_embeds=x, position_ids=pos, attention_mask=torch.ones(B, P + L, dtype=torch.long),
+        x = torch.cat([soft if soft.dim() == 3 else soft.unsqueeze(0).expand(B, -1, -1), emb], dim=1)
+        pos = torch.arange(P + L, device=ids.device).unsqueeze(0).expand(B, -1)
+        out = bb.model.model(inputs_embeds=x, position_ids=pos,
+                             attention_mask=torch.ones(B, P + L, dtype=torch.long, device=ids.device),
                              use_cache=False)
         return out.last_hidden_state[:, P:]
-    P = 0 if kv is None else kv.shape[3]
+    P = 0 if kv is None else kv.shape[-2]
     cache = cache_from_kv(kv, B) if kv is not None else None
-    pos = torch.arange(P, P + L).unsqueeze(0).expand(B, -1)
+    pos = torch.arange(P, P + L, device=ids.device).unsqueeze(0).expand(B, -1)
     out = bb.model.model(input_ids=ids, past_key_values=cache, position_ids=pos,
-                         attention_mask=torch.ones(B, P + L, dtype=torch.long), use_cache=kv is not None)
+                         attention_mask=torch.ones(B, P + L, dtype=torch.long, device=ids.device),
+                         use_cache=kv is not None)
     return out.last_hidden_state
 
 
 def batch_loss(bb: TrainBackbone, batch: Sequence[Encoded], kv=None, soft=None, bf16: bool = False):
     """(sum of reply-token NLL, number of reply tokens) for one batch."""
     torch = torch_module()
-    ids, sel, tgt = collate(batch)
+    ids, sel, tgt = (t.to(model_device(bb)) for t in collate(batch))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         h = hidden(bb, ids, kv=kv, soft=soft)[sel]  # (N, hidden) only where a reply token is predicted
         logits = bb.model.lm_head(h)  # (N, vocab)
     loss = torch.nn.functional.cross_entropy(logits.float(), tgt[sel], reduction="sum")
     return loss, int(sel.sum())
+
+
+def example_losses(bb: TrainBackbone, batch: Sequence[Encoded], kv=None, soft=None, bf16: bool = False):
+    """Each example's own mean reply-token NLL, (B,) with its graph.
+
+    An example's loss depends on that example alone (rows are right-padded and
+    attention is causal), which per-example gradients -- private training --
+    rely on."""
+    torch = torch_module()
+    ids, sel, tgt = (t.to(model_device(bb)) for t in collate(batch))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        h = hidden(bb, ids, kv=kv, soft=soft)[sel]  # (N, hidden) only where a reply token is predicted
+        logits = bb.model.lm_head(h)  # (N, vocab)
+    nll = torch.nn.functional.cross_entropy(logits.float(), tgt[sel], reduction="none")  # (N,)
+    row = sel.nonzero()[:, 0]  # (N,) the example each predicted token belongs to
+    sums = torch.zeros(len(batch), dtype=nll.dtype, device=nll.device).index_add(0, row, nll)  # (B,)
+    return sums / sel.sum(1).clamp(min=1)
 
 
 def batch_mean_loss(bb: TrainBackbone, batch: Sequence[Encoded], kv=None, soft=None, bf16: bool = False):

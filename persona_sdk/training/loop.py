@@ -21,7 +21,11 @@ everything around the steps:
 - cancellation: Ctrl-C or ``should_stop()`` raises :class:`EnrollmentCancelled`
   carrying the best result so far (built by the method's ``export``);
 - the divergence check (a non-finite loss stops the run with a clear error);
-- progress reports (:class:`TrainProgress`, numbers only).
+- progress reports (:class:`TrainProgress`, numbers only);
+- checkpoints: after every step ``checkpoint`` receives the loop's
+  :class:`LoopState`, and ``resume`` starts a run from one (the method restores
+  its parameters, optimiser and data position), so a resumed run ends where an
+  uninterrupted one would.
 
 torch is imported only inside functions.
 """
@@ -154,6 +158,24 @@ class LoopResult:
     history: list = field(default_factory=list)  # [(step, running train loss, val loss)]
 
 
+@dataclass
+class LoopState:
+    """Where a run stands after a step: with the method's parameters, optimiser and data position,
+    what a resumed run starts from. ``best_state`` is the loop's copy of the best parameters."""
+
+    step: int
+    bad: int
+    running: float | None
+    next_eval: float
+    init_val: float | None
+    eval_cost: float
+    best_val: float | None
+    best_step: int
+    best_state: list | None
+    history: list
+    evals_done: int = 0
+
+
 def gradient_step(optimizer, params: list, loss_fn: Callable[[], Any], grad_clip: float = 0.0) -> float:
     """One optimiser step on ``loss_fn()`` (gradient norm clipped to ``grad_clip``; 0 = no clipping)."""
 
@@ -184,11 +206,16 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     clock: Clock | None = None,
     started: float | None = None,
+    checkpoint: Callable[[LoopState], None] | None = None,
+    resume: LoopState | None = None,
 ) -> LoopResult:
     """Train ``trainable`` until its items run out or a budget, early stopping or a stop request ends it.
 
     ``started``: the clock reading the time budget counts from (default: now),
-    so loading that came before is charged to the budget."""
+    so loading that came before is charged to the budget. ``checkpoint`` gets
+    the state after every step; ``resume`` continues from such a state (the
+    trainable's parameters, optimiser and items already where it left them;
+    a time budget counts from the resumed start)."""
     torch = torch_module()
     clock = clock or time.monotonic
     say = progress or (lambda p: None)
@@ -211,16 +238,21 @@ def run(
             for p, s in zip(params, state):
                 p.copy_(s)
 
-    try:
-        t_eval = clock()
-        init_val = trainable.evaluate() if validating else None
-        eval_cost = clock() - t_eval
-    except KeyboardInterrupt:
-        raise EnrollmentCancelled(config.cancel_message) from None
-    best_val, best_step, best_state = init_val, 0, (snapshot() if validating else None)
-    history: list = [(0, None, init_val)] if validating else []
-    if validating:
-        say(TrainProgress("eval", 0, total, 0, None, init_val, best_val, clock() - start))
+    if resume is None:
+        try:
+            t_eval = clock()
+            init_val = trainable.evaluate() if validating else None
+            eval_cost = clock() - t_eval
+        except KeyboardInterrupt:
+            raise EnrollmentCancelled(config.cancel_message) from None
+        best_val, best_step, best_state = init_val, 0, (snapshot() if validating else None)
+        history: list = [(0, None, init_val)] if validating else []
+        if validating:
+            say(TrainProgress("eval", 0, total, 0, None, init_val, best_val, clock() - start))
+    else:
+        init_val, eval_cost, best_val, best_step = resume.init_val, resume.eval_cost, resume.best_val, resume.best_step
+        best_state = [s.clone() for s in resume.best_state] if resume.best_state is not None else None
+        history = [tuple(h) for h in resume.history]
 
     def fraction(step: int, now: float, per_step: float):
         """(start, end) of the next step as fractions of the run."""
@@ -245,6 +277,9 @@ def run(
     step, iters, bad, stopped, running = 0, 0, 0, "epochs", None
     next_eval = config.eval_every or math.inf
     evals_done = 0
+    if resume is not None:
+        step, bad, running, next_eval = resume.step, resume.bad, resume.running, resume.next_eval
+        evals_done = resume.evals_done
     train_start = clock()
     items = iter(trainable.items)
     try:
@@ -296,6 +331,9 @@ def run(
                     bad += 1
             epoch = (step - 1) // config.steps_per_epoch if config.steps_per_epoch else 0
             say(TrainProgress("train", step, total, epoch, running, val_loss, best_val, elapsed, eta))
+            if checkpoint is not None:
+                checkpoint(LoopState(step, bad, running, next_eval, init_val, eval_cost, best_val, best_step,
+                                     best_state, list(history), evals_done))
             if config.patience and bad >= config.patience:
                 stopped = "early-stop"
                 break

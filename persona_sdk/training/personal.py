@@ -113,6 +113,8 @@ def train_prefix(
     block = start_block(bb, config, init)
     lr = config.learning_rate(from_source=block.from_source)
 
+    if config.dp is not None:
+        return _train_private(bb, config, block, train_data, val_data, use_bf16, say, should_stop, clock, start)
     steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
     total = steps_per_epoch * config.epochs
     if config.max_steps:
@@ -146,4 +148,61 @@ def train_prefix(
                            result.best_step, clock() - start, result.stopped, use_bf16, result.history)
     prefix.meta.update(summary.as_meta())
     prefix.meta.update(prefix_len=config.prefix_len, lr=lr, seed=config.seed)
+    return prefix, summary
+
+
+def _train_private(bb, config: TrainConfig, block, train_data, val_data, use_bf16: bool, say: ProgressFn,
+                   should_stop, clock: Clock, start: float) -> tuple[Prefix, TrainSummary]:
+    """The private run of :func:`train_prefix` (see :mod:`persona_sdk.training.methods.dp`): a fixed
+    plan of Poisson-sampled DP-SGD steps in the same loop, the last state kept."""
+    from .data import example_losses
+    from .methods import dp
+
+    cfg = config.dp
+    dp.require_opacus()
+    param = block.params[0]
+    name = next(iter(block.inputs()))  # "kv" or "soft": how the block reaches the backbone
+
+    def loss_rows(batch, rows):
+        return example_losses(bb, batch, bf16=use_bf16, **{name: rows})
+
+    def evaluate() -> float:
+        return mean_loss(bb, val_data, batch_size=config.batch_size, bf16=use_bf16, **block.inputs(detach=True))
+
+    t = clock()
+    init_val = evaluate()
+    eval_cost = clock() - t
+    say(TrainProgress("eval", 0, 0, 0, None, init_val, init_val, clock() - start))
+    n = len(train_data)
+    generator = dp.secret_generator(cfg.insecure_seed)
+    private = dp.PrivateStep(param, loss_rows, generator)
+    seconds_left = step_seconds = None
+    if config.max_minutes:
+        # the step count is fixed before the first step: time one step on validation replies
+        # (never trained on; the probe changes nothing), then fit the steps into what is left
+        size = max(1, round(min(cfg.batch_size, n)))
+        step_seconds = private.probe([val_data[i % len(val_data)] for i in range(size)], clock)
+        seconds_left = config.max_minutes * 60 - (clock() - start) - eval_cost
+    plan = dp.make_plan(n, cfg, dp.planned_steps(n, cfg, config.epochs, config.max_steps, step_seconds, seconds_left))
+    private.attach(plan, cfg.lr)
+
+    def export() -> Prefix:
+        return Prefix(block.block(), bb.fingerprint, method=config.method)
+
+    steps_per_epoch = max(1, round(1 / plan.sample_rate))
+    trainable = Trainable(block.params, dp.poisson_batches(train_data, plan, generator), private, None,
+                          private.optimizer, export)
+    loop = LoopConfig(total_steps=plan.steps, max_steps=plan.steps, steps_per_epoch=steps_per_epoch,
+                      epochs=config.epochs, warmup=config.warmup,
+                      max_seconds=config.max_minutes * 60 - eval_cost if config.max_minutes else None,
+                      cancel_message="private enrollment interrupted; nothing was saved")
+    result = run(trainable, loop, progress=say, should_stop=should_stop, clock=clock, started=start)
+    final_val = evaluate()
+    history = [(0, None, init_val), (result.steps, None, final_val)]
+    prefix = export()
+    summary = TrainSummary(config.method, n, len(val_data), result.steps, round(result.steps * plan.sample_rate, 3),
+                           init_val, final_val, result.steps, clock() - start, result.stopped, use_bf16, history)
+    prefix.meta.update(summary.as_meta())
+    prefix.meta.update(prefix_len=config.prefix_len, lr=cfg.lr, seed=config.seed, batch_size=cfg.batch_size)
+    prefix.meta.update(plan.meta(result.steps))
     return prefix, summary
