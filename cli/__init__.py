@@ -25,7 +25,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # each module adds its commands to `app`
-    for optional in ("chat", "backbone", "inspect", "profiles", "enroll", "source", "evaluate"):
+    for optional in ("chat", "backbone", "inspect", "profiles", "enroll", "source", "evaluate", "explicit"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as exc:  # a command group not built yet

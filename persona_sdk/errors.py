@@ -159,3 +159,12 @@ class UnsupportedFormatError(PersonaFileError):
 
 class KdfParameterError(PersonaFileError):
     """Key-derivation parameters are below the security floor or above the resource cap."""
+
+
+# --- explicit personas: persona sentences, explicit modes -------------------------
+class PersonaSentencesError(PersonaError):
+    """The persona sentences are missing, empty, too many, too long, or not readable text."""
+
+
+class AdapterError(PersonaError):
+    """An explicit mode's trained adapter is missing, corrupt, or was made for another backbone."""
