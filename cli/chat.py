@@ -10,6 +10,8 @@ from typing import List, Optional
 import typer
 
 from . import app
+from persona_sdk.errors import ConfigError
+
 from ._common import err
 
 
@@ -57,7 +59,7 @@ def chat(
     sentences = _persona_sentences(persona, persona_file, explicit)
     if sentences is not None:
         if name:
-            raise typer.BadParameter("--name and --persona/--persona-file cannot be combined; pass one")
+            raise ConfigError("--name and --persona/--persona-file cannot be combined; pass one")
         agent = PersonaAgent(persona_sentences=sentences, explicit=explicit, **kwargs)
     elif name:
         agent = PersonaAgent.open(name, passphrase=_vault_passphrase(name), **kwargs)

@@ -11,6 +11,8 @@ from typing import Optional
 import typer
 
 from . import app
+from persona_sdk.errors import ConfigError
+
 from ._common import err
 
 explicit_app = typer.Typer(help="Explicit-persona modes (chat as a persona described in sentences): "
@@ -37,8 +39,8 @@ def train(
     dpo_lr: float = typer.Option(5e-5, help="stage-2 (DPO) learning rate"),
     beta: float = typer.Option(0.1, help="β of the DPO loss"),
     rank: int = typer.Option(8, help="LoRA rank"),
-    dev_replies: int = typer.Option(48, help="labelled dev replies validating stage 1"),
-    dev_pairs: int = typer.Option(24, help="dev preference pairs validating stage 2"),
+    dev_replies: int = typer.Option(16, help="labelled dev replies validating stage 1"),
+    dev_pairs: int = typer.Option(8, help="dev preference pairs validating stage 2"),
     seed: int = typer.Option(0, help="random seed"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
     backbone: Optional[str] = typer.Option(None, help="backbone folder (default: the embedded SmolLM2-135M)"),
@@ -48,7 +50,7 @@ def train(
     Example: nice -n 10 persona explicit train pal --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --max-minutes 90
     """
     if mode not in TRAINABLE:
-        raise typer.BadParameter(f"mode must be one of {', '.join(TRAINABLE)} (prompt needs no training)")
+        raise ConfigError(f"mode must be one of {', '.join(TRAINABLE)} (prompt needs no training)")
     from persona_sdk.explicit import pal as pal_mode
     from persona_sdk.training import pal
     from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
@@ -97,7 +99,7 @@ def export(
     Example: persona explicit export pal
     """
     if mode != "pal":
-        raise typer.BadParameter("mode must be pal (prompt runs on the backbone's own export)")
+        raise ConfigError("mode must be pal (prompt runs on the backbone's own export)")
     from persona_sdk.config import RuntimeConfig
     from persona_sdk.explicit.pal import open_pal_engine
 

@@ -126,11 +126,11 @@ class PALConfig:
     dpo_epochs: int = 1
     dpo_lr: float = 5e-5
     beta: float = 0.1
-    dev_replies: int = 48
-    dev_pairs: int = 24
-    context_budget: int = 224
+    dev_replies: int = 16
+    dev_pairs: int = 8
+    context_budget: int = 160
     reply_budget: int = 48
-    evals_per_stage: int = 4
+    evals_per_stage: int = 2
     max_minutes: float | None = None
     stage1_share: float = 0.7
     bf16: str = "auto"
@@ -155,7 +155,8 @@ class PALConfig:
         "context_budget": "max prompt tokens (persona system turn + context)",
         "reply_budget": "max reply tokens trained on (and generated for rejected replies)",
         "evals_per_stage": "validations per stage (the best checkpoint is kept)",
-        "max_minutes": "wall-clock budget of the whole run (stage 1 gets stage1_share of it)",
+        "max_minutes": "wall-clock budget of the whole run (stage 1 gets stage1_share of it); with a budget "
+                       "each stage's learning rate decays over its time, and its planned steps are a cap",
         "stage1_share": "share of max_minutes for stage 1; rejected replies and DPO get the rest",
         "bf16": "bfloat16 autocast: auto (if the CPU has native bf16), on or off",
         "seed": "random seed (same data + config + seed + thread count = same adapter)",
@@ -428,6 +429,7 @@ def train_pal(
     loop1 = LoopConfig(total_steps=steps1, max_steps=steps1, eval_every=max(1, steps1 // config.evals_per_stage),
                        warmup=config.warmup, steps_per_epoch=max(1, steps1 // config.stage1_epochs),
                        max_seconds=budget * config.stage1_share if budget else None,
+                       schedule_by="time" if budget else "steps",
                        label="PAL stage 1", cancel_message="PAL training interrupted; nothing was saved")
     r1 = run(Trainable(params, batches, step1, eval1, opt), loop1, progress=progress, should_stop=should_stop,
              clock=clock, started=start)
@@ -473,6 +475,7 @@ def train_pal(
     stage2_start = clock()
     loop2 = LoopConfig(total_steps=steps2, max_steps=steps2, eval_every=max(1, steps2 // config.evals_per_stage),
                        warmup=config.warmup, max_seconds=(budget - (stage2_start - start)) if budget else None,
+                       schedule_by="time" if budget else "steps",
                        label="PAL stage 2 (DPO)", cancel_message="PAL training interrupted; nothing was saved")
     if loop2.max_seconds is not None and loop2.max_seconds <= 0:
         raise TrainingError("PAL's time budget ran out before stage 2; raise max_minutes")
