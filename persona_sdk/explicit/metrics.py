@@ -22,16 +22,22 @@ import numpy as np
 from ..errors import MetricError
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-FIRST_PERSON = frozenset({"i", "i'm", "i've", "i'd", "i'll", "me", "my", "mine", "myself", "im", "ive"})
+FIRST_PERSON = frozenset({"i", "me", "my", "mine", "myself"})
+SECOND_PERSON = frozenset({"you", "your", "yours", "yourself"})
 # first person -> second person, word by word (enough for persona sentences)
-_TO_SECOND = {"i": "you", "i'm": "you're", "im": "you're", "i've": "you've", "ive": "you've", "i'd": "you'd",
-              "i'll": "you'll", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "am": "are",
+_TO_SECOND = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "am": "are",
               "was": "were"}
+_EXPAND = {"i'm": "i am", "im": "i am", "i've": "i have", "ive": "i have", "i'd": "i would", "i'll": "i will",
+           "you're": "you are", "youre": "you are", "you've": "you have", "you'd": "you would",
+           "you'll": "you will"}
 
 
 def words(text: str) -> list[str]:
-    """Lowercased word tokens (apostrophe contractions kept whole)."""
-    return _TOKEN.findall(text.lower().replace("’", "'"))
+    """Lowercased word tokens, pronoun contractions expanded ("I'm" -> "i am", "you're" -> "you are")."""
+    out: list[str] = []
+    for w in _TOKEN.findall(text.lower().replace("’", "'")):
+        out += _EXPAND.get(w, w).split()
+    return out
 
 
 def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
@@ -69,13 +75,19 @@ def is_first_person(reply: str) -> bool:
 
 
 def about_user(reply: str, persona: Sequence[str], threshold: float = 0.6) -> bool:
-    """Whether ``reply`` hands a persona sentence to the user: its second-person form (with at least
-    one "you") restated at ``threshold`` of its words."""
+    """Whether ``reply`` hands a persona sentence to the user: its second-person form ("you are a
+    nurse" for "I am a nurse.") restated at ``threshold`` of its words, and matched better than the
+    first-person original (so "I have two cats" is not handing "I have two cats." over)."""
+    said = words(reply)
+    if not SECOND_PERSON & set(said):
+        return False
     for s in persona:
-        turned = second_person(s)
-        if "you" in turned.split() or "you're" in turned.split() or "your" in turned.split():
-            if restates(reply, turned, threshold):
-                return True
+        turned = second_person(s).split()
+        if not SECOND_PERSON & set(turned) or len(turned) < 3:
+            continue
+        hit = _lcs(turned, said)
+        if hit >= threshold * len(turned) and hit > _lcs(words(s), said):
+            return True
     return False
 
 
