@@ -146,28 +146,28 @@ class Data:
     selection: list  # Labelled (silver) test replies for PAL's selection step
     distractors: dict  # example key -> 19 replies of other personas
     candidates: dict  # persona index -> K persona indices (own first)
+    owner: dict  # example key -> persona index
     pool_replies: int
     provenance: dict
 
 
-def persona_index(personas: list[tuple[str, ...]]) -> dict[tuple[str, ...], int]:
-    return {p: i for i, p in enumerate(personas)}
-
-
 def load_data(args) -> Data:
     from persona_sdk.metrics import pick_distractors
-    from persona_sdk.split import PersonaSplitConfig
+    from persona_sdk.split import PersonaSplitConfig, persona_key
     from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
     from persona_sdk.training.pal import label_examples
 
     config = PersonaSplitConfig(dev=args.split_dev, test=args.split_test)
     parts, provenance = spc_explicit_split(args.spc_csv, config)
     test = spc_persona_examples(parts["test"])
-    by_persona: dict[tuple[str, ...], list] = {}
+    # one persona = one normalised sentence set (SPC lists a persona's sentences in varying order)
+    by_key: dict[str, list] = {}
     for ex in test:
-        by_persona.setdefault(ex.persona, []).append(ex)
-    personas = sorted(by_persona, key=lambda p: _h("persona", "|".join(p)))
-    idx = persona_index(personas)
+        by_key.setdefault(persona_key(ex.persona, config.salt), []).append(ex)
+    keys = sorted(by_key, key=lambda k: _h("persona", k))
+    personas = [min(ex.persona for ex in by_key[k]) for k in keys]  # a stable representative ordering
+    owner = {ex.key: i for i, k in enumerate(keys) for ex in by_key[k]}
+    by_persona = {personas[i]: by_key[k] for i, k in enumerate(keys)}
     if len(personas) < args.candidates:
         raise SystemExit(f"only {len(personas)} test personas; --candidates {args.candidates} needs as many")
     decode, hits = [], []
@@ -175,8 +175,8 @@ def load_data(args) -> Data:
         ranked = sorted(by_persona[p], key=lambda e: _h("reply", e.key))
         decode += ranked[: args.per_persona]
         hits += ranked[args.per_persona : args.per_persona + args.hits_per_persona]
-    pool = [(str(idx[e.persona]), e.reply) for e in test]
-    distractors = {e.key: pick_distractors(pool, str(idx[e.persona]), e.key, args.distractors) for e in hits}
+    pool = [(str(owner[e.key]), e.reply) for e in test]
+    distractors = {e.key: pick_distractors(pool, str(owner[e.key]), e.key, args.distractors) for e in hits}
     candidates = {}
     for i, p in enumerate(personas):
         others = sorted((j for j in range(len(personas)) if j != i), key=lambda j: _h("cand", i, j))
@@ -185,7 +185,7 @@ def load_data(args) -> Data:
     provenance = {**provenance, "test_replies": len(test), "test_personas": len(personas),
                   "decode_replies": len(decode), "hits_replies": len(hits), "selection_replies": len(labelled),
                   "labelled_test_replies": len(label_examples(test))}
-    return Data(personas, decode, hits, labelled, distractors, candidates, len(pool), provenance)
+    return Data(personas, decode, hits, labelled, distractors, candidates, owner, len(pool), provenance)
 
 
 # --- one row ---------------------------------------------------------------------------------------
@@ -234,9 +234,8 @@ def score(raw: dict, data: Data, embed, cache: dict) -> dict:
 
     replies = raw["replies"]
     gold = [ex.reply for ex in data.decode]
-    personas = [ex.persona for ex in data.decode]
-    idx = persona_index(data.personas)
-    owners = [idx[p] for p in personas]
+    personas = [ex.persona for ex in data.decode]  # the sentences each reply was made for
+    owners = [data.owner[ex.key] for ex in data.decode]
     vecs = embed(replies)
     if "persona_vecs" not in cache:
         cache["persona_vecs"] = [embed(list(p)) for p in data.personas]

@@ -39,6 +39,8 @@ def train(
     dpo_lr: float = typer.Option(5e-5, help="stage-2 (DPO) learning rate"),
     beta: float = typer.Option(0.1, help="β of the DPO loss"),
     rank: int = typer.Option(8, help="LoRA rank"),
+    top_layers: int = typer.Option(0, help="LoRA in the top N decoder layers only (0 = all; cheaper steps)"),
+    score_selection: bool = typer.Option(True, help="score the selection step on dev after each stage"),
     dev_replies: int = typer.Option(16, help="labelled dev replies validating stage 1"),
     dev_pairs: int = typer.Option(8, help="dev preference pairs validating stage 2"),
     seed: int = typer.Option(0, help="random seed"),
@@ -56,7 +58,8 @@ def train(
     from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
 
     cfg = pal.PALConfig(stage1_replies=stage1_replies, dpo_pairs=dpo_pairs, batch_size=batch_size,
-                        dpo_batch=dpo_batch, lr=lr, dpo_lr=dpo_lr, beta=beta, rank=rank, dev_replies=dev_replies,
+                        dpo_batch=dpo_batch, lr=lr, dpo_lr=dpo_lr, beta=beta, rank=rank, top_layers=top_layers,
+                        score_selection=score_selection, dev_replies=dev_replies,
                         dev_pairs=dev_pairs, max_minutes=max_minutes, seed=seed)
     if threads:
         import torch

@@ -115,6 +115,7 @@ class PALConfig:
 
     rank: int = 8
     lora_alpha: float = 16.0
+    top_layers: int = 0
     lr: float = 3e-4
     batch_size: int = 8
     stage1_replies: int = 1600
@@ -134,11 +135,13 @@ class PALConfig:
     max_minutes: float | None = None
     stage1_share: float = 0.7
     bf16: str = "auto"
+    score_selection: bool = True
     seed: int = 0
 
     HELP = {
         "rank": "LoRA rank r (attention and MLP projections of every layer)",
         "lora_alpha": "LoRA alpha (scale alpha / r)",
+        "top_layers": "LoRA in the top N decoder layers only (0 = all): backward stops there, steps are cheaper",
         "lr": "stage-1 AdamW learning rate",
         "batch_size": "stage-1 examples per step",
         "stage1_replies": "labelled train replies in stage 1 (each gives a selection and a generation example)",
@@ -159,10 +162,13 @@ class PALConfig:
                        "each stage's learning rate decays over its time, and its planned steps are a cap",
         "stage1_share": "share of max_minutes for stage 1; rejected replies and DPO get the rest",
         "bf16": "bfloat16 autocast: auto (if the CPU has native bf16), on or off",
+        "score_selection": "score the selection step on the dev replies after each stage (costs N forwards each)",
         "seed": "random seed (same data + config + seed + thread count = same adapter)",
     }
 
     def __post_init__(self) -> None:
+        if not isinstance(self.top_layers, int) or self.top_layers < 0:
+            raise ConfigError(f"top_layers must be an integer >= 0, got {self.top_layers!r}")
         for name in ("rank", "batch_size", "stage1_replies", "stage1_epochs", "dpo_pairs", "dpo_batch",
                      "dpo_epochs", "dev_replies", "dev_pairs", "context_budget", "reply_budget", "evals_per_stage"):
             value = getattr(self, name)
@@ -403,7 +409,7 @@ def train_pal(
     use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and bf16_supported())
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    peft_model = lora.attach(bb, config.rank, config.lora_alpha, seed=config.seed)
+    peft_model = lora.attach(bb, config.rank, config.lora_alpha, seed=config.seed, top_layers=config.top_layers)
     params = lora.trainable(peft_model)
     n_params = sum(p.numel() for p in params)
     say(f"PAL: LoRA rank {config.rank}, {n_params:,} trainable parameters "
@@ -434,9 +440,9 @@ def train_pal(
     r1 = run(Trainable(params, batches, step1, eval1, opt), loop1, progress=progress, should_stop=should_stop,
              clock=clock, started=start)
     stage1 = lora.state(peft_model)
-    sel_acc = selection_accuracy(bb, dev_items, config.context_budget, use_bf16)
-    say(f"PAL stage 1 done: dev loss {r1.init_val_loss:.3f} → {r1.best_val_loss:.3f} (step {r1.best_step}); "
-        f"dev selection accuracy {sel_acc:.3f}")
+    sel_acc = selection_accuracy(bb, dev_items, config.context_budget, use_bf16) if config.score_selection else None
+    say(f"PAL stage 1 done: dev loss {r1.init_val_loss:.3f} → {r1.best_val_loss:.3f} (step {r1.best_step})"
+        + (f"; dev selection accuracy {sel_acc:.3f}" if sel_acc is not None else ""))
 
     # stage 2: rejected replies from the stage-1 model without persona, then DPO against it
     now = clock()
@@ -483,9 +489,10 @@ def train_pal(
              should_stop=should_stop, clock=clock, started=stage2_start)
     final = lora.state(peft_model)
     after = dpo_eval(bb, dev_pairs, config.beta, config.dpo_batch, use_bf16)
-    sel_final = selection_accuracy(bb, dev_items, config.context_budget, use_bf16)
+    sel_final = (selection_accuracy(bb, dev_items, config.context_budget, use_bf16) if config.score_selection
+                 else None)
     say(f"PAL stage 2 done: dev DPO loss {before['loss']:.3f} → {after['loss']:.3f}, reward accuracy "
-        f"{after['reward_accuracy']:.3f}; dev selection accuracy {sel_final:.3f}")
+        f"{after['reward_accuracy']:.3f}")
     summary = {
         "trainable_parameters": n_params,
         "train_labelled": len(labelled), "train_replies": len(train),

@@ -28,13 +28,20 @@ def _peft():
     return peft
 
 
-def attach(bb: TrainBackbone, rank: int, alpha: float, targets=TARGETS, seed: int = 0):
-    """Inject a fresh LoRA (A random, B zero: the model is unchanged) into ``bb.model``; the PeftModel."""
+def attach(bb: TrainBackbone, rank: int, alpha: float, targets=TARGETS, seed: int = 0, top_layers: int = 0):
+    """Inject a fresh LoRA (A random, B zero: the model is unchanged) into ``bb.model``; the PeftModel.
+
+    ``top_layers`` > 0: only the top that many decoder layers get LoRA matrices, so backward
+    passes stop there (cheaper steps on a CPU)."""
     torch = torch_module()
     peft = _peft()
     torch.manual_seed(seed)
+    layers = None
+    if top_layers and top_layers < bb.layers:
+        layers = list(range(bb.layers - top_layers, bb.layers))
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets),
-                             bias="none", task_type="CAUSAL_LM")
+                             bias="none", task_type="CAUSAL_LM", layers_to_transform=layers,
+                             layers_pattern="layers" if layers else None)
     return peft.get_peft_model(bb.model, config)
 
 
