@@ -18,7 +18,8 @@ Columns (scored on the test part only, never touched by training):
   predicted selection), pooled over reply tokens;
 - unigram F1, BLEU-1/2 (sacrebleu corpus BLEU, hypothesis = the generated
   reply, reference = the gold one), ROUGE-L, Dist-1/2 and Ent-4 (over all
-  generated replies), greedy decoding (repetition penalty 1.1, <= 40 tokens);
+  generated replies), greedy decoding (repetition penalty 1.1, <= 40 tokens), every
+  row's prompt within the same 160 tokens (PAL's training budget);
 - Hits@1: the gold reply has the lowest loss among itself and 19 distractor
   replies of other test personas (chance 5%);
 - persona consistency at K = 20: the share of generated replies whose
@@ -174,7 +175,10 @@ def load_data(args) -> Data:
     for p in personas:
         ranked = sorted(by_persona[p], key=lambda e: _h("reply", e.key))
         decode += ranked[: args.per_persona]
-        hits += ranked[args.per_persona : args.per_persona + args.hits_per_persona]
+        if not args.hits_replies or len(hits) < args.hits_replies:
+            hits += ranked[args.per_persona : args.per_persona + args.hits_per_persona]
+    if args.hits_replies:
+        hits = hits[: args.hits_replies]
     pool = [(str(owner[e.key]), e.reply) for e in test]
     distractors = {e.key: pick_distractors(pool, str(owner[e.key]), e.key, args.distractors) for e in hits}
     candidates = {}
@@ -193,7 +197,8 @@ def run_row(key: str, row: Row, engine, data: Data, args) -> dict:
     """Generated replies, losses, Hits@1 and selection for one row (JSON-able)."""
     from persona_sdk.config import GenerationConfig
 
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, repetition_penalty=1.1)
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, repetition_penalty=1.1,
+                           context_budget=args.context_budget)
     modes: dict[tuple[str, ...], Any] = {}
 
     def mode_for(persona):
@@ -321,11 +326,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="the stage-1-only PAL adapter folder")
     ap.add_argument("--per-persona", type=int, default=2, help="decoded and scored replies per test persona")
     ap.add_argument("--hits-per-persona", type=int, default=1, help="replies per persona ranked for Hits@1")
+    ap.add_argument("--hits-replies", type=int, default=0, help="cap on the replies ranked for Hits@1 (0 = no cap)")
     ap.add_argument("--selection-replies", type=int, default=120, help="labelled test replies for selection accuracy")
     ap.add_argument("--distractors", type=int, default=19)
     ap.add_argument("--candidates", type=int, default=20, help="K of persona consistency")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--reply-budget", type=int, default=48, help="gold reply tokens scored")
+    ap.add_argument("--context-budget", type=int, default=160,
+                    help="prompt tokens (persona + context) for every row: PAL's training budget")
     ap.add_argument("--split-dev", type=float, default=0.1)
     ap.add_argument("--split-test", type=float, default=0.1)
     ap.add_argument("--embedder", default="minilm", help="minilm (the table) or bow (smoke tests)")
@@ -382,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results = {
         "meta": meta, "data": data.provenance, "rows": scored, "labels": labels,
         "settings": {"variant": args.variant, "decoding": "greedy, repetition penalty 1.1",
+                     "context_budget": args.context_budget,
                      "max_new_tokens": args.max_new_tokens, "reply_budget": args.reply_budget,
                      "distractors": args.distractors, "candidates": args.candidates, "embedder": args.embedder,
                      "per_persona": args.per_persona, "hits_per_persona": args.hits_per_persona},

@@ -38,7 +38,8 @@ def _argv(tiny_backbone, setup, out):
     return ["--spc-csv", str(setup["csv"]), "--out", str(out), "--backbone", str(tiny_backbone),
             "--pal-adapter", str(setup["pal"]), "--pal-stage1", str(setup["stage1"]), "--variant", "fp32",
             "--split-test", "0.5", "--candidates", "3", "--distractors", "2", "--per-persona", "1",
-            "--hits-per-persona", "1", "--selection-replies", "4", "--max-new-tokens", "3", "--embedder", "bow"]
+            "--hits-per-persona", "1", "--selection-replies", "4", "--max-new-tokens", "3", "--embedder", "bow",
+            "--context-budget", "400"]
 
 
 def test_explicit_table_smoke(tiny_backbone, setup, tmp_path):
