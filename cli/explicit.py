@@ -41,6 +41,8 @@ def train(
     rank: int = typer.Option(8, help="LoRA rank"),
     top_layers: int = typer.Option(0, help="LoRA in the top N decoder layers only (0 = all; cheaper steps)"),
     score_selection: bool = typer.Option(True, help="score the selection step on dev after each stage"),
+    context_budget: int = typer.Option(160, help="max prompt tokens (persona system turn + context)"),
+    reply_budget: int = typer.Option(48, help="max reply tokens trained on (and generated for rejected replies)"),
     dev_replies: int = typer.Option(16, help="labelled dev replies validating stage 1"),
     dev_pairs: int = typer.Option(8, help="dev preference pairs validating stage 2"),
     seed: int = typer.Option(0, help="random seed"),
@@ -60,6 +62,7 @@ def train(
     cfg = pal.PALConfig(stage1_replies=stage1_replies, dpo_pairs=dpo_pairs, batch_size=batch_size,
                         dpo_batch=dpo_batch, lr=lr, dpo_lr=dpo_lr, beta=beta, rank=rank, top_layers=top_layers,
                         score_selection=score_selection, dev_replies=dev_replies,
+                        context_budget=context_budget, reply_budget=reply_budget,
                         dev_pairs=dev_pairs, max_minutes=max_minutes, seed=seed)
     if threads:
         import torch

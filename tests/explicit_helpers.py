@@ -29,10 +29,10 @@ def reply_about(sentence: str, rng: random.Random) -> str:
     return rng.choice([f"{body}, it is great.", f"well, {body[0].lower()}{body[1:]}!", f"yes! {body}."])
 
 
-def write_spc_csv(path: Path, conversations: int = 60, turns: int = 8, seed: int = 0) -> Path:
+def write_spc_csv(path: Path, conversations: int = 60, turns: int = 8, seed: int = 0, n_personas: int = 24) -> Path:
     """An SPC-shaped CSV: each conversation pairs two personas (reused across conversations, as in SPC)."""
     rng = random.Random(seed)
-    pool = personas(seed=seed)
+    pool = personas(n_personas, seed=seed)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, COLUMNS)
         w.writeheader()
