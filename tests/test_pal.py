@@ -199,3 +199,13 @@ def test_shipped_adapter_is_consistent():
     assert info["summary"]["stage1"]["data_sha256"] and info["summary"]["stage2"]["data_sha256"]
     assert info["bytes"] < 8 * 1024 * 1024
     assert (SHIPPED_DIR / "PAL.md").is_file()
+
+
+def test_shipped_adapter_refuses_another_backbone_in_one_line(tiny_backbone):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "persona_sdk", "chat", "--backbone", str(tiny_backbone), "--persona",
+                          "I have a dog.", "--explicit", "pal", "-m", "hi"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().count("\n") == 0 and "trained for another backbone" in out.stderr
