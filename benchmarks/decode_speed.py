@@ -5,21 +5,31 @@ Same prompt (``--prompt-tokens`` tokens of ``heldout_sample.txt``, default 200),
 all on the same machine and thread count:
 
 - torch eager: transformers ``generate`` (timestamps from a logits processor);
-- ORT <variant> (runtime): ``persona_sdk.runtime.Engine`` (IO binding, KV kept in ORT),
-  as shipped (ORT intra-op thread spinning off) and with spinning on;
+- ORT <variant> (runtime): ``persona_sdk.runtime.Engine.generate_ids`` as shipped (KV cache shared
+  in place, threads spinning inside a run only), greedy; and with spinning off; and (int8 / the
+  chat default variant) with the chat's default sampling settings (top-k/top-p/penalty);
 - ORT fp32 (numpy loop): the exporter's minimal loop, KV copied through numpy;
 - ORT <variant>, optimum graph: the same variant built from the optimum-onnx export instead of
   the fused graph (``--optimum-variants``), to show what the fused graph buys;
 - llama.cpp: ``llama-cpp-python`` on the same GGUF the default backbone comes from.
 
 Time to first token = prompt forward + first token; decode tok/s = (N-1) / (time
-from first to last token); per-token times are reported as medians. Perplexity
+from first to last token); per-token times are reported as medians.
+
+Also (``--skip-batch`` / ``--skip-ttft`` to leave out):
+
+- batched rows: N = 1, 4, 8, 16 concurrent replies (``--batch-rows``), each with a different
+  random persona block, through ``persona_sdk.batching.Batcher``: total tok/s, per-reply latency
+  p50/p95, and the same N replies one after another (max_rows=1) for the speed-up;
+- TTFT with a persona: a fresh 200-token prompt, and the second turn of a chat with and without
+  reusing the first turn's KV (``DecodeState``). Perplexity
 of each ORT variant on the whole held-out sample; delta vs fp32. Peak RSS of a
 ``persona chat --message`` process (``/usr/bin/time -v``), and of a fresh process per engine
 (torch eager, each ORT variant, llama.cpp) that loads it and decodes 16 tokens.
 
     python benchmarks/decode_speed.py --json benchmarks/results.json
     python benchmarks/decode_speed.py --backbone PATH --variants fp32 int4 --skip-llama --skip-rss
+    python benchmarks/decode_speed.py --only-batch --batch-rows 1 8      # the batching rows alone
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import persona_sdk  # noqa: F401  (first: switches onnxruntime's telemetry off before anything imports it)
+from persona_sdk.fileio import atomic_write
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "heldout_sample.txt"
@@ -73,37 +86,107 @@ def bench_torch(backbone: Path, prompt: list[int], new: int, threads: int) -> di
     return {**_rates(stamps, start), "tokens": out[0, len(prompt):].tolist()}
 
 
-def bench_runtime(export_dir: Path, prompt: list[int], new: int, threads: int, spin: bool = False) -> dict:
-    """Through ``persona_sdk.runtime.Engine`` as shipped (ORT intra-op spinning off);
-    ``spin=True`` re-creates its session with spinning on, to show what that default buys."""
-    import onnxruntime as ort
-
-    from persona_sdk.config import RuntimeConfig
+def bench_runtime(export_dir: Path, prompt: list[int], new: int, threads: int, spin: bool = True,
+                  sampling: bool = False) -> dict:
+    """Through ``persona_sdk.runtime.Engine.generate_ids`` as shipped (greedy; ``sampling``: the chat's
+    default settings, seeded). ``spin=False``: ORT intra-op spinning off."""
+    from persona_sdk.config import GenerationConfig, RuntimeConfig
     from persona_sdk.runtime import Engine
 
-    engine = Engine(export_dir, RuntimeConfig(device="cpu", variant=_variant(export_dir), threads=threads))
-    if spin:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        engine.session = ort.InferenceSession(str(Path(export_dir) / "model.onnx"), opts,
-                                              providers=["CPUExecutionProvider"])
+    engine = Engine(export_dir, RuntimeConfig(device="cpu", variant=_variant(export_dir), threads=threads, spin=spin))
+    engine.stop_ids = set()  # exactly `new` tokens
+    gen = (GenerationConfig(seed=0, max_new_tokens=new) if sampling
+           else GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=new))
 
     def run(n: int) -> tuple[list[int], list[float], float]:
-        past, plen = engine.initial_past(None)
-        start = time.perf_counter()
-        out = engine.forward(np.asarray([prompt], dtype=np.int64), past, plen)
         tokens, stamps = [], []
-        for _ in range(n):
-            tokens.append(int(out.logits[0].argmax()))
+        start = time.perf_counter()
+        for token in engine.generate_ids(prompt, None, gen.replace(max_new_tokens=n)):
             stamps.append(time.perf_counter())
-            out = engine.forward(np.asarray([[tokens[-1]]], dtype=np.int64), out.past, out.past_len)
+            tokens.append(token)
         return tokens, stamps, start
 
     run(4)  # warm-up
     tokens, stamps, start = run(new)
     return {**_rates(stamps, start), "tokens": tokens}
+
+
+def _random_persona(engine, length: int, seed: int):
+    from persona_sdk.prefix import Prefix
+
+    rng = np.random.default_rng(seed)
+    kv = rng.normal(0, 0.5, (engine.layers, 2, engine.kv_heads, length, engine.head_dim)).astype(engine.kv_dtype)
+    return Prefix(kv, engine.fingerprint, method="bench")
+
+
+def bench_batched(export_dir: Path, prompt: list[int], new: int, threads: int, rows: list[int],
+                  persona_len: int = 16) -> dict:
+    """N concurrent replies, N different personas, one Batcher; vs the same N replies one at a time."""
+    from persona_sdk.batching import Batcher
+    from persona_sdk.config import GenerationConfig, RuntimeConfig
+    from persona_sdk.runtime import Engine
+
+    engine = Engine(export_dir, RuntimeConfig(device="cpu", variant=_variant(export_dir), threads=threads))
+    engine.stop_ids = set()
+    gen = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=new)
+
+    def run(n: int, max_rows: int) -> dict:
+        personas = [_random_persona(engine, persona_len + (i % 4), seed=i) for i in range(n)]
+        prompts = [prompt[i % 7:] for i in range(n)]  # different lengths too
+        with Batcher(engine, max_rows=max_rows, capacity=len(prompt) + new + persona_len + 8) as batcher:
+            start = time.perf_counter()
+            replies = [batcher.submit(p, persona, gen) for p, persona in zip(prompts, personas)]
+            tokens = sum(len(list(r)) for r in replies)
+            wall = time.perf_counter() - start
+            mean_rows = batcher.stats.mean_rows
+        latency = np.array([r.times.latency for r in replies])
+        ttft = np.array([r.times.ttft for r in replies])
+        return {"replies": n, "tokens": tokens, "wall_s": wall, "tok_s": tokens / wall,
+                "latency_p50_s": float(np.percentile(latency, 50)), "latency_p95_s": float(np.percentile(latency, 95)),
+                "ttft_p50_s": float(np.percentile(ttft, 50)), "mean_rows_per_step": mean_rows}
+
+    run(2, 2)  # warm-up
+    out = {}
+    for n in rows:
+        batched, sequential = run(n, n), run(n, 1)
+        out[str(n)] = {"batched": batched, "sequential": sequential,
+                       "speedup": batched["tok_s"] / sequential["tok_s"]}
+    return out
+
+
+def bench_ttft(export_dir: Path, prompt: list[int], threads: int, persona_len: int = 16) -> dict:
+    """TTFT with a persona: a fresh prompt, and a chat's second turn with and without KV reuse."""
+    from persona_sdk.config import GenerationConfig, RuntimeConfig
+    from persona_sdk.conversation import ASSISTANT, USER, Turn
+    from persona_sdk.runtime import Engine
+
+    engine = Engine(export_dir, RuntimeConfig(device="cpu", variant=_variant(export_dir), threads=threads))
+    persona = _random_persona(engine, persona_len, seed=0)
+    gen = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=1)
+
+    def first_token(ids, state=None) -> float:
+        start = time.perf_counter()
+        next(iter(engine.generate_ids(ids, persona, gen, state=state)))
+        return time.perf_counter() - start
+
+    first_token(prompt)  # warm-up
+    fresh = [first_token(prompt) for _ in range(3)]
+    text = engine.format.decode(prompt)
+    turn1 = [Turn(USER, text)]
+    reply = "that sounds like a lovely weekend, i would love to join you next time."
+    turn2 = turn1 + [Turn(ASSISTANT, reply), Turn(USER, "what else do you do when it rains?")]
+    ids1 = engine.prompt_ids(turn1, persona, gen.replace(max_new_tokens=64))
+    ids2 = engine.prompt_ids(turn2, persona, gen.replace(max_new_tokens=64))
+    reused, refed = [], []
+    for _ in range(3):
+        state = engine.new_state(persona, capacity=len(ids2) + 64)
+        list(engine.generate_ids(ids1 + engine.format.encode(reply), persona, gen, state=state))  # turn one
+        reused.append(first_token(ids2, state))
+        refed.append(first_token(ids2))
+    return {"prompt_tokens": len(prompt), "persona_len": persona_len, "fresh_ttft_s": float(np.median(fresh)),
+            "second_turn_tokens": len(ids2), "second_turn_new_tokens": len(ids2) - state.reused,
+            "second_turn_ttft_reuse_s": float(np.median(reused)),
+            "second_turn_ttft_refeed_s": float(np.median(refed))}
 
 
 def optimum_export(model_dir: Path, variant: str, say) -> Path:
@@ -245,7 +328,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--rss-only", action="store_true",
                     help="only the peak RSS per engine (memory is not timing: fine on a busy machine)")
-    ap.add_argument("--skip-spin", action="store_true", help="skip the rows with ORT thread spinning on")
+    ap.add_argument("--skip-spin", action="store_true", help="skip the rows with ORT thread spinning off")
+    ap.add_argument("--skip-batch", action="store_true", help="skip the batched rows")
+    ap.add_argument("--skip-ttft", action="store_true", help="skip the TTFT / history-reuse rows")
+    ap.add_argument("--only-batch", action="store_true", help="only the batched rows (and TTFT)")
+    ap.add_argument("--batch-rows", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--batch-variant", default="int8", help="the variant the batched / TTFT rows run on")
+    ap.add_argument("--batch-prompt-tokens", type=int, default=32, help="a short chat message")
+    ap.add_argument("--batch-new-tokens", type=int, default=128)
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
 
@@ -264,22 +354,26 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"machine": machine(), "backbone": str(model_dir), "prompt_tokens": len(prompt),
                      "new_tokens": args.new_tokens, "threads": args.threads, "engines": {}, "perplexity": {}}
     engines = results["engines"]
-    if not args.skip_torch and not args.rss_only:
+    timing = not (args.rss_only or args.only_batch)
+    if not args.skip_torch and timing:
         say("torch eager ...")
         engines["torch eager (generate)"] = bench_torch(model_dir, prompt, args.new_tokens, args.threads)
-    for v, d in ({} if args.rss_only else exports).items():
+    for v, d in (exports if timing else {}).items():
         say(f"ORT {v} ...")
         engines[f"ORT {v} (runtime)"] = bench_runtime(d, prompt, args.new_tokens, args.threads)
         if not args.skip_spin:
-            engines[f"ORT {v} (runtime, spinning on)"] = bench_runtime(d, prompt, args.new_tokens, args.threads,
-                                                                       spin=True)
-    for v in ([] if args.rss_only else args.optimum_variants):
+            engines[f"ORT {v} (runtime, spinning off)"] = bench_runtime(d, prompt, args.new_tokens, args.threads,
+                                                                        spin=False)
+        if v == args.batch_variant:
+            engines[f"ORT {v} (runtime, chat sampling)"] = bench_runtime(d, prompt, args.new_tokens, args.threads,
+                                                                         sampling=True)
+    for v in (args.optimum_variants if timing else []):
         say(f"ORT {v}, optimum graph ...")
         engines[f"ORT {v}, optimum graph (runtime)"] = bench_runtime(optimum_export(model_dir, v, say), prompt,
                                                                    args.new_tokens, args.threads)
-    if not args.skip_numpy_loop and "fp32" in exports and not args.rss_only:
+    if not args.skip_numpy_loop and "fp32" in exports and timing:
         engines["ORT fp32 (numpy loop)"] = bench_numpy_loop(exports["fp32"], prompt, args.new_tokens, args.threads)
-    if not args.skip_llama and args.backbone is None and not args.rss_only:
+    if not args.skip_llama and args.backbone is None and timing:
         try:
             say("llama.cpp ...")
             engines["llama.cpp Q4_1 (llama-cpp-python)"] = bench_llama_cpp(bb._default_gguf(), prompt,
@@ -291,14 +385,24 @@ def main(argv: list[str] | None = None) -> dict:
         toks = row.pop("tokens")
         if ref is not None:
             row["same_greedy_tokens_as_ort_fp32"] = int(np.sum(np.cumprod(np.asarray(toks[: len(ref)]) == ref[: len(toks)])))
-    for v, d in ({} if args.rss_only else exports).items():
+    batch_dir = exports.get(args.batch_variant) or next(iter(exports.values()))
+    if not args.rss_only and not args.skip_batch:
+        say(f"batched rows on {_variant(batch_dir)} ...")
+        results["batched"] = {"variant": _variant(batch_dir), "prompt_tokens": args.batch_prompt_tokens,
+                              "new_tokens": args.batch_new_tokens,
+                              "rows": bench_batched(batch_dir, prompt[: args.batch_prompt_tokens], args.batch_new_tokens,
+                                                    args.threads, args.batch_rows)}
+    if not args.rss_only and not args.skip_ttft:
+        say(f"TTFT with a persona on {_variant(batch_dir)} ...")
+        results["ttft"] = {"variant": _variant(batch_dir), **bench_ttft(batch_dir, prompt, args.threads)}
+    for v, d in (exports if timing else {}).items():
         results["perplexity"][v] = perplexity(d, text_ids, args.threads)
     if "fp32" in results["perplexity"]:
         base = results["perplexity"]["fp32"]
         results["perplexity_delta_pct"] = {v: 100 * (p / base - 1) for v, p in results["perplexity"].items()}
-    if not args.skip_rss and args.backbone is None and not args.rss_only:
+    if not args.skip_rss and args.backbone is None and timing:
         results["chat_rss"] = [chat_peak_rss(os.environ.get("PERSONA_HOME"), v) for v in args.variants]
-    if not args.skip_rss:
+    if not args.skip_rss and not args.only_batch:
         say("peak RSS per engine ...")
         rss = results["engine_rss_mb"] = {}
         if not args.skip_torch:
@@ -310,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                        args.threads)
     report(results)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        atomic_write(args.json, json.dumps(results, indent=2).encode("utf-8"), private=False)
     return results
 
 
@@ -325,6 +429,22 @@ def report(results: dict) -> None:
         vs_l = f"{row['decode_tok_s'] / llama_rate:.2f}" if llama_rate else "-"
         same = row.get("same_greedy_tokens_as_ort_fp32", "-")
         print(f"| {name} | {row['ttft_s']:.3f} | {row['decode_tok_s']:.1f} | {row['median_ms_per_token']:.1f} | {vs_t} | {vs_l} | {same}/{row['new_tokens']} |")
+    if results.get("batched"):
+        b = results["batched"]
+        print(f"\n| concurrent replies ({b['variant']}, {b['prompt_tokens']}-token prompts, {b['new_tokens']} new tokens, "
+              "a different persona each) | batched tok/s | one at a time tok/s | speed-up | latency p50 / p95 (s) "
+              "| TTFT p50 (s) | rows per step |\n|---|---|---|---|---|---|---|")
+        for n, row in b["rows"].items():
+            bt, sq = row["batched"], row["sequential"]
+            print(f"| {n} | {bt['tok_s']:.1f} | {sq['tok_s']:.1f} | {row['speedup']:.2f}x | "
+                  f"{bt['latency_p50_s']:.2f} / {bt['latency_p95_s']:.2f} | {bt['ttft_p50_s']:.3f} | "
+                  f"{bt['mean_rows_per_step']:.1f} |")
+    if results.get("ttft"):
+        t = results["ttft"]
+        print(f"\nTTFT with a {t['persona_len']}-position persona ({t['variant']}): fresh {t['prompt_tokens']}-token "
+              f"prompt {t['fresh_ttft_s']:.3f} s; second turn ({t['second_turn_tokens']} tokens, "
+              f"{t['second_turn_new_tokens']} new) {t['second_turn_ttft_reuse_s']:.3f} s reusing the first turn's KV, "
+              f"{t['second_turn_ttft_refeed_s']:.3f} s re-fed whole")
     if results.get("perplexity"):
         print("\n| variant | held-out perplexity | delta vs fp32 |\n|---|---|---|")
         for v, p in results["perplexity"].items():

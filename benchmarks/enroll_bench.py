@@ -26,7 +26,7 @@ from pathlib import Path
 
 def pick_speaker(target: int):
     """The part-B speaker whose train-reply count is closest to ``target``."""
-    from persona_sdk.examples import build_examples
+    from persona_sdk.reply_examples import build_examples
     from persona_sdk.split import chitchat_split, select
 
     chats, split = chitchat_split()
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=64, help="test replies scored for perplexity")
     args = ap.parse_args()
 
-    from persona_sdk.examples import build_examples
+    from persona_sdk.reply_examples import build_examples
     from persona_sdk.split import select
 
     chats, speaker, n_train = pick_speaker(args.replies)

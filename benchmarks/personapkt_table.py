@@ -1,4 +1,4 @@
-"""The PersonaPKT table on chitchat parts B and C (issue 6; protocol in benchmarks/README.md).
+"""The PersonaPKT table on chitchat parts B and C (protocol in benchmarks/README.md).
 
     # quick (4 B + 4 C speakers, <= 32 train replies, 1 epoch; estimated 53 min on a quiet 2-core machine):
     .venv/bin/python benchmarks/personapkt_table.py --quick --out benchmarks/out/personapkt-quick
@@ -61,6 +61,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from persona_sdk.fileio import atomic_write
 
 SETTINGS: dict[str, str] = {  # key -> row label, in table order
     "backbone": "backbone only",
@@ -169,9 +171,7 @@ def spread(n: int, k: int) -> list[int]:
 
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data, private=False)
 
 
 class Cache:
@@ -241,7 +241,7 @@ class Person:
 
 
 def examples_of(chats, conv_ids: Sequence[str], speaker: str, count: Callable[[str], int], ctx: int) -> list:
-    from persona_sdk.examples import build_examples
+    from persona_sdk.reply_examples import build_examples
     from persona_sdk.split import select
 
     if not conv_ids:
@@ -678,7 +678,7 @@ def markdown(results: dict) -> str:
         pr = results["parts"][part]
         base = pr["settings"].get("base") or {}
         if base:
-            lines += [f"**Part {part} against the issue's bar** (PersonaPKT base): perplexity gain vs source-only "
+            lines += [f"**Part {part} against the target** (PersonaPKT base): perplexity gain vs source-only "
                       f"(median over speakers) {_f(pr.get('base_gain_vs_source_median'), pct=True)} (bar ≥ 10%); "
                       f"identification K=20 {_f(base.get('ident_k20'), pct=True)} (bar ≥ 50%; "
                       f"K=all={pr.get('k_all')}: {_f(base.get('ident_all'), pct=True)}); stored "
@@ -914,7 +914,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                          if u.get("train") and u["train"].get("curve")]
         src_rows = pr["settings"]
         if "source" in src_rows and src_rows["source"] and "base" in src_rows and src_rows["base"]:
-            # the issue's target: personal prefix perplexity >= 10% below source-only (median over speakers)
+            # the target: personal prefix perplexity >= 10% below source-only (median over speakers)
             gains = []
             for sp in units["base"]:
                 a, b = units["source"].get(sp), units["base"][sp]

@@ -9,31 +9,13 @@ from __future__ import annotations
 
 import sys
 
-import typer
+from ._app import app
 
+# each command group adds its commands to `app`; `persona --help` lists them in this order
+from . import chat, backbone, inspect, profiles, enroll, source, evaluate, serve, explicit  # noqa: E402,F401  isort: skip
 from ._common import run_cli
 
-app = typer.Typer(
-    name="persona",
-    help="Learn your implicit persona from your own chats, keep it encrypted, chat in your voice. "
-    "Everything runs on this machine.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _register() -> None:
-    # each module adds its commands to `app`
-    for optional in ("chat", "backbone", "inspect", "profiles", "enroll", "source", "evaluate", "explicit"):
-        try:
-            __import__(f"{__name__}.{optional}")
-        except ModuleNotFoundError as exc:  # a command group not built yet
-            if exc.name != f"{__name__}.{optional}":
-                raise
-
-
-_register()
+__all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from ._common import err
 
 backbone_app = typer.Typer(help="Export the backbone to ONNX (fp32, int8, int4, fp16) and inspect it.",

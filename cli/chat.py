@@ -1,18 +1,18 @@
-"""`persona chat`: talk to the backbone, or to an enrolled persona."""
+"""`persona chat`: talk to the backbone, to an enrolled persona, or to a persona described in sentences."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from . import app
+from persona_sdk.config import GenerationConfig, RuntimeConfig
 from persona_sdk.errors import ConfigError
 
-from ._common import err
+from ._app import app
+from ._common import config_option, err, open_vault, profile_key
 
 
 @app.command()
@@ -20,17 +20,16 @@ def chat(
     message: Optional[str] = typer.Option(None, "--message", "-m", help="Send one message, print the reply to stdout, exit."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Enrolled profile to speak as (see `persona list`)."),
     backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    spin: bool = typer.Option(False, "--spin", help="Busy-waiting CPU threads: ~1.5x faster on an idle CPU, "
-                              "slower when the cores are busy."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8, int4 or fp16 (default: int8 on CPU, fp16 on CUDA)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Most tokens in one reply."),
-    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature; 0 = greedy."),
-    top_p: float = typer.Option(0.9, "--top-p", help="Nucleus sampling mass."),
-    top_k: int = typer.Option(50, "--top-k", help="Sample among the k most likely tokens (0 = all)."),
-    repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", help=">= 1; discourages repeating tokens."),
-    beams: int = typer.Option(1, "--beams", help="Beam search width (> 1 disables sampling)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+    device: str = config_option(RuntimeConfig, "device", "--device"),
+    spin: bool = config_option(RuntimeConfig, "spin", "--spin"),
+    variant: Optional[str] = config_option(RuntimeConfig, "variant", "--variant"),
+    max_new_tokens: int = config_option(GenerationConfig, "max_new_tokens", "--max-new-tokens"),
+    temperature: float = config_option(GenerationConfig, "temperature", "--temperature"),
+    top_p: float = config_option(GenerationConfig, "top_p", "--top-p"),
+    top_k: int = config_option(GenerationConfig, "top_k", "--top-k"),
+    repetition_penalty: float = config_option(GenerationConfig, "repetition_penalty", "--repetition-penalty"),
+    beams: int = config_option(GenerationConfig, "num_beams", "--beams"),
+    seed: Optional[int] = config_option(GenerationConfig, "seed", "--seed"),
     persona: Optional[List[str]] = typer.Option(None, "--persona", help="A persona sentence to speak as "
                                                 "(repeat for several), instead of an enrolled profile."),
     persona_file: Optional[Path] = typer.Option(None, "--persona-file", help="Persona sentences, one per line."),
@@ -48,7 +47,6 @@ def chat(
     backbone's ONNX export (once; it says so on stderr first, needs the [export] extra).
     """
     from persona_sdk.agent import PersonaAgent
-    from persona_sdk.config import GenerationConfig
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                            repetition_penalty=repetition_penalty, num_beams=beams, seed=seed,
@@ -62,7 +60,7 @@ def chat(
             raise ConfigError("--name and --persona/--persona-file cannot be combined; pass one")
         agent = PersonaAgent(persona_sentences=sentences, explicit=explicit, **kwargs)
     elif name:
-        agent = PersonaAgent.open(name, passphrase=_vault_passphrase(name), **kwargs)
+        agent = PersonaAgent.open(name, passphrase=profile_key(open_vault(), name), **kwargs)
     else:
         agent = PersonaAgent(**kwargs)
     with agent:
@@ -82,18 +80,6 @@ def _persona_sentences(persona, persona_file, explicit) -> Optional[list]:
     return list(persona_sentences(sentences))
 
 
-def _vault_passphrase(name: str) -> Optional[str]:
-    """PERSONA_PASSPHRASE, else a hidden prompt — only for passphrase-mode profiles."""
-    from persona_sdk import vault
-
-    value = os.environ.get("PERSONA_PASSPHRASE")
-    if value or not vault.needs_passphrase(name):
-        return value or None
-    from ._common import prompt_passphrase
-
-    return prompt_passphrase("PERSONA_PASSPHRASE", confirm=False)
-
-
 def _repl(agent, name: Optional[str]) -> None:
     who = name or "persona"
     err(f"Chatting as {who} on {agent.engine.device}. /reset forgets, /exit or Ctrl-D quits, Ctrl-C stops a reply.")
@@ -106,6 +92,9 @@ def _repl(agent, name: Optional[str]) -> None:
         except KeyboardInterrupt:
             typer.echo("")
             continue
+        except UnicodeDecodeError:  # a strict-decoding terminal got bytes that are not text
+            err("Error: that line is not valid text (bytes that are not UTF-8); try again")
+            continue
         text = line.strip()
         if not text:
             continue
@@ -115,9 +104,15 @@ def _repl(agent, name: Optional[str]) -> None:
             agent.reset()
             err("(conversation forgotten)")
             continue
+        from persona_sdk.errors import GenerationError
+
+        try:
+            pieces = agent.stream(text)
+        except GenerationError as exc:  # one bad line does not end the conversation
+            err(f"Error: {exc}")
+            continue
         sys.stdout.write(f"{who}> ")
         sys.stdout.flush()
-        pieces = agent.stream(text)
         try:
             for piece in pieces:
                 sys.stdout.write(piece)

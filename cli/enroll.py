@@ -8,8 +8,11 @@ from typing import Optional
 
 import typer
 
-from . import app
-from ._common import err, prompt_passphrase
+from persona_sdk.enrollment import SOURCE_DEFAULT
+from persona_sdk.training.config import TrainConfig
+
+from ._app import app
+from ._common import config_option, err, prompt_passphrase
 
 
 @app.command()
@@ -18,23 +21,22 @@ def enroll(
     me: Optional[str] = typer.Option(None, "--me", help="your sender name in the chats (default: from the file, or the only sender in every chat)"),
     name: Optional[str] = typer.Option(None, "--name", help="profile name (default: derived from --me)"),
     fmt: str = typer.Option("auto", "--format", help="auto, chats, whatsapp, telegram, discord or chitchat"),
-    method: str = typer.Option("prefix", "--method", help="prefix (from the source prefix), rand-prefix, or prompt"),
-    prefix_len: int = typer.Option(16, "--prefix-len", help="virtual tokens P of the persona block"),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="training time budget; stops at the best checkpoint so far"),
-    epochs: int = typer.Option(3, "--epochs", help="maximum passes over your replies"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default: 1e-3 when starting from a source prefix, 3e-3 otherwise)"),
-    seed: int = typer.Option(0, "--seed", help="random seed (same data + seed = same persona)"),
+    method: str = config_option(TrainConfig, "method", "--method"),
+    prefix_len: int = config_option(TrainConfig, "prefix_len", "--prefix-len"),
+    max_minutes: Optional[float] = config_option(TrainConfig, "max_minutes", "--max-minutes"),
+    epochs: int = config_option(TrainConfig, "epochs", "--epochs"),
+    lr: Optional[float] = config_option(TrainConfig, "lr", "--lr"),
+    seed: int = config_option(TrainConfig, "seed", "--seed"),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)"),
-    source: str = typer.Option("default", "--source", help="source prefix: default (shipped), a FILE, or none"),
+    source: str = typer.Option(SOURCE_DEFAULT, "--source", help="source prefix: default (shipped), a FILE, or none"),
     force: bool = typer.Option(False, "--force", help="replace an existing profile of the same name"),
 ) -> None:
     """Learn your implicit persona from your own chats; store it encrypted on this machine.
 
     Example: persona enroll chats.json --me Ana --name ana --max-minutes 5
     """
-    from persona_sdk.enroll import enroll as run_enroll
+    from persona_sdk.enrollment import enroll as run_enroll
     from persona_sdk.errors import EnrollmentCancelled
-    from persona_sdk.trainer import TrainConfig
     from persona_sdk.vault import ENV_PASSPHRASE
 
     from ._progress import TrainBar
@@ -43,22 +45,16 @@ def enroll(
     config = TrainConfig(method=method, prefix_len=prefix_len, epochs=epochs, lr=lr, seed=seed,
                          max_minutes=max_minutes)
     try:
-        result = run_enroll(chats, me=me, name=name, fmt=fmt, method=method, prefix_len=prefix_len,
-                            max_minutes=max_minutes, backbone=backbone, source=source, passphrase=passphrase,
-                            force=force, progress=TrainBar("enrolling"), config=config)
+        result = run_enroll(chats, me=me, name=name, fmt=fmt, backbone=backbone, source=source,
+                            passphrase=passphrase, force=force, progress=TrainBar("enrolling"), config=config)
     except EnrollmentCancelled as exc:
         sys.stderr.write("\n")
-        if exc.best is not None and sys.stdin.isatty() and typer.confirm(
+        if exc.best is not None and exc.profile and sys.stdin.isatty() and typer.confirm(
                 "Interrupted. Keep the best persona so far?", default=False):
             from persona_sdk.vault import Vault
 
-            from persona_sdk.chats import load_chats, resolve_me
-            from persona_sdk.enroll import profile_name_for
-
-            who = resolve_me(load_chats(chats, None if fmt == "auto" else fmt), me)
-            target = name or profile_name_for(who)
-            Vault().save(target, exc.best, passphrase, force=force)
-            err(f"Saved the best checkpoint so far as profile {target!r}.")
+            Vault().save(exc.profile, exc.best, passphrase, force=force)
+            err(f"Saved the best checkpoint so far as profile {exc.profile!r}.")
             return
         raise
     s, r = result.summary, result.report

@@ -1,4 +1,5 @@
-"""`persona eval`: perplexity of your held-out replies with and without your persona."""
+"""`persona eval`: perplexity of your held-out replies with and without your persona, and what a
+reader notices (length, style, topics, attribution) in the replies it writes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from . import app
-from ._common import err
+from ._app import app
+from ._common import err, open_vault, profile_key
 
 
 @app.command("eval")
@@ -22,6 +23,8 @@ def eval_(
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML report with a plot and the side-by-side replies (contains your chat text)."),
     samples: int = typer.Option(3, "--samples", help="Side-by-side replies to generate and print (0 = none; only numbers are printed)."),
     max_replies: int = typer.Option(100, "--max-replies", help="Score at most this many replies (evenly spread)."),
+    voice: int = typer.Option(40, "--voice", help="Held-out contexts the persona, the source prefix and the backbone each answer (chat defaults, fixed seeds) for the style/topic/attribution comparison; 0 = skip."),
+    attribution_k: int = typer.Option(20, "--attribution-k", help="Attribution classes: you + K-1 chitchat source speakers (chance 1/K); 0 = skip attribution."),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON (never any chat text)."),
     backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder or ONNX export (default: embedded SmolLM2-135M-Instruct)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -32,22 +35,30 @@ def eval_(
     Example: persona eval me --chats held_out.json --me Alice --html report.html
 
     Prints perplexity of your replies with the backbone alone, with the source
-    prefix (the shipped one by default) and with your persona, the relative gain, and a few
-    generated replies next to your real ones. Nothing is written unless you pass
-    --html.
+    prefix (the shipped one by default) and with your persona, the relative gain; then
+    what a reader notices: replies the persona, the source prefix and the bare backbone
+    write to your held-out contexts against your real ones (median length, lowercase
+    starts, final punctuation, emoji, ! or ?, multi-message turns, your distinctive
+    topics, and whether a stylometric classifier attributes them to you among K-1
+    chitchat source speakers). Warns when the chats overlap what the persona was
+    trained on. A few generated replies are shown next to yours. Nothing is written
+    unless you pass --html; --json prints numbers only.
     """
     from persona_sdk.chats import load_chats, resolve_me
     from persona_sdk.config import RuntimeConfig
     from persona_sdk.evaluate import EvalConfig, evaluate, format_samples, held_out_examples, write_html
     from persona_sdk.engines import open_engine
 
-    from .profiles import _unlock, _vault
-
     if as_json and html_out is None:
         samples = 0  # nothing would show them
-    config = EvalConfig(samples=samples, max_replies=max_replies)
-    vault = _vault()
-    key = _unlock(vault, profile)
+    if attribution_k == 1 or attribution_k < 0:
+        from persona_sdk.errors import ConfigError
+
+        raise ConfigError("--attribution-k must be 0 (skip) or >= 2")
+    config = EvalConfig(samples=samples, max_replies=max_replies, voice=voice,
+                        **({"attribution_k": attribution_k} if attribution_k else {}))
+    vault = open_vault()
+    key = profile_key(vault, profile)
     loaded = load_chats(chats, fmt)
     who = resolve_me(loaded, me)
     runtime = RuntimeConfig(device=device, **({"variant": variant} if variant else {}))
@@ -55,10 +66,16 @@ def eval_(
     persona = vault.load(profile, key, fingerprint=engine.fingerprint)
     source_prefix = _source(source, engine.fingerprint)
     examples = held_out_examples(engine, loaded, who, config)
+    distractors = _distractors(config) if voice and attribution_k else None
     err(f"Scoring {min(len(examples), config.max_replies)} of your {len(examples)} replies on {engine.device}...")
     report = evaluate(engine, persona, examples, me=who, source=source_prefix, config=config,
-                      progress=_progress_printer())
+                      progress=_progress_printer(), distractors=distractors,
+                      voice_progress=_progress_printer("contexts answered"))
+    for note in report.notes:
+        err(f"({note})")
     if as_json:
+        for line in report.warnings:
+            err(line)
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         for line in report.summary_lines():
@@ -90,12 +107,29 @@ def _source(source: str, fingerprint: str):
         raise EvalError(str(exc)) from None
 
 
-def _progress_printer():
+def _distractors(config):
+    """Chitchat source speakers for attribution, or None (with one line saying why)."""
+    import importlib.util
+
+    from persona_sdk.errors import ChatFileError, MissingDependencyError
+    from persona_sdk.evaluate import source_speakers
+
+    if importlib.util.find_spec("sklearn") is None:
+        err("(attribution skipped: it needs scikit-learn: pip install 'persona-sdk[eval]')")
+        return None
+    try:
+        return source_speakers(config.attribution_k - 1, config.distractor_replies, seed=config.seed)
+    except (MissingDependencyError, ChatFileError) as exc:
+        err(f"(attribution skipped: {exc})")
+        return None
+
+
+def _progress_printer(what: str = "scored"):
     step_every = [1]
 
     def show(done: int, total: int) -> None:
         step_every[0] = max(1, total // 10)
         if done == total or done % step_every[0] == 0:
-            err(f"  scored {done}/{total}")
+            err(f"  {what} {done}/{total}")
 
     return show

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ._app import app
 from persona_sdk.errors import ConfigError
 
 from ._common import err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from . import app
+from ._app import app
 from ._common import err
 
 _HOW = {
@@ -31,18 +31,23 @@ def inspect(
 
     Example: persona inspect "WhatsApp Chat with Bob.txt" --me Alice
     """
-    from persona_sdk.chats import FORMAT_CHOICES, load_chats, who_is_me
+    from persona_sdk.chats import FORMAT_CHOICES, display_name, load_chats, who_is_me
     from persona_sdk.errors import ConfigError
-    from persona_sdk.examples import MIN_REPLIES, build_examples
+    from persona_sdk.reply_examples import MIN_REPLIES, build_examples
 
     if fmt not in FORMAT_CHOICES:
         raise ConfigError(f"--format must be one of {', '.join(FORMAT_CHOICES)}, got {fmt!r}")
     loaded = load_chats(chats, fmt)
     name, how = who_is_me(loaded, me)
-    result = build_examples(loaded, name, seed=seed, min_replies=0)
+    result = build_examples(loaded, name, seed=seed, min_replies=0, keep=False)  # counts only
     r = result.report
+    # a "sender" seen once may be message text that looked like a header: counted, not named
+    named = {s: n for s, n in r.senders.items() if n > 1 or s == r.me}
+    once = len(r.senders) - len(named)
     if as_json:
         data = dict(vars(r))
+        data["senders"] = named
+        data["senders_with_one_message"] = once
         data["me_how"] = how
         data["min_replies"] = MIN_REPLIES
         data["skipped_files"] = len(loaded.skipped)
@@ -52,12 +57,15 @@ def inspect(
         out(f"formats: {', '.join(r.formats)}")
         if loaded.skipped:
             out(f"skipped files: {len(loaded.skipped)} (not chat exports)")
-        out(f"me: {r.me} ({_HOW[how]})")
+        out(f"me: {display_name(r.me)} ({_HOW[how]})")
         out(f"conversations: {r.conversations} ({r.conversations_with_examples} with examples of yours)")
         out("senders (messages):")
-        width = max(len(s) for s in r.senders)
-        for sender, n in r.senders.items():
+        shown = {display_name(s): n for s, n in named.items()}
+        width = max((len(s) for s in shown), default=0)
+        for sender, n in shown.items():
             out(f"  {sender.ljust(width)}  {n}")
+        if once:
+            out(f"  ({once} sender(s) with a single message, not named)")
         out(f"my messages: {r.my_messages}, my turns: {r.my_turns}")
         out(f"examples: {r.examples}")
         out(f"  train: {r.train} from {r.train_conversations} conversation(s)")

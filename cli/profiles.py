@@ -9,40 +9,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from . import app
-from ._common import err, prompt_passphrase
+from ._app import app
+from . import _peft
+from ._common import err, new_key, open_vault, profile_key, prompt_passphrase
+from ._peft import Format
 
 ENV_NEW_PASSPHRASE = "PERSONA_NEW_PASSPHRASE"
-
-
-def _vault():
-    from persona_sdk.vault import Vault
-
-    return Vault()
-
-
-def _unlock(vault, name: str) -> Any:
-    """What opens profile ``name``: the keyring, or its passphrase (env or prompt)."""
-    from persona_sdk.vault import ENV_PASSPHRASE, KEYRING
-
-    if vault.info(name).mode == "keyring":
-        return KEYRING
-    return prompt_passphrase(ENV_PASSPHRASE, confirm=False, label=f"Passphrase for {name}")
-
-
-def _new_key(env_var: str, use_keyring: bool, label: str) -> Any:
-    """A new key: the OS keyring if asked for and present, else a confirmed passphrase."""
-    from persona_sdk.vault import KEYRING, keyring_available
-
-    if use_keyring:
-        if keyring_available():
-            return KEYRING
-        err("No OS keyring is available here; protecting the profile with a passphrase instead.")
-    return prompt_passphrase(env_var, confirm=True, label=label)
 
 
 def _ago(ts: float) -> str:
@@ -55,14 +31,24 @@ def list_profiles() -> None:
 
     Example: persona list
     """
-    vault = _vault()
+    from persona_sdk.errors import PersonaError, VaultError
+
+    vault = open_vault()
     names = vault.list()
     if not names:
         err(f"No profiles yet in {vault.root}.")
         return
-    for name in names:
-        info = vault.info(name)
+    bad = 0
+    for name in names:  # every profile; an unreadable one is marked and does not hide the rest
+        try:
+            info = vault.info(name)
+        except PersonaError as exc:
+            bad += 1
+            typer.echo(f"{name}\tunreadable\t{exc}")
+            continue
         typer.echo(f"{name}\t{info.mode}\t{info.backbone[:12]}\t{info.file_bytes} B\t{_ago(info.modified)}")
+    if bad:
+        raise VaultError(f"{bad} of {len(names)} profiles cannot be read (marked unreadable above)")
 
 
 @app.command("info")
@@ -75,7 +61,7 @@ def info(
 
     Example: persona info me --no-unlock
     """
-    vault = _vault()
+    vault = open_vault()
     meta = vault.info(name)
     typer.echo(f"name: {meta.name}")
     typer.echo(f"file: {meta.path}")
@@ -90,7 +76,7 @@ def info(
     typer.echo(f"modified: {_ago(meta.modified)}")
     if not unlock:
         return
-    prefix = vault.load(name, _unlock(vault, name))
+    prefix = vault.load(name, profile_key(vault, name))
     spec = prefix.spec
     typer.echo(f"prefix: {spec.length} virtual tokens x {spec.layers} layers x {spec.kv_heads} KV heads "
                f"x {spec.head_dim} dims ({spec.dtype}, {prefix.kv.nbytes} bytes)")
@@ -112,7 +98,7 @@ def delete(
     """
     import sys
 
-    vault = _vault()
+    vault = open_vault()
     vault.info(name)  # raises ProfileNotFoundError early
     if not yes:
         if not sys.stdin.isatty():
@@ -135,9 +121,9 @@ def rekey(
     Non-interactive: PERSONA_PASSPHRASE (current) and PERSONA_NEW_PASSPHRASE (new).
     Example: persona rekey me
     """
-    vault = _vault()
-    old = _unlock(vault, name)
-    new = _new_key(ENV_NEW_PASSPHRASE, keyring, "New passphrase")
+    vault = open_vault()
+    old = profile_key(vault, name)
+    new = new_key(ENV_NEW_PASSPHRASE, keyring, "New passphrase")
     vault.rekey(name, old, new)
     err(f"Profile {name!r} re-encrypted.")
 
@@ -145,23 +131,43 @@ def rekey(
 @app.command("export")
 def export(
     name: str = typer.Argument(..., help="Profile name."),
-    output: Path = typer.Option(..., "--output", "-o", help="Export file to write, e.g. me.persona."),
+    target: Optional[Path] = typer.Argument(None, help="Where to write (same as --output)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Export file to write, e.g. me.persona "
+                                          "(with --format peft: the adapter folder)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output file if it exists."),
+    fmt: Format = typer.Option(Format.persona, "--format", help="persona: an encrypted file (default); "
+                               "peft: a PEFT prefix-tuning adapter folder, UNENCRYPTED (needs --yes)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--format peft: confirm writing the persona unencrypted."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="--format peft: the backbone folder to name "
+                                           "as the adapter's base model (default: the embedded one, if it fits)."),
 ) -> None:
-    """Write a profile to an encrypted file (its own export passphrase) to carry to another device.
+    """Write a profile to an encrypted file (its own export passphrase) to carry to another device,
+    or (--format peft --yes) to a plaintext PEFT prefix-tuning adapter folder for PeftModel.from_pretrained.
 
     Non-interactive: PERSONA_PASSPHRASE (vault) and PERSONA_EXPORT_PASSPHRASE (export file).
     Example: persona export me -o me.persona
+    Example: persona export me --format peft me-adapter --yes
     """
+    from persona_sdk.errors import ConfigError
     from persona_sdk.vault import ENV_EXPORT_PASSPHRASE
 
-    vault = _vault()
+    if target is not None and output is not None and target != output:
+        raise ConfigError("give the destination once (as an argument or with --output)")
+    output = target if target is not None else output
+    if output is None:
+        raise ConfigError("where to write? e.g. persona export NAME -o NAME.persona")
+    vault = open_vault()
+    if fmt is Format.peft:
+        out = _peft.export_peft(vault, name, output, yes=yes, force=force, backbone=backbone, unlock=profile_key)
+        typer.echo(str(out))
+        return
     vault.info(name)
+    vault.check_export_path(output)
     if output.exists() and not force:
         from persona_sdk.errors import ProfileExistsError
 
         raise ProfileExistsError(f"{output} already exists (use --force to overwrite it)")
-    unlock = _unlock(vault, name)
+    unlock = profile_key(vault, name)
     export_pw = prompt_passphrase(ENV_EXPORT_PASSPHRASE, confirm=True, label="Export passphrase")
     out = vault.export(name, output, unlock, export_pw, force=force)
     err(f"Exported {name!r} to {out} (encrypted; bound to backbone {vault.info(name).backbone[:12]}).")
@@ -170,37 +176,42 @@ def export(
 
 @app.command("import")
 def import_(
-    file: Path = typer.Argument(..., help="Export file made by `persona export`."),
+    file: Path = typer.Argument(..., help="Export file made by `persona export` (--format peft: a PEFT "
+                                "prefix-tuning adapter folder)."),
     name: Optional[str] = typer.Option(None, "--name", help="Profile name (default: the file name)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing profile of that name."),
     backbone: Optional[str] = typer.Option(
         None, "--backbone", help="Backbone folder in use (default: the embedded default backbone)."),
     keyring: bool = typer.Option(False, "--keyring",
                                  help="Keep the profile's key in the OS keyring instead of a passphrase."),
+    fmt: Format = typer.Option(Format.persona, "--format", help="persona: an encrypted export file (default); "
+                               "peft: a PEFT prefix-tuning adapter folder (e.g. trained with PEFT elsewhere)."),
 ) -> None:
     """Import an exported persona; refuses one made for a different backbone.
 
     Non-interactive: PERSONA_EXPORT_PASSPHRASE (export file) and PERSONA_PASSPHRASE (vault).
     Example: persona import me.persona --name me
+    Example: persona import my-peft-adapter --format peft --name me
     """
-    from persona_sdk import _crypto, backbone as bb
-    from persona_sdk.errors import BackboneMismatchError, ProfileExistsError
-    from persona_sdk.vault import ENV_EXPORT_PASSPHRASE, ENV_PASSPHRASE, _read_bounded, validate_name
+    if fmt is Format.peft:
+        done = _peft.import_peft(open_vault(), file, name=name, force=force, backbone=backbone,
+                                 new_key=lambda env: new_key(env, keyring, "New vault passphrase"))
+        typer.echo(done)
+        return
+    from persona_sdk import backbone as bb
+    from persona_sdk.errors import ProfileExistsError
+    from persona_sdk.vault import ENV_EXPORT_PASSPHRASE, ENV_PASSPHRASE, export_info, validate_name
 
-    vault = _vault()
-    # cheap checks first: structure, backbone, existing profile; then passphrases
-    header = _crypto.read_header(_read_bounded(file), kind=_crypto.KIND_EXPORT)
+    vault = open_vault()
+    # cheap checks first: structure, existing profile, backbone; then passphrases
+    exported = export_info(file)
     target = validate_name(name) if name else None
     if target and vault.exists(target) and not force:
         raise ProfileExistsError(f"profile {target!r} already exists (use --force to replace it)")
     fp = bb.fingerprint(bb.resolve(backbone, progress=err))
-    if fp != header.fingerprint:
-        raise BackboneMismatchError(
-            f"{file.name} was made for backbone {header.fingerprint[:16]}, but the backbone in use is "
-            f"{fp[:16]}; pass the matching one with --backbone"
-        )
+    exported.check_backbone(fp)
     export_pw = prompt_passphrase(ENV_EXPORT_PASSPHRASE, confirm=False, label="Export passphrase")
-    new = _new_key(ENV_PASSPHRASE, keyring, "New vault passphrase")
+    new = new_key(ENV_PASSPHRASE, keyring, "New vault passphrase")
     done = vault.import_file(file, export_pw, new, name=name, force=force, fingerprint=fp)
     err(f"Imported {file.name} as profile {done!r}.")
     typer.echo(done)

@@ -9,8 +9,10 @@ from typing import Optional
 
 import typer
 
-from . import app
-from ._common import err
+from persona_sdk.training.config import SourceConfig
+
+from ._app import app
+from ._common import config_option, err
 
 source_app = typer.Typer(help="Source prefixes (maintainers): the multi-speaker start of every enrollment.",
                          no_args_is_help=True)
@@ -22,23 +24,23 @@ def train(
     out: Path = typer.Option(..., "--out", help="folder to write source_prefix.safetensors + SOURCE.json into"),
     corpus: str = typer.Option("chitchat", help="chitchat (part-A speakers of the eval split) or spc (needs --spc-csv)"),
     spc_csv: Optional[Path] = typer.Option(None, "--spc-csv", help="Synthetic-Persona-Chat CSV (corpus spc)"),
-    method: str = typer.Option("plain", help="plain | temperature | ppreptile | mtml | amtml"),
-    steps: int = typer.Option(200, help="optimisation steps (meta methods: inner steps in total)"),
-    lr: float = typer.Option(3e-3, help="learning rate (inner lr for meta methods)"),
-    batch_size: int = typer.Option(8, help="examples per step"),
-    prefix_len: int = typer.Option(16, help="virtual tokens P"),
-    temperature: float = typer.Option(10.0, help="T of temperature mixing"),
-    inner_steps: int = typer.Option(3, help="k inner steps per speaker (meta methods)"),
-    outer_batch: int = typer.Option(2, help="speakers per outer step (meta methods)"),
-    outer_lr: float = typer.Option(1.0, help="β of the Reptile outer step"),
-    alpha: float = typer.Option(0.8, help="α weighting response vs reconstruction loss (mtml/amtml)"),
-    context_budget: int = typer.Option(112, help="max context tokens before a reply"),
+    method: str = config_option(SourceConfig, "method"),
+    steps: int = config_option(SourceConfig, "steps"),
+    lr: float = config_option(SourceConfig, "lr"),
+    batch_size: int = config_option(SourceConfig, "batch_size"),
+    prefix_len: int = config_option(SourceConfig, "prefix_len"),
+    temperature: float = config_option(SourceConfig, "temperature"),
+    inner_steps: int = config_option(SourceConfig, "inner_steps"),
+    outer_batch: int = config_option(SourceConfig, "outer_batch"),
+    outer_lr: float = config_option(SourceConfig, "outer_lr"),
+    alpha: float = config_option(SourceConfig, "alpha"),
+    context_budget: int = config_option(SourceConfig, "context_budget"),
     max_speakers: Optional[int] = typer.Option(None, help="use only the first N part-A speakers (hash order)"),
     max_per_speaker: Optional[int] = typer.Option(None, help="cap replies per speaker"),
     max_val: int = typer.Option(64, help="validation replies (sampled from part-A val conversations)"),
-    max_minutes: Optional[float] = typer.Option(None, help="wall-clock budget"),
-    seed: int = typer.Option(0, help="random seed"),
-    init_text: Optional[str] = typer.Option(None, help="start from the KV of this text instead of random tokens"),
+    max_minutes: Optional[float] = config_option(SourceConfig, "max_minutes"),
+    seed: int = config_option(SourceConfig, "seed"),
+    init_text: Optional[str] = config_option(SourceConfig, "init_text"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
     backbone: Optional[str] = typer.Option(None, help="backbone folder (default: the embedded SmolLM2-135M)"),
 ) -> None:
@@ -48,7 +50,7 @@ def train(
     """
     from persona_sdk import source as src
 
-    cfg = src.SourceConfig(method=method, prefix_len=prefix_len, steps=steps, lr=lr, batch_size=batch_size,
+    cfg = SourceConfig(method=method, prefix_len=prefix_len, steps=steps, lr=lr, batch_size=batch_size,
                            temperature=temperature, inner_steps=inner_steps, outer_batch=outer_batch,
                            outer_lr=outer_lr, alpha=alpha, context_budget=context_budget,
                            max_minutes=max_minutes, seed=seed, init_text=init_text)

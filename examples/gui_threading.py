@@ -1,11 +1,12 @@
 """The pattern for a desktop app: never decode on the UI thread.
 
 Tkinter shown here; the same applies to Qt (QThreadPool / signals) or any GUI
-with an event loop. A :class:`ReplyWorker` streams the reply in a worker thread
-and queues each piece; the UI thread drains the queue from its event loop
-(``root.after``) and never waits on the model. The Stop button calls
-``agent.cancel()``, which ends the reply at the next token and leaves the agent
-usable.
+with an event loop. :class:`persona_sdk.ReplyWorker` streams the reply in a
+worker thread and queues each piece; the UI thread drains the queue from its
+event loop (``root.after``) and never waits on the model. The Stop button calls
+``worker.stop()`` (``agent.cancel()``), which ends the reply at the next token
+and leaves the agent usable. A whole app built this way (profiles, unlock,
+streaming, Stop, New chat, status line) is ``examples/desktop/app.py``.
 
     python examples/gui_threading.py                    # a Tk window
     python examples/gui_threading.py --headless         # the same worker driven from a plain loop (no display)
@@ -15,45 +16,10 @@ The first run builds the backbone's ONNX export (announced on stderr; see quicks
 """
 
 import argparse
-import queue
 import sys
-import threading
 import time
 
-from persona_sdk import GenerationConfig, PersonaAgent
-
-END = None  # queued after the last piece of a reply
-
-
-class ReplyWorker:
-    """Streams replies off the UI thread; the UI polls :meth:`drain` and never blocks."""
-
-    def __init__(self, agent: PersonaAgent) -> None:
-        self.agent = agent
-        self.pieces: "queue.Queue[str | None]" = queue.Queue()
-
-    def send(self, text: str) -> None:
-        threading.Thread(target=self._run, args=(text,), daemon=True).start()
-
-    def stop(self) -> None:
-        """The Stop button: safe from any thread."""
-        self.agent.cancel()
-
-    def drain(self) -> list:
-        """Every piece decoded since the last call (``END`` marks the end of a reply)."""
-        out = []
-        try:
-            while True:
-                out.append(self.pieces.get_nowait())
-        except queue.Empty:
-            return out
-
-    def _run(self, text: str) -> None:  # the worker thread
-        try:
-            for piece in self.agent.stream(text):
-                self.pieces.put(piece)
-        finally:
-            self.pieces.put(END)
+from persona_sdk import GenerationConfig, PersonaAgent, ReplyDone, ReplyWorker
 
 
 def run_tk(agent: PersonaAgent) -> None:
@@ -69,12 +35,12 @@ def run_tk(agent: PersonaAgent) -> None:
 
     def pump() -> None:  # runs on the UI thread
         for piece in worker.drain():
-            log.insert(tk.END, "\n" if piece is END else piece)
+            log.insert(tk.END, "\n" if isinstance(piece, ReplyDone) else piece)
         root.after(30, pump)
 
     def send(_event=None) -> None:
         text = entry.get().strip()
-        if text:
+        if text and not worker.busy:  # one reply at a time
             entry.delete(0, tk.END)
             log.insert(tk.END, f"you> {text}\npersona> ")
             worker.send(text)
@@ -82,8 +48,9 @@ def run_tk(agent: PersonaAgent) -> None:
     entry.bind("<Return>", send)
     tk.Button(root, text="Stop", command=worker.stop).pack(side=tk.LEFT)
     root.after(30, pump)
-    root.protocol("WM_DELETE_WINDOW", lambda: (agent.close(), root.destroy()))
+    root.protocol("WM_DELETE_WINDOW", lambda: (worker.stop(), root.destroy()))
     root.mainloop()
+    agent.close()  # after the window is gone: waits for the stopped reply's last token
 
 
 def run_headless(agent: PersonaAgent, messages: list, stop_after: int | None) -> None:
@@ -99,7 +66,7 @@ def run_headless(agent: PersonaAgent, messages: list, stop_after: int | None) ->
         received, stopped, done = 0, False, False
         while not done:  # one "event loop" tick every 30 ms: never blocks on the model
             for piece in worker.drain():
-                if piece is END:
+                if isinstance(piece, ReplyDone):
                     done = True
                     break
                 print(piece, end="", flush=True)

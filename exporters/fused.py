@@ -14,7 +14,7 @@ emits them, so one decode step is ~400 ops::
       MatMul(attn, Wo)
       SkipSimplifiedLayerNormalization                         # post-attention norm + residual
       MatMul(x, Wgate), MatMul(x, Wup); silu(gate) · up; MatMul(·, Wdown)
-    SkipSimplifiedLayerNormalization(final norm) → MatMul(lm_head) → logits
+    SkipSimplifiedLayerNormalization(final norm) → Slice(last logits_to_keep positions) → MatMul(lm_head) → logits
 
 Graph contract = the optimum one minus ``position_ids`` (GroupQueryAttention
 derives positions from the attention mask: token i of the new input sits at
@@ -22,8 +22,17 @@ derives positions from the attention mask: token i of the new input sits at
 at position P, exactly as before)::
 
     inputs : input_ids (B, T) int64, attention_mask (B, past+T) int64,
-             past_key_values.{i}.key / .value (B, kv_heads, past, head_dim) float32
-    outputs: logits (B, T, vocab) float32, present.{i}.key / .value (B, kv_heads, past+T, head_dim)
+             past_key_values.{i}.key / .value (B, kv_heads, past, head_dim) float32,
+             logits_to_keep (1,) int64: 0 = logits for every position, k = the last k only
+    outputs: logits (B, T', vocab) float32 (T' = T, or logits_to_keep when > 0),
+             present.{i}.key / .value (B, kv_heads, past+T, head_dim)
+
+``logits_to_keep`` = 1 makes a prompt's forward compute the lm_head (a fifth
+of a small model's work per position) for its last position only.
+Past and present may be one buffer: bound to the same preallocated
+``(B, kv_heads, capacity, head_dim)`` array, GroupQueryAttention writes the new
+positions in place (``past_present_share_buffer``; each row's length comes
+from its mask row, so rows of different lengths share a batch).
 
 Limits of the fused kernel (onnxruntime 1.31, CPU): with a non-empty past and
 T > 1, B must be 1 (the runtime prefills one sequence and expands beams after);
@@ -46,7 +55,7 @@ from typing import Any, Callable
 import numpy as np
 
 from persona_sdk.errors import ExportError
-from persona_sdk.manifest import ATTENTION_MASK, INPUT_IDS, LOGITS, past_names, present_names
+from persona_sdk.manifest import ATTENTION_MASK, INPUT_IDS, LOGITS, LOGITS_TO_KEEP, past_names, present_names
 
 Progress = Callable[[str], None]
 OPSET = 17
@@ -186,13 +195,17 @@ def build(backbone_dir: Path, out_path: Path, say: Progress | None = None) -> No
     node("SkipSimplifiedLayerNormalization", [pending, residual, n_final], ["final"], "final_norm",
          domain="com.microsoft", epsilon=eps)
     lm_head = state.get("lm_head.weight", state["model.embed_tokens.weight"])  # tied when absent
-    node("MatMul", ["final", init("lm_head.weight", lm_head.T)], [LOGITS], "lm_head/MatMul")  # (B, T, V)
+    node("Neg", [LOGITS_TO_KEEP], ["keep_start"], "logits_to_keep/Neg")  # 0 -> from 0; k -> from -k
+    node("Slice", ["final", "keep_start", init("const_int64_max", np.array([2**63 - 1], dtype=np.int64)),
+                   init("const_axes_1", np.array([1], dtype=np.int64))], ["final_kept"], "logits_to_keep/Slice")
+    node("MatMul", ["final_kept", init("lm_head.weight", lm_head.T)], [LOGITS], "lm_head/MatMul")  # (B, T', V)
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     inputs = [helper.make_tensor_value_info(INPUT_IDS, i64, ["batch", "sequence"]),
               helper.make_tensor_value_info(ATTENTION_MASK, i64, ["batch", "total_sequence"])]
-    outputs = [helper.make_tensor_value_info(LOGITS, f32, ["batch", "sequence", spec.vocab_size])]
+    outputs = [helper.make_tensor_value_info(LOGITS, f32, ["batch", "kept_sequence", spec.vocab_size])]
     inputs += [helper.make_tensor_value_info(name, f32, ["batch", KV, "past_sequence", D]) for name in past]
+    inputs.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, i64, [1]))
     outputs += [helper.make_tensor_value_info(name, f32, ["batch", KV, "total_sequence", D]) for name in present]
     graph = helper.make_graph(nodes, "persona-fused-decoder", inputs, outputs, initializer=inits)
     model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),

@@ -10,8 +10,8 @@ Graph contract, identical across variants (the runtime treats them the same)::
 Two graphs (``graph`` in the manifest):
 - ``fused`` (Llama-style backbones, the default for them): written by
   :mod:`.fused` with onnxruntime's fused kernels (GroupQueryAttention with
-  rotary, SkipSimplifiedLayerNormalization); int8 decodes 1.46x faster than
-  from the optimum graph (BENCHMARKS.md, run D).
+  rotary, SkipSimplifiedLayerNormalization), which decode faster than the
+  optimum graph (BENCHMARKS.md).
 - ``optimum``: optimum-onnx ``main_export``, task ``text-generation-with-past``,
   for every other architecture (and on request, for comparison).
 
@@ -21,14 +21,15 @@ new input, which is how every decode step after the first runs anyway.
 
 Variants:
 - ``fp32``: the reference every other variant is derived from.
-- ``int8``: 8-bit block-32 ``MatMulNBits`` (onnxruntime's MatMulNBitsQuantizer)
-  on every MatMul with a constant weight, lm_head included.
+- ``int8``: 8-bit block-32 ``MatMulNBits`` on every MatMul with a constant
+  weight; the lm_head and the token embedding (``GatherBlockQuantized``) in
+  symmetric 8-bit, GGUF Q8_0's form (see ``_quantize_weights``).
 - ``int4``: 4-bit block-32 ``MatMulNBits`` with exact per-block offsets (the
-  GGUF Q4_1 form, see ``_quantize_offset4``), lm_head at 8 bits.
+  GGUF Q4_1 form), lm_head and embedding as in int8.
   Both run with CPU accuracy level 4 (int8 dot products inside the kernel:
-  the fast path; levels 0/1 were 2-20x slower here). Measured on SmolLM2-135M
-  (teacher-forced top-1 agreement with fp32, no prefix): ORT's own 4-bit RTN
-  (integer zero points) 0.67, this form 0.88, 8-bit 1.0.
+  the fast path; levels 0/1 are much slower). The exact offsets agree with
+  fp32 far more often than ORT's own 4-bit RTN with integer zero points
+  (BENCHMARKS.md).
 - ``fp16``: every float tensor in half precision, KV and logits too (GPU).
 """
 
@@ -42,8 +43,8 @@ from typing import Callable
 
 from persona_sdk.backbone import BackboneSpec, fingerprint, read_config, stop_token_ids
 from persona_sdk.errors import BackboneError, ExportError, MissingDependencyError
-from persona_sdk.manifest import (FORMAT, GRAPHS, LOGITS, MODEL, POSITION_IDS, REVISION, VARIANTS, file_entries,
-                                  io_names, past_names, write_manifest)
+from persona_sdk.manifest import (FORMAT, GRAPHS, LOGITS, LOGITS_TO_KEEP, MODEL, POSITION_IDS, REVISION, VARIANTS,
+                                  file_entries, io_names, past_names, write_manifest)
 
 Progress = Callable[[str], None]
 COPIED_FILES = ("tokenizer.json", "config.json", "generation_config.json", "tokenizer_config.json")
@@ -94,7 +95,8 @@ def _check_contract(model_path: Path, spec: BackboneSpec) -> tuple[str, str, int
     import onnx
 
     inputs, outputs, types, opset = _graph_io(model_path)
-    want_in, want_out = io_names(spec.layers, position_ids=POSITION_IDS in inputs)
+    want_in, want_out = io_names(spec.layers, position_ids=POSITION_IDS in inputs,
+                                 logits_to_keep=LOGITS_TO_KEEP in inputs)
     if inputs != want_in or outputs != want_out:
         raise ExportError(
             f"exported graph does not have the decoder-with-past contract "
@@ -220,14 +222,11 @@ def _quantize_nbits(src: Path, dst: Path, bits: int, block: int, accuracy: int |
     onnx.save_model(quant.model.model, str(dst))
 
 
-def _pack_blockwise(weight, bits: int, block: int):
-    """Asymmetric min/max block quantisation of a MatMul weight ``(K, N)`` along K.
+def _pack8_blockwise(weight, block: int):
+    """Asymmetric min/max 8-bit block quantisation of a MatMul weight ``(K, N)`` along K.
 
-    Returns MatMulNBits inputs: packed codes ``(N, k_blocks, block*bits/8)``
-    uint8 (low bits first), scales and *float* zero points ``(N, k_blocks)``.
-    For 4 bits a float zero point represents ``x = q·d + m`` blocks (GGUF Q4_1,
-    which our default backbone was dequantised from) exactly, where an integer
-    zero point would shift every block by up to d/2. 8 bits: uint8 zero points.
+    Returns MatMulNBits inputs: codes ``(N, k_blocks, block)`` uint8, scales
+    ``(N, k_blocks)`` float32 and uint8 zero points ``(N, k_blocks)``.
     """
     import numpy as np
 
@@ -236,103 +235,180 @@ def _pack_blockwise(weight, bits: int, block: int):
     w = np.zeros((blocks * block, n), dtype=np.float32)
     w[:k] = weight
     w = w.T.reshape(n, blocks, block)  # (N, k_blocks, block)
-    levels = (1 << bits) - 1
+    levels = 255
     lo = w.min(-1)
     hi = w.max(-1)
     scale = (hi - lo) / levels
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # (N, k_blocks)
-    if bits == 8:  # ORT's CPU kernel takes float zero points for 2/4 bits only: uint8 here
-        zero = np.clip(np.rint(-lo / scale), 0, levels).astype(np.uint8)
-        q = np.clip(np.rint(w / scale[..., None]) + zero[..., None], 0, levels).astype(np.uint8)
-    else:
-        q = np.clip(np.rint((w - lo[..., None]) / scale[..., None]), 0, levels).astype(np.uint8)
-        zero = (-lo / scale).astype(np.float32)
-    if bits == 4:
-        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    zero = np.clip(np.rint(-lo / scale), 0, levels).astype(np.uint8)
+    q = np.clip(np.rint(w / scale[..., None]) + zero[..., None], 0, levels).astype(np.uint8)
     return np.ascontiguousarray(q), scale, zero
 
 
-def _quantize_offset4(src: Path, dst: Path, block: int, accuracy: int) -> None:
-    """4-bit weight-only with exact per-block offsets, on ORT's fast packed kernel.
+def _pack_symmetric8(weight, block: int):
+    """Symmetric 8-bit block quantisation of ``(K, N)`` along K: codes ``q + 128``, ``d = max|w| / 127``.
 
-    Each constant-weight MatMul ``X @ W`` (W: (K, N)) becomes
-    ``MatMulNBits(X; q, d, zp=0) + BlockSum(X) @ Lo`` where per block of
-    ``block`` rows ``W ≈ d·q + lo``, ``q`` in 0..15 (min/max rounding) and
-    ``BlockSum(X)`` sums X over each block: ``(..., K/block)``. This is the
-    GGUF Q4_1 form, so weights dequantised from Q4_1 (the default backbone)
-    are represented exactly, while the 4-bit part stays on the fast kernel
-    (integer zero points; float zero points fall back to a kernel ~10x slower).
-    The lm_head (tied embedding, Q8_0 in the GGUF) and any weight whose K is
-    not a multiple of ``block`` get 8-bit codes with uint8 zero points.
+    Returns MatMulNBits inputs: codes ``(N, k_blocks, block)`` uint8, scales ``(N, k_blocks)``,
+    zero points ``(N, k_blocks)`` uint8 (all 128). This is GGUF's Q8_0 form (the default
+    backbone's tied embedding / lm_head), so such weights are represented exactly.
+    """
+    import numpy as np
+
+    k, n = weight.shape
+    blocks = -(-k // block)
+    w = np.zeros((blocks * block, n), dtype=np.float64)
+    w[:k] = weight
+    w = w.T.reshape(n, blocks, block)  # (N, k_blocks, block)
+    d = np.abs(w).max(-1) / 127.0
+    d = np.where(d > 0, d, 1.0)
+    q = (np.clip(np.rint(w / d[..., None]), -127, 127) + 128).astype(np.uint8)
+    return np.ascontiguousarray(q), d.astype(np.float32), np.full((n, blocks), 128, dtype=np.uint8)
+
+
+def _quantize_weights(src: Path, dst: Path, bits: int, block: int, accuracy: int, head_block: int | None = None) -> None:
+    """Weight-only quantisation of every constant-weight MatMul and of the token embedding table.
+
+    - Body MatMuls ``X @ W`` (W: (K, N)), ``bits`` 8: ``MatMulNBits`` with 8-bit
+      codes, per-block scales and uint8 zero points (min/max, asymmetric).
+    - ``bits`` 4: the exact-offset form. Per block of ``block`` rows ``W ≈ d·q + lo``,
+      ``q`` in 0..15 (min/max rounding), computed as
+      ``MatMulNBits(X; q, d, zp=0) + BlockSum(X) @ Lo`` where ``BlockSum(X)`` sums X
+      over each block: ``(..., K/block)``. This is the GGUF Q4_1 form, so weights
+      dequantised from Q4_1 (the default backbone) are represented exactly, while
+      the 4-bit part stays on the fast packed kernel (integer zero points; float
+      zero points fall back to a much slower kernel; rounding Q4_1 weights to
+      integer zero points instead costs held-out perplexity, BENCHMARKS.md).
+    - The lm_head: 8-bit symmetric (``_pack_symmetric8``), exact for a GGUF Q8_0
+      tensor; weights whose K is not a multiple of ``block``: 8-bit asymmetric.
+    - The token embedding ``Gather(table, input_ids)``: ``GatherBlockQuantized``
+      over the same symmetric 8-bit codes (a quarter of the fp32 table's memory).
     """
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
+    from persona_sdk.manifest import INPUT_IDS
+
+    head_block = head_block or block
     model = onnx.load(str(src))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    targets = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits
-               and len(inits[n.input[1]].dims) == 2]
-    used_elsewhere = {i for n in graph.node if n not in targets for i in n.input}
+    nodes = list(graph.node)  # by position: protobuf wrappers have no stable identity
+    targets = {j for j, n in enumerate(nodes) if n.op_type == "MatMul" and n.input[1] in inits
+               and len(inits[n.input[1]].dims) == 2}
+    embeds = {j for j, n in enumerate(nodes) if n.op_type == "Gather" and n.input[0] in inits
+              and n.input[1] == INPUT_IDS and len(inits[n.input[0]].dims) == 2
+              and inits[n.input[0]].dims[1] % head_block == 0}
+    used_elsewhere = {i for j, n in enumerate(nodes) if j not in targets | embeds for i in n.input}
     out_nodes: list = []
     block_sums: dict[str, str] = {}
     new_inits = []
-    for node in graph.node:
-        if node not in targets:
+    dropped: set[str] = set()
+
+    def add(base: str, packed, scale, zero, extra=None) -> None:
+        new_inits.extend([numpy_helper.from_array(packed, base), numpy_helper.from_array(scale, base + "_scales"),
+                          numpy_helper.from_array(zero, base + "_zp")])
+
+    for j, node in enumerate(nodes):
+        if j in embeds:
+            table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)  # (V, H)
+            packed, scale, zero = _pack_symmetric8(table.T, head_block)  # codes (V, H/block, block)
+            base = node.input[0] + "_q8"
+            add(base, packed.reshape(table.shape), scale, zero)
+            out_nodes.append(helper.make_node(
+                "GatherBlockQuantized", [base, node.input[1], base + "_scales", base + "_zp"], list(node.output),
+                name=node.name + "_Q", domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=head_block,
+                bits=8))
+            dropped.add(node.input[0])
+            continue
+        if j not in targets:
             out_nodes.append(node)
             continue
         weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)  # (K, N)
         k, n = weight.shape
         base = node.input[1] + "_q"
-        if "lm_head" in node.name or k % block:
-            bits = 8
-            packed, scale, zero = _pack_blockwise(weight, 8, block)
-            new_inits += [numpy_helper.from_array(packed, base), numpy_helper.from_array(scale, base + "_scales"),
-                          numpy_helper.from_array(zero, base + "_zp")]
+        dropped.add(node.input[1])
+        if "lm_head" in node.name or bits == 8 or k % block:
+            head = "lm_head" in node.name
+            size = head_block if head else block
+            packed, scale, zero = _pack_symmetric8(weight, size) if head else _pack8_blockwise(weight, size)
+            add(base, packed, scale, zero)
             out_nodes.append(helper.make_node(
                 "MatMulNBits", [node.input[0], base, base + "_scales", base + "_zp"], list(node.output),
-                name=node.name + "_Q", domain="com.microsoft", K=k, N=n, bits=bits, block_size=block,
+                name=node.name + "_Q", domain="com.microsoft", K=k, N=n, bits=8, block_size=size,
                 accuracy_level=accuracy))
-        else:
-            blocks = k // block
-            w = weight.T.reshape(n, blocks, block)  # (N, k_blocks, block)
-            lo = w.min(-1)
-            scale = (w.max(-1) - lo) / 15.0
-            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # (N, k_blocks)
-            q = np.clip(np.rint((w - lo[..., None]) / scale[..., None]), 0, 15).astype(np.uint8)
-            packed = np.ascontiguousarray(q[..., 0::2] | (q[..., 1::2] << 4))
-            zp = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)  # packed 4-bit zeros
-            new_inits += [numpy_helper.from_array(packed, base), numpy_helper.from_array(scale, base + "_scales"),
-                          numpy_helper.from_array(zp, base + "_zp"),
-                          numpy_helper.from_array(np.ascontiguousarray(lo.T.astype(np.float32)), base + "_lo")]  # (k_blocks, N)
-            x = node.input[0]
-            key = f"{x}|{block}|{k}"
-            if key not in block_sums:
-                shape_name = f"{x}_bs{block}_shape".replace("/", "_")
-                new_inits.append(numpy_helper.from_array(np.array([0, 0, blocks, block], dtype=np.int64), shape_name))
-                axes = shape_name + "_axes"
-                new_inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), axes))
-                r = node.name + "_bs_reshape"
-                out_nodes.append(helper.make_node("Reshape", [x, shape_name], [r + "_out"], name=r))
-                out_nodes.append(helper.make_node("ReduceSum", [r + "_out", axes], [r + "_sum"], name=r + "_sum",
-                                                  keepdims=0))
-                block_sums[key] = r + "_sum"  # (B, T, k_blocks)
-            y = node.output[0]
-            out_nodes.append(helper.make_node(
-                "MatMulNBits", [x, base, base + "_scales", base + "_zp"], [y + "_q4"], name=node.name + "_Q",
-                domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=accuracy))
-            out_nodes.append(helper.make_node("MatMul", [block_sums[key], base + "_lo"], [y + "_off"],
-                                              name=node.name + "_off"))
-            out_nodes.append(helper.make_node("Add", [y + "_q4", y + "_off"], [y], name=node.name + "_add"))
-        if node.input[1] not in used_elsewhere:
-            graph.initializer.remove(inits[node.input[1]])
+            continue
+        blocks = k // block
+        w = weight.T.reshape(n, blocks, block)  # (N, k_blocks, block)
+        lo = w.min(-1)
+        scale = (w.max(-1) - lo) / 15.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # (N, k_blocks)
+        q = np.clip(np.rint((w - lo[..., None]) / scale[..., None]), 0, 15).astype(np.uint8)
+        packed = np.ascontiguousarray(q[..., 0::2] | (q[..., 1::2] << 4))
+        zp = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)  # packed 4-bit zeros
+        add(base, packed, scale, zp)
+        new_inits.append(numpy_helper.from_array(np.ascontiguousarray(lo.T.astype(np.float32)), base + "_lo"))  # (k_blocks, N)
+        x = node.input[0]
+        key = f"{x}|{block}|{k}"
+        if key not in block_sums:
+            shape_name = f"{x}_bs{block}_shape".replace("/", "_")
+            new_inits.append(numpy_helper.from_array(np.array([0, 0, blocks, block], dtype=np.int64), shape_name))
+            axes = shape_name + "_axes"
+            new_inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), axes))
+            r = node.name + "_bs_reshape"
+            out_nodes.append(helper.make_node("Reshape", [x, shape_name], [r + "_out"], name=r))
+            out_nodes.append(helper.make_node("ReduceSum", [r + "_out", axes], [r + "_sum"], name=r + "_sum",
+                                              keepdims=0))
+            block_sums[key] = r + "_sum"  # (B, T, k_blocks)
+        y = node.output[0]
+        out_nodes.append(helper.make_node(
+            "MatMulNBits", [x, base, base + "_scales", base + "_zp"], [y + "_q4"], name=node.name + "_Q",
+            domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=accuracy))
+        out_nodes.append(helper.make_node("MatMul", [block_sums[key], base + "_lo"], [y + "_off"],
+                                          name=node.name + "_off"))
+        out_nodes.append(helper.make_node("Add", [y + "_q4", y + "_off"], [y], name=node.name + "_add"))
+    keep = [i for i in graph.initializer if i.name not in dropped or i.name in used_elsewhere]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
     del graph.node[:]
     graph.node.extend(out_nodes)
-    graph.initializer.extend(new_inits)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save_model(model, str(dst))
+
+
+def _quantize_offset4(src: Path, dst: Path, block: int, accuracy: int) -> None:
+    """4-bit weight-only in the exact-offset (GGUF Q4_1) form; see ``_quantize_weights``."""
+    _quantize_weights(src, dst, 4, block, accuracy)
+
+
+def _externalize(model_path: Path) -> None:
+    """Move every weight into ``<model>.data`` beside the graph.
+
+    onnxruntime memory-maps external data; weights it repacks for its kernels
+    (MatMulNBits, MatMul) are then not held twice: the chat process of the
+    int8 default is ~140 MB smaller than with the weights inside model.onnx.
+    """
+    import onnx
+
+    data = model_path.with_name(model_path.name + ".data")
+    model = onnx.load(str(model_path))  # reads external data too, if any
+    tmp = model_path.with_name(".external.onnx")
+    onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name + ".tmp", size_threshold=1024)
+    # the graph names its data file: write it under the final name, then swap both in
+    del model
+    model = onnx.load(str(tmp), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = data.name
+    onnx.save_model(model, str(tmp))
+    for stale in model_path.parent.iterdir():
+        if stale.name.startswith(MODEL + "_data") or (stale.suffix == ".data" and stale.name != data.name + ".tmp"):
+            stale.unlink()
+    data.with_name(data.name + ".tmp").rename(data)
+    tmp.rename(model_path)
 
 
 def _convert_fp16(src: Path, dst: Path) -> None:
@@ -352,9 +428,9 @@ def _derive(fp32_dir: Path, out_dir: Path, variant: str, say: Progress) -> None:
     say(f"Deriving the {variant} variant from the fp32 export...")
     try:
         if variant == "int8":
-            _quantize_nbits(src, dst, bits=8, block=INT8_BLOCK, accuracy=ACCURACY_LEVEL)
+            _quantize_weights(src, dst, 8, INT8_BLOCK, ACCURACY_LEVEL)
         elif variant == "int4":
-            _quantize_offset4(src, dst, block=INT4_BLOCK, accuracy=ACCURACY_LEVEL)
+            _quantize_weights(src, dst, 4, INT4_BLOCK, ACCURACY_LEVEL)
         elif variant == "fp16":
             _convert_fp16(src, dst)
         else:  # pragma: no cover - guarded by the caller
@@ -403,6 +479,7 @@ def export(backbone_dir: Path, out_dir: Path, variant: str = "fp32", fp32_dir: P
                 _derive(Path(tmp) / "fp32", out_dir, variant, say)
         else:
             _derive(Path(fp32_dir), out_dir, variant, say)
+    _externalize(out_dir / MODEL)
     kv_dtype, logits_dtype, opset, inputs = _check_contract(out_dir / MODEL, spec)
     built = "optimum" if POSITION_IDS in inputs else "fused"
     for name in COPIED_FILES:
@@ -410,7 +487,7 @@ def export(backbone_dir: Path, out_dir: Path, variant: str = "fp32", fp32_dir: P
             shutil.copy2(backbone_dir / name, out_dir / name)
     if not (out_dir / "tokenizer.json").is_file():
         raise BackboneError(f"{backbone_dir} has no tokenizer.json (persona needs a fast tokenizer file)")
-    inputs, outputs = io_names(spec.layers, position_ids=built == "optimum")
+    inputs, outputs = io_names(spec.layers, position_ids=built == "optimum", logits_to_keep=built == "fused")
     manifest = {
         "format": FORMAT, "variant": variant, "graph": built, "revision": REVISION, "fingerprint": fp, "inputs": inputs, "outputs": outputs,
         "layers": spec.layers, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim, "vocab_size": spec.vocab_size,

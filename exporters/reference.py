@@ -7,9 +7,6 @@ the block layout the runtime uses, ``(layers, 2, kv_heads, P, head_dim)``.
 - :func:`peft_prefix_model`: PEFT prefix-tuning with the block loaded as the
   prefix encoder's output (no reparametrisation MLP), i.e. what a trained
   persona is in PEFT terms.
-- :func:`block_from_soft_prompt`: compile a prompt-tuning soft prompt (P input
-  embeddings) into a KV block by running the backbone over it at positions
-  0..P-1 and keeping its KV.
 - :func:`greedy_reference`: logits of a prompt and greedy continuation with the
   block injected, the reference the ONNX graph is validated against.
 """
@@ -91,26 +88,6 @@ def peft_prefix_model(model: Any, kv: np.ndarray) -> Any:
     with torch.no_grad():
         peft_model.prompt_encoder[peft_model.active_adapter].embedding.weight.copy_(table)
     return peft_model.eval()
-
-
-def block_from_soft_prompt(model: Any, embeds: Any) -> np.ndarray:
-    """Compile a prompt-tuning soft prompt ``(P, hidden)`` into a KV block.
-
-    Runs the backbone over the P embeddings at positions 0..P-1 and keeps the
-    KV: ``(layers, 2, kv_heads, P, head_dim)`` float32.
-    """
-    torch = _torch()
-    with torch.no_grad():
-        embeds = torch.as_tensor(embeds, dtype=model.dtype)[None]  # (1, P, hidden)
-        length = embeds.shape[1]
-        out = model(inputs_embeds=embeds, position_ids=torch.arange(length)[None], use_cache=True)
-        cache = out.past_key_values
-        layers = []
-        for layer in range(len(cache.layers)):
-            k = cache.layers[layer].keys[0]  # (kv_heads, P, head_dim)
-            v = cache.layers[layer].values[0]
-            layers.append(torch.stack([k, v]))
-        return torch.stack(layers).float().numpy()  # (layers, 2, kv_heads, P, head_dim)
 
 
 def greedy_reference(model: Any, kv: np.ndarray | None, prompt_ids: list[int], steps: int,

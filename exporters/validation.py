@@ -15,11 +15,9 @@ Thresholds (``THRESHOLDS``), per variant, relative to the logit scale
 - int8, int4: max |Δlogit| <= 1.0·s (sanity: catches a broken graph), top-1
   agreement >= 0.3. Loose on purpose: both run MatMulNBits with int8
   activations, and a *random* N(0, 1) prefix drives SmolLM2-135M into a regime
-  of flat logits where argmax flips easily (int4 measured there: 0.43 over
-  prompt + steps; without a prefix, steps only: int8 1.0, int4 0.88; a broken
-  graph scores ~0). The numbers are recorded in the
-  manifest; the user-facing cost is the perplexity delta measured by
-  ``benchmarks/decode_speed.py``.
+  of flat logits where argmax flips easily, while a broken graph agrees on
+  almost nothing. The numbers are recorded in the manifest; the user-facing
+  cost is the perplexity delta measured by ``benchmarks/decode_speed.py``.
 
 Agreement is measured on the teacher-forced steps plus the prompt positions.
 """
@@ -33,7 +31,8 @@ import numpy as np
 
 from persona_sdk.errors import ExportError
 
-from persona_sdk.manifest import ATTENTION_MASK, INPUT_IDS, MODEL, POSITION_IDS, past_names, read_manifest
+from persona_sdk.manifest import (ATTENTION_MASK, INPUT_IDS, LOGITS_TO_KEEP, MODEL, POSITION_IDS, past_names,
+                                  read_manifest)
 
 PREFIX_LEN = 8
 STEPS = 24
@@ -66,7 +65,9 @@ class OrtDecoder:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(Path(export_dir) / MODEL), opts, providers=["CPUExecutionProvider"])
         self.layers = self.manifest["layers"]
-        self.has_position_ids = POSITION_IDS in {i.name for i in self.session.get_inputs()}
+        names = {i.name for i in self.session.get_inputs()}
+        self.has_position_ids = POSITION_IDS in names
+        self.has_logits_to_keep = LOGITS_TO_KEEP in names
         self.past_names = past_names(self.layers)
         self.kv_dtype = np.dtype(self.manifest["kv_dtype"])
 
@@ -87,6 +88,8 @@ class OrtDecoder:
         }
         if self.has_position_ids:  # optimum graph; the fused one derives positions from the mask
             feed[POSITION_IDS] = np.arange(past_len, past_len + n, dtype=np.int64)[None]
+        if self.has_logits_to_keep:
+            feed[LOGITS_TO_KEEP] = np.array([0], dtype=np.int64)  # every position
         for i, (k, v) in enumerate(past):
             feed[self.past_names[2 * i]] = k
             feed[self.past_names[2 * i + 1]] = v

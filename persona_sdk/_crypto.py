@@ -81,7 +81,7 @@ FLOOR_ITERATIONS = 2
 CAP_MEMORY_KIB = 1024 * 1024  # 1 GiB
 CAP_ITERATIONS = 10
 CAP_LANES = 16
-CAP_WORK_KIB = 4 * 1024 * 1024  # memory x iterations <= 4 GiB-passes (~20 s on a slow laptop)
+CAP_WORK_KIB = 4 * 1024 * 1024  # memory x iterations <= 4 GiB-passes: what a hostile file may demand
 
 _INFO_FILE_KEYS = b"persona/v1 file keys"
 _INFO_KEYRING_KEK = b"persona/v1 keyring kek"

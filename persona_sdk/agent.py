@@ -17,6 +17,11 @@ back. Cancelling a stream (``break`` out of the loop, ``close()`` the iterator,
 decoding at the next token and leaves the agent usable; the partial reply is
 kept in the history, as the user saw it.
 
+Each turn feeds the model only what it has not seen yet: the agent keeps the
+conversation's KV cache (persona block, earlier turns, its own replies) and
+the next prompt reuses the longest part of it that still matches (all of it,
+unless the context budget dropped the oldest turns or a reply was cut).
+
 The agent chats on a cached ONNX export of the backbone. When there is none
 yet (or only one built by an older exporter), it builds one only when asked:
 ``PersonaAgent(build=True, progress=print)`` announces the build and reports
@@ -49,7 +54,7 @@ class PersonaAgent:
         variant: str | None = None,
         device: str = "auto",
         threads: int | None = None,
-        spin: bool = False,
+        spin: bool = True,
         generation: GenerationConfig | None = None,
         progress: Callable[[str], None] | None = None,
         build: bool = False,
@@ -80,6 +85,7 @@ class PersonaAgent:
         self.prefix = prefix
         self.generation = generation or GenerationConfig()
         self._history: list[Turn] = []
+        self._kv = None  # the conversation's DecodeState, made on the first reply
         # generation lock: held across a whole stream, possibly released from another
         # thread (astream steps the iterator in worker threads), hence a plain Lock;
         # state lock: short holds around the history.
@@ -98,7 +104,7 @@ class PersonaAgent:
         from .vault import Vault
 
         runtime = RuntimeConfig(device=kwargs.pop("device", "auto"), threads=kwargs.pop("threads", None),
-                                variant=kwargs.pop("variant", None), spin=kwargs.pop("spin", False))
+                                variant=kwargs.pop("variant", None), spin=kwargs.pop("spin", True))
         engine = kwargs.pop("engine", None) or open_engine(kwargs.pop("backbone", None), runtime,
                                                            kwargs.pop("progress", None),
                                                            build=kwargs.pop("build", False))
@@ -132,6 +138,11 @@ class PersonaAgent:
             raise GenerationError("this PersonaAgent is closed")
         if not isinstance(text, str) or not text.strip():
             raise GenerationError("the message is empty")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8 (e.g. a mis-set terminal)
+                raise GenerationError("the message is not valid text (it holds bytes that are not UTF-8)") from None
         gen = self.generation.replace(**settings) if settings else self.generation
         return self._stream(text, gen)
 
@@ -144,7 +155,10 @@ class PersonaAgent:
                 source = self._explicit.reply_stream(history, gen, should_stop=self._cancel.is_set)
             else:
                 ids = self.engine.prompt_ids(history, self.prefix, gen)
-                source = self.engine.stream_text(ids, self.prefix, gen, should_stop=self._cancel.is_set)
+                if self._kv is None:
+                    self._kv = self.engine.new_state(self.prefix, capacity=len(ids) + 2 * gen.max_new_tokens)
+                source = self.engine.stream_text(ids, self.prefix, gen, should_stop=self._cancel.is_set,
+                                                 state=self._kv)
             pieces: list[str] = []
             try:
                 for piece in source:
@@ -183,6 +197,7 @@ class PersonaAgent:
             self.prefix = None
             self._explicit = None
             self._history.clear()
+            self._kv = None
             self.engine = None
 
     def __enter__(self) -> "PersonaAgent":

@@ -20,6 +20,7 @@ from typing import Callable
 
 from . import paths
 from .errors import BackboneError, BackboneNotInstalledError, MissingDependencyError
+from .fileio import atomic_write
 from .prefix import PrefixSpec
 
 DEFAULT_NAME = "smollm2-135m-instruct"
@@ -143,7 +144,8 @@ def fingerprint(model_dir: Path) -> str:
                 remaining -= len(chunk)
     digest = h.hexdigest()
     try:
-        cache.write_text(json.dumps({"stamp": stamp, "config": _sha(config), "fingerprint": digest}))
+        atomic_write(cache, json.dumps({"stamp": stamp, "config": _sha(config), "fingerprint": digest}).encode(),
+                     private=False)
     except OSError:
         pass  # read-only model folders are fine
     return digest

@@ -8,8 +8,8 @@ from .errors import ConfigError
 from .manifest import VARIANTS
 
 DEVICES = ("auto", "cpu", "cuda")
-# int8 weight-only MatMulNBits: +0.11% perplexity, half of fp32's memory, 1.5-1.8x its speed
-# (BENCHMARKS.md); int4 is as fast and smaller but costs +2.6% perplexity.
+# int8 weight-only MatMulNBits: close to fp32's perplexity at half its memory and faster; int4
+# is smaller still but loses more quality (the measurements are in BENCHMARKS.md).
 DEFAULT_VARIANT = "int8"
 GPU_VARIANT = "fp16"
 
@@ -31,7 +31,7 @@ class GenerationConfig:
     num_beams: int = field(default=1, metadata=_meta("Beam search width; > 1 turns sampling off (PersonaPKT uses 5)."))
     length_penalty: float = field(default=1.0, metadata=_meta("Beam score = log-prob / length**length_penalty."))
     stop: tuple[str, ...] = field(default=(), metadata=_meta("Extra strings that end a reply (not included)."))
-    seed: int | None = field(default=None, metadata=_meta("Seed for reproducible sampling; None = fresh randomness."))
+    seed: int | None = field(default=None, metadata=_meta("Seed for reproducible sampling; default: fresh randomness."))
     context_budget: int = field(default=1024, metadata=_meta("Most conversation tokens fed to the model; oldest turns drop first."))
 
     def __post_init__(self) -> None:
@@ -73,11 +73,12 @@ class RuntimeConfig:
 
     device: str = field(default="auto", metadata=_meta("auto (CUDA when available), cpu or cuda."))
     variant: str | None = field(default=None, metadata=_meta(
-        "ONNX variant: fp32, int8, int4 (CPU) or fp16 (GPU); None = int8 on CPU, fp16 on CUDA."))
+        "ONNX variant: fp32, int8, int4 (CPU) or fp16 (GPU); default: int8 on CPU, fp16 on CUDA."))
     threads: int | None = field(default=None, metadata=_meta("Intra-op threads; None lets onnxruntime decide."))
-    spin: bool = field(default=False, metadata=_meta(
-        "Let onnxruntime's worker threads busy-wait between ops: ~1.5x faster decoding on an idle CPU, "
-        "2x slower when other work shares the cores, and idle cores stay busy (BENCHMARKS.md)."))
+    spin: bool = field(default=True, metadata=_meta(
+        "Let onnxruntime's worker threads busy-wait between the ops of a run (faster decoding on an idle "
+        "CPU, BENCHMARKS.md); they stop the moment a run returns, so nothing spins between tokens or replies. "
+        "False: workers sleep between ops (better when other busy programs share few cores)."))
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

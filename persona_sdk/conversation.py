@@ -17,6 +17,7 @@ the context budget drop whole turns, oldest first.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -32,7 +33,7 @@ TURN_START = "<|im_start|>"
 TURN_END = "<|im_end|>"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Turn:
     """One turn: consecutive messages of one side, joined by newlines."""
 
@@ -52,28 +53,62 @@ def render_turn(turn: Turn) -> str:
 REPLY_HEADER = f"{TURN_START}{ASSISTANT}\n"
 
 
-def render_prompt(history: Sequence[Turn]) -> str:
-    """History followed by the header that asks the persona to speak."""
-    return "".join(render_turn(t) for t in history) + REPLY_HEADER
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> str:
+    """Unpaired surrogates (undecodable bytes, JSON ``"\\ud800"``) -> U+FFFD: the tokenizer refuses them."""
+    if text.isascii() or not _SURROGATES.search(text):
+        return text
+    return _SURROGATES.sub("\ufffd", text)
 
 
 class ChatFormat:
-    """Turns <-> token ids for one tokenizer, with context budgets."""
+    """Turns <-> token ids for one tokenizer, with context budgets.
+
+    Where a budget is known, text longer than the budget could ever use is cut
+    *before* tokenising (a token covers at most :attr:`max_token_chars`
+    characters), so a multi-megabyte message costs what its kept part costs:
+    the tokenizer needs ~0.5 KB per token.
+    """
 
     def __init__(self, tokenizer: "Tokenizer") -> None:
         self.tokenizer = tokenizer
         end = tokenizer.token_to_id(TURN_END)
         self.end_id: int | None = end
+        self._max_token_chars: int | None = None
         self.header_ids = self.encode(REPLY_HEADER)
 
+    @property
+    def max_token_chars(self) -> int:
+        """Characters in the longest vocabulary entry: no token covers more text."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1) or 1
+        return self._max_token_chars
+
+    def _keep(self, tokens: int) -> int:
+        """Characters of text that surely hold more than ``tokens`` tokens (with a margin)."""
+        return (tokens + 8) * self.max_token_chars
+
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return list(self.tokenizer.encode(_encodable(text), add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def turn_ids(self, turn: Turn) -> list[int]:
+    def turn_ids(self, turn: Turn, last: int | None = None) -> list[int]:
+        """Ids of one rendered turn. ``last``: only its last ``last`` tokens will be used,
+        so the start of a longer text is cut before tokenising (the count stays > ``last``)."""
+        if last is not None and len(turn.text) > last + 8 and len(turn.text) > self._keep(last):
+            turn = Turn(turn.role, turn.text[-self._keep(last):])
         return self.encode(render_turn(turn))
+
+    def count_tokens(self, text: str, at_most: int | None = None) -> int:
+        """Tokens in ``text``; with ``at_most``, any number above it means "more than ``at_most``"
+        (text far beyond it is not tokenised)."""
+        if at_most is not None and len(text) > at_most + 8 and len(text) > self._keep(at_most):
+            text = text[: self._keep(at_most)]
+        return len(self.encode(text))
 
     def prompt_ids(self, history: Sequence[Turn], budget: int) -> list[int]:
         """Ids of ``history`` + reply header, at most ``budget`` tokens.
@@ -81,10 +116,13 @@ class ChatFormat:
         Oldest turns are dropped first. The newest turn is always kept; if it
         alone is over budget, its oldest tokens are cut.
         """
-        return _fit(self.header_ids, [self.turn_ids(t) for t in history], budget)
+        room = max(budget - len(self.header_ids), 0)
+        return _fit(self.header_ids, [self.turn_ids(t, last=room) for t in history], budget)
 
     def reply_ids(self, reply: str, budget: int | None = None) -> list[int]:
         """Ids the persona must produce for ``reply``, ending with end-of-turn."""
+        if budget is not None and len(reply) > budget + 8 and len(reply) > self._keep(budget):
+            reply = reply[: self._keep(budget)]
         ids = self.encode(reply)
         if budget is not None:
             ids = ids[: max(budget - 1, 0)]
@@ -121,6 +159,7 @@ def _fit(tail: list[int], turns: list[list[int]], budget: int) -> list[int]:
     return out + tail
 
 
-def count_tokens_fn(fmt: ChatFormat) -> Callable[[str], int]:
-    """A token counter for code that budgets plain text."""
-    return lambda text: len(fmt.encode(text))
+def count_tokens_fn(fmt: ChatFormat, at_most: int | None = None) -> Callable[[str], int]:
+    """A token counter for code that budgets plain text. ``at_most``: the budget; counts
+    above it only mean "too many" (see :meth:`ChatFormat.count_tokens`)."""
+    return lambda text: fmt.count_tokens(text, at_most)

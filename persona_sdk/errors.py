@@ -10,6 +10,10 @@ class PersonaError(Exception):
     exit_code = 1
 
 
+class PersonaWarning(UserWarning):
+    """Base class of the warnings persona gives (e.g. a vault permission it fixed)."""
+
+
 # --- backbone, export, runtime -------------------------------------------------
 class BackboneError(PersonaError):
     """The backbone directory is missing or is not a causal language model."""
@@ -73,12 +77,14 @@ class EnrollmentCancelled(PersonaError):
 
     exit_code = 130
 
-    def __init__(self, message: str = "enrollment interrupted; nothing was saved", best=None) -> None:
+    def __init__(self, message: str = "enrollment interrupted; nothing was saved", best=None,
+                 profile: str | None = None) -> None:
         super().__init__(message)
         self.best = best  # the best Prefix so far (in memory only), or None
+        self.profile = profile  # the profile name enrollment would have saved to (set by enroll())
 
 
-# --- chats, importers, examples (issue 3) ---------------------------------------
+# --- chats, importers, reply examples ---------------------------------------------
 class ChatsError(PersonaError):
     """The chat history cannot be used (base of the chat-input errors)."""
 
@@ -159,6 +165,20 @@ class UnsupportedFormatError(PersonaFileError):
 
 class KdfParameterError(PersonaFileError):
     """Key-derivation parameters are below the security floor or above the resource cap."""
+
+
+# --- interop: PEFT adapter folders ----------------------------------------------
+class PeftAdapterError(PersonaError):
+    """A PEFT adapter folder cannot be written or read: missing files, not prefix tuning, wrong shapes."""
+
+
+class ConfirmationRequiredError(PersonaError):
+    """An action that writes a persona unencrypted (or cannot be undone) needs an explicit --yes."""
+
+
+# --- serving ---------------------------------------------------------------------------
+class BatcherBusyError(GenerationError):
+    """Too many replies are already waiting for a row of the batch; try again later."""
 
 
 # --- explicit personas: persona sentences, explicit modes -------------------------

@@ -5,8 +5,17 @@ examples enrollment builds), the reply tokens are scored by the ONNX backbone
 three ways: with the persona prefix, without any prefix, and (when given) with
 the source prefix the persona started from. Reported: perplexity of each, the
 relative gain, and how often the persona explains a reply better than the
-source prefix (a two-way persona identification; chance 50%). A few replies are
-generated side by side with the real ones.
+source prefix (a two-way persona identification; chance 50%).
+
+What a person notices (:mod:`persona_sdk.voice`): for a spread of held-out
+contexts, the persona, the source prefix and the bare backbone each generate a
+reply with the chat defaults (fixed seed per context); their length, surface
+style, use of the person's distinctive topic words (kept inside the encrypted
+profile at enrollment) and stylometric attribution (the person's real replies
+vs chitchat source speakers, cross-fitted by conversation so no scored text was
+trained on) are compared with the real replies. A few of them are shown side
+by side. The profile's salted digests of its training replies reveal held-out
+chats that overlap the training chats (a warning: such scores mislead).
 
 Runtime side: onnxruntime + numpy only, no torch. Privacy: the report's numbers
 (:meth:`EvalReport.to_dict`, :meth:`EvalReport.summary_lines`) hold no chat
@@ -22,22 +31,23 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
 from . import metrics
+from . import voice as vm
 from .config import GenerationConfig
 from .conversation import Turn
-from .errors import ConfigError, EvalError
+from .errors import ConfigError, EvalError, MetricError, MissingDependencyError
+from .fileio import atomic_write
 from .prefix import Prefix
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .chats import Chats
-    from .examples import Example
+    from .chatdata import Chats
+    from .reply_examples import Example
     from .runtime import Engine
 
 
@@ -48,16 +58,23 @@ class EvalConfig:
     context_budget: int = 256  # context tokens in front of each reply
     reply_budget: int = 64  # reply tokens scored per reply (longer replies are cut)
     max_replies: int = 100  # at most this many replies are scored (evenly spread; ~3 forwards each)
-    samples: int = 3  # side-by-side replies generated
-    max_new_tokens: int = 48  # per generated sample
-    seed: int = 0  # sampling seed of the side-by-side replies
+    samples: int = 3  # side-by-side replies shown (taken from the voice replies when voice > 0)
+    max_new_tokens: int = 48  # per side-by-side sample when voice == 0
+    seed: int = 0  # sampling seed; held-out context i is answered with seed + i
+    voice: int = 40  # held-out contexts every setting answers for the voice comparison (0 = none)
+    generation: GenerationConfig | None = None  # decoding of the voice replies; None = the chat defaults
+    attribution_k: int = 20  # attribution classes: you + (k - 1) distractor speakers
+    distractor_replies: int = 100  # replies per distractor speaker the classifier learns from
 
     def __post_init__(self) -> None:
         for name, low in (("context_budget", 16), ("reply_budget", 1), ("max_replies", 1),
-                          ("samples", 0), ("max_new_tokens", 1), ("seed", 0)):
+                          ("samples", 0), ("max_new_tokens", 1), ("seed", 0), ("voice", 0),
+                          ("attribution_k", 2), ("distractor_replies", 1)):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"EvalConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.generation is not None and not isinstance(self.generation, GenerationConfig):
+            raise ConfigError("EvalConfig.generation must be a GenerationConfig or None (the chat defaults)")
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,20 @@ class EvalReport:
     persona_tokens: int  # virtual tokens of the persona prefix
     losses: np.ndarray = field(repr=False)  # (replies, 2 or 3) mean reply-token loss: backbone, persona[, source]
     samples: list[SideBySide] = field(default_factory=list, repr=False)
+    voice: vm.VoiceComparison | None = None  # style / topics / attribution (numbers only)
+    overlap: vm.Overlap | None = None  # held-out replies that were training replies (None: unknown)
+    notes: list[str] = field(default_factory=list)  # what was skipped and why (no chat text)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Reasons the numbers may mislead (no chat text)."""
+        if self.overlap is None or self.overlap.matched == 0:
+            return []
+        o = self.overlap
+        n = f"{o.estimated:.0f}" if o.exact else f"about {o.estimated:.0f}"
+        return [f"warning: {n} of the {o.replies} held-out replies ({100 * o.estimated / o.replies:.0f}%) are "
+                "replies this persona was trained on; scores on them measure memory, not your voice -- "
+                "evaluate on chats the persona has not seen"]
 
     @property
     def gain_vs_backbone(self) -> float:
@@ -125,6 +156,8 @@ class EvalReport:
             "persona_tokens": self.persona_tokens,
             "samples": len(self.samples),
             "sample_unigram_f1": self.sample_f1,
+            "voice": self.voice.to_dict() if self.voice is not None else None,
+            "overlap": self.overlap.to_dict() if self.overlap is not None else None,
         }
 
     def summary_lines(self) -> list[str]:
@@ -147,6 +180,16 @@ class EvalReport:
             lines.append("persona identification vs source prefix: skipped (no source prefix given)")
         if self.sample_f1 is not None:
             lines.append(f"unigram F1 of {len(self.samples)} generated samples vs your replies: {self.sample_f1:.3f}")
+        if self.voice is not None:
+            n = next(iter(self.voice.generated.values())).replies if self.voice.generated else 0
+            lines.append("")
+            lines.append(f"what a reader notices: your {self.voice.real.replies} real held-out replies vs the "
+                         f"replies each setting wrote to {n} of their contexts (chat defaults, fixed seeds)")
+            lines.extend(self.voice.summary_lines({"persona": "persona", "source": "source", "backbone": "backbone"}))
+        if self.overlap is not None and not self.overlap.matched:
+            lines.append(f"overlap with the training chats: none of the {self.overlap.replies} held-out replies"
+                         + ("" if self.overlap.exact else " (checked on a sample)"))
+        lines.extend(self.warnings)
         return lines
 
 
@@ -158,33 +201,6 @@ def reply_token_losses(engine: "Engine", prefix: Prefix | None, context: Sequenc
     return engine.token_losses(ids, n_prompt, prefix)
 
 
-def reply_loss_fn(engine: "Engine", prefix: Prefix | None, context_budget: int = 256,
-                  reply_budget: int | None = 64) -> Callable[[Sequence[Turn], str], float]:
-    """``loss(context, reply)`` = mean reply-token loss under ``prefix``: the
-    callable :func:`persona_sdk.metrics.hits_at_1` takes."""
-    def loss(context: Sequence[Turn], reply: str) -> float:
-        return float(reply_token_losses(engine, prefix, context, reply, context_budget, reply_budget).mean())
-
-    return loss
-
-
-def loss_matrix(engine: "Engine", prefixes: Sequence[Prefix | None], examples: Sequence["Example"],
-                context_budget: int = 256, reply_budget: int | None = 64,
-                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """``(K, N)`` mean reply-token loss of each example under each prefix: the
-    input of :func:`persona_sdk.metrics.persona_identification`."""
-    for p in prefixes:
-        engine.check_prefix(p)
-    out = np.zeros((len(prefixes), len(examples)), dtype=np.float64)  # (K, N)
-    for j, ex in enumerate(examples):
-        ids, n_prompt = engine.format.example_ids(list(ex.context), ex.reply, context_budget, reply_budget)
-        for k, p in enumerate(prefixes):
-            out[k, j] = float(engine.token_losses(ids, n_prompt, p).mean())
-        if progress is not None:
-            progress(j + 1, len(examples))
-    return out
-
-
 def _spread(n: int, k: int) -> list[int]:
     """k indices evenly spread over range(n) (all of them if k >= n)."""
     if k >= n:
@@ -194,7 +210,7 @@ def _spread(n: int, k: int) -> list[int]:
 
 def held_out_examples(engine: "Engine", chats: "Chats", me: str, config: EvalConfig) -> list["Example"]:
     """Every reply of ``me`` with context, as enrollment builds them (no split, no minimum)."""
-    from .examples import build_examples
+    from .reply_examples import build_examples
 
     fmt = engine.format
     ex = build_examples(chats, me, count_tokens=lambda t: len(fmt.encode(t)),
@@ -211,8 +227,16 @@ def evaluate(
     source: Prefix | None = None,
     config: EvalConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    distractors: Mapping[str, Sequence[str]] | None = None,
+    voice_progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
-    """Score ``examples`` (held-out replies of ``me``) with and without ``persona``."""
+    """Score ``examples`` (held-out replies of ``me``) with and without ``persona``.
+
+    With ``config.voice`` > 0 the persona, ``source`` and the bare backbone also answer held-out
+    contexts and the replies are compared with the real ones (:class:`persona_sdk.voice.VoiceComparison`);
+    ``distractors`` (speaker -> replies, e.g. :func:`source_speakers`) enable attribution. The
+    persona's meta supplies the distinctive topic words and the training digests (overlap check).
+    """
     config = config or EvalConfig()
     if not examples:
         raise EvalError("no replies to evaluate: the chats hold no reply of yours with context before it")
@@ -233,8 +257,12 @@ def evaluate(
     losses = np.array([[float(l.mean()) for l in per_token[s]] for s in range(len(settings))]).T  # (N, S)
     ppl = [metrics.perplexity(per_token[s]) for s in range(len(settings))]
 
-    samples = []
-    if config.samples:
+    notes: list[str] = []
+    overlap = _overlap(persona, examples, notes)
+    comparison, samples = None, []
+    if config.voice:
+        comparison, samples = _voice(engine, persona, source, examples, config, distractors, notes, voice_progress)
+    elif config.samples:
         gen = GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed)
         for i in _spread(len(chosen), config.samples):
             ex = examples[chosen[i]]
@@ -253,12 +281,98 @@ def evaluate(
         persona_tokens=persona.length,
         losses=losses,
         samples=samples,
+        voice=comparison,
+        overlap=overlap,
+        notes=notes,
     )
+
+
+def _overlap(persona: Prefix, examples: Sequence["Example"], notes: list[str]) -> vm.Overlap | None:
+    try:
+        digests = vm.profile_digests(persona.meta)
+    except MetricError as exc:
+        notes.append(f"overlap check skipped: {exc}")
+        return None
+    if digests is None:
+        notes.append("overlap check skipped: this profile was enrolled before training digests were kept "
+                     "(enroll again to get the check)")
+        return None
+    return digests.overlap([vm.example_pair(e) for e in examples])
+
+
+def _voice(engine: "Engine", persona: Prefix, source: Prefix | None, examples: Sequence["Example"],
+           config: EvalConfig, distractors: Mapping[str, Sequence[str]] | None, notes: list[str],
+           progress: Callable[[int, int], None] | None) -> tuple[vm.VoiceComparison, list[SideBySide]]:
+    """Generate the settings' replies for a spread of held-out contexts and compare them with the real ones."""
+    settings: dict[str, Prefix | None] = {"persona": persona, **({"source": source} if source is not None else {}),
+                                          "backbone": None}
+    chosen = _spread(len(examples), config.voice)
+    base = config.generation or GenerationConfig()
+    generated: dict[str, list[str]] = {s: [] for s in settings}
+    for n, i in enumerate(chosen):
+        gen = base.replace(seed=config.seed + i)  # the same seed for every setting: only the prefix differs
+        for name, prefix in settings.items():
+            generated[name].append(_generate(engine, examples[i].context, prefix, gen))
+        if progress is not None:
+            progress(n + 1, len(chosen))
+    real = [e.reply for e in examples]
+    topics = vm.profile_topic_words(persona.meta)
+    if topics is None:
+        notes.append("topics skipped: this profile was enrolled before its distinctive words were kept")
+    elif not topics:
+        notes.append("topics skipped: enrollment found no distinctive words in your replies")
+    attribution = None
+    if distractors:
+        folds = vm.assign_folds([e.conversation for e in examples])
+        try:
+            attribution = vm.crossfit_attribution(
+                real, folds, generated, {s: [folds[i] for i in chosen] for s in generated}, distractors,
+                seed=config.seed)
+        except (MetricError, MissingDependencyError) as exc:
+            notes.append(f"attribution skipped: {exc}")
+    comparison = vm.compare(real, generated, topics or (), attribution)
+    samples = [SideBySide(context=tuple(examples[chosen[j]].context), real=examples[chosen[j]].reply,
+                          persona=generated["persona"][j], backbone=generated["backbone"][j])
+               for j in _spread(len(chosen), config.samples)] if config.samples else []
+    return comparison, samples
+
+
+def source_speakers(k: int, per_speaker: int = 100, *, min_replies: int = 30, seed: int = 0,
+                    corpus: str | None = None) -> dict[str, list[str]]:
+    """Attribution distractors: the training replies of ``k`` chitchat part-A (source) speakers.
+
+    Speakers in the split's hash order with at least ``min_replies`` training replies; at most
+    ``per_speaker`` replies each (a seeded sample). Raises :class:`MissingDependencyError` when the
+    chitchat-dataset package is not installed (and no ``corpus`` file is given).
+    """
+    import importlib.util
+
+    from .reply_examples import build_examples
+    from .split import chitchat_split, select
+
+    if corpus is None and importlib.util.find_spec("chitchat_dataset") is None:
+        raise MissingDependencyError("the chitchat-dataset package is not installed (pip install chitchat-dataset)")
+    chats, split = chitchat_split(corpus)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[str]] = {}
+    for s in split.part("A"):
+        if len(out) >= k:
+            break
+        if not s.train:
+            continue
+        replies = [e.reply for e in build_examples(select(chats, s.train), s.speaker, min_replies=0,
+                                                   val_fraction=0.0).train]
+        if len(replies) < min_replies:
+            continue
+        if len(replies) > per_speaker:
+            replies = [replies[i] for i in sorted(rng.choice(len(replies), per_speaker, replace=False))]
+        out[f"source-{len(out) + 1}"] = replies
+    return out
 
 
 def _generate(engine: "Engine", context: Sequence[Turn], prefix: Prefix | None, gen: GenerationConfig) -> str:
     ids = engine.prompt_ids(list(context), prefix, gen)
-    return engine.format.decode(list(engine.generate_ids(ids, prefix, gen))).strip()
+    return engine.format.decode(list(engine.generate_ids(ids, prefix, gen))).rstrip("\ufffd").strip()
 
 
 def format_samples(report: EvalReport, context_turns: int = 2) -> list[str]:
@@ -343,18 +457,8 @@ def write_html(report: EvalReport, path: str | os.PathLike) -> Path:
     if not folder.is_dir():
         raise EvalError(f"cannot write the report: folder {folder} does not exist")
     data = render_html(report).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=".persona-eval-", suffix=".tmp", dir=folder)
     try:
-        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data)  # 0600
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise EvalError(f"cannot write the report to {path}: {exc.strerror or type(exc).__name__}") from None
     return path

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from . import paths
 from .errors import ExportError, ModelFileError
+from .fileio import atomic_write
 
 FORMAT = "persona-onnx/1"
 MANIFEST = "manifest.json"
@@ -40,7 +40,9 @@ MODEL = "model.onnx"
 VARIANTS = ("fp32", "int8", "int4", "fp16")
 KV_DTYPES = ("float32", "float16")
 GRAPHS = ("fused", "optimum")
-REVISION = 2  # bump when exports built by older code should be rebuilt (2: the fused graph)
+# bump when exports built by older code should be rebuilt (2: the fused graph; 3: logits_to_keep,
+# 8-bit embedding table and Q8_0-form lm_head in the quantised variants)
+REVISION = 3
 REQUIRED = {
     "format": str, "variant": str, "fingerprint": str, "inputs": list, "outputs": list,
     "layers": int, "kv_heads": int, "head_dim": int, "vocab_size": int, "kv_dtype": str,
@@ -54,6 +56,10 @@ INPUT_IDS = "input_ids"  # (B, T) int64
 ATTENTION_MASK = "attention_mask"  # (B, past+T) int64
 POSITION_IDS = "position_ids"  # (B, T) int64: optimum graph only
 LOGITS = "logits"  # (B, T, V)
+# fused graph, revision 3 on: (1,) int64. 0 = logits for every position (perplexity, validation);
+# k = for the last k positions only (generation: a prefill then skips the lm_head, ~a fifth of a
+# small model's work per position, on every position but the last).
+LOGITS_TO_KEEP = "logits_to_keep"
 
 # export_status() results
 CURRENT, OUTDATED, MISSING, DAMAGED = "current", "outdated", "missing", "damaged"
@@ -69,14 +75,15 @@ def present_names(layers: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
-def io_names(layers: int, position_ids: bool = True) -> tuple[list[str], list[str]]:
+def io_names(layers: int, position_ids: bool = True, logits_to_keep: bool = False) -> tuple[list[str], list[str]]:
     """Graph input and output names of a decoder with past, in order.
 
     The fused graph (GroupQueryAttention derives positions from the mask) has
-    no ``position_ids`` input; the optimum graph has one.
+    no ``position_ids`` input; the optimum graph has one. Fused graphs from
+    revision 3 on end with ``logits_to_keep``.
     """
     inputs = [INPUT_IDS, ATTENTION_MASK] + ([POSITION_IDS] if position_ids else []) + past_names(layers)
-    return inputs, [LOGITS] + present_names(layers)
+    return inputs + ([LOGITS_TO_KEEP] if logits_to_keep else []), [LOGITS] + present_names(layers)
 
 
 def export_dir_for(backbone_dir: Path, variant: str = "fp32", cache_root: Path | None = None) -> Path:
@@ -131,16 +138,10 @@ def file_entries(export_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_manifest(export_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically (temp file, fsync, rename)."""
+    """Write ``manifest.json`` atomically (:func:`persona_sdk.fileio.atomic_write`)."""
     _check_fields(manifest, Path(export_dir) / MANIFEST)
     path = Path(export_dir) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"), private=False)
 
 
 def read_manifest(export_dir: Path, verify_sha256: bool = False) -> dict[str, Any]:
@@ -191,6 +192,7 @@ def _check_fields(manifest: Any, path: Path) -> None:
         raise ModelFileError(f"{path}: variant {manifest['variant']!r} is not one of {VARIANTS}")
     if manifest["kv_dtype"] not in KV_DTYPES:
         raise ModelFileError(f"{path}: kv_dtype {manifest['kv_dtype']!r} is not one of {KV_DTYPES}")
-    inputs, outputs = io_names(manifest["layers"], position_ids=POSITION_IDS in manifest["inputs"])
+    inputs, outputs = io_names(manifest["layers"], position_ids=POSITION_IDS in manifest["inputs"],
+                               logits_to_keep=LOGITS_TO_KEEP in manifest["inputs"])
     if manifest["inputs"] != inputs or manifest["outputs"] != outputs:
         raise ModelFileError(f"{path}: graph inputs/outputs do not match a decoder with {manifest['layers']} layers")

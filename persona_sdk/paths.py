@@ -14,8 +14,21 @@ APP = "persona"
 ENV_HOME = "PERSONA_HOME"
 
 
-def _ensure(path: Path, mode: int = 0o700) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=mode)
+def ensure_dir(path: Path, mode: int = 0o700) -> Path:
+    """Create ``path`` and every missing folder above it with ``mode`` -- ``mkdir(parents=True)``
+    would give the parents (e.g. ``$PERSONA_HOME`` itself) 0777 under ``umask 000``."""
+    missing = []
+    parent = path
+    while not os.path.lexists(parent) and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:  # made meanwhile by another process
+            pass
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True, mode=mode)  # raises the right error (a file in the way...)
     return path
 
 
@@ -34,7 +47,7 @@ def cache_dir(create: bool = True) -> Path:
         import platformdirs
 
         path = Path(platformdirs.user_cache_dir(APP, appauthor=False))
-    return _ensure(path) if create else path
+    return ensure_dir(path) if create else path
 
 
 def data_dir(create: bool = True) -> Path:
@@ -46,4 +59,4 @@ def data_dir(create: bool = True) -> Path:
         import platformdirs
 
         path = Path(platformdirs.user_data_dir(APP, appauthor=False))
-    return _ensure(path) if create else path
+    return ensure_dir(path) if create else path

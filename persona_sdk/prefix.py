@@ -58,7 +58,9 @@ class Prefix:
     kv: np.ndarray  # (layers, 2, kv_heads, P, head_dim)
     backbone: str  # fingerprint of the backbone it was trained for
     method: str = "unknown"
-    meta: dict[str, Any] = field(default_factory=dict)  # summary numbers only, never text
+    # summary numbers, plus (under "voice") the owner's topic words and salted training digests:
+    # private, so kept out of repr; persisted only inside the encrypted vault file
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         kv = np.asarray(self.kv)

@@ -4,18 +4,30 @@ The backbone is an ordinary "decoder with past" graph::
 
     inputs   input_ids (B, T)   attention_mask (B, past+T)   [position_ids (B, T)]
              past_key_values.{i}.key / .value   (B, kv_heads, past, head_dim)
+             [logits_to_keep (1,): 0 = logits for every position, k = the last k only]
     outputs  logits (B, T, V)   present.{i}.key / .value   (B, kv_heads, past+T, head_dim)
 
 ``position_ids`` exists in the optimum graph only; the fused graph
-(GroupQueryAttention) puts token i of the input at position past+i itself.
+(GroupQueryAttention) puts token i of the input at position past+i itself,
+each row after its own past length (the number of ones in its mask row).
 
 A persona is fed as the initial past: the KV block ``(layers, 2, kv_heads, P,
-head_dim)`` becomes ``past_key_values.{l}.key = kv[l, 0][None]`` etc., the
-attention mask gets P leading ones and positions start at P. Without a persona
-the initial past is empty (length 0). The KV cache stays inside onnxruntime
-between steps (IO binding: the ``present`` OrtValues of one step are bound as
-the ``past`` of the next, no copies through numpy, and on CUDA it stays on the
-GPU).
+head_dim)`` becomes the first P positions of the row, the attention mask gets
+P leading ones and positions start at P. Without a persona the initial past is
+empty (length 0).
+
+Decoding runs on a KV cache (:mod:`persona_sdk.kvcache`): with the fused graph
+on CPU, preallocated buffers bound as both past and present, which the
+attention kernel extends in place (no per-step KV copy, no per-step
+allocation); with any other graph, the ``present`` OrtValues of one step are
+bound as the ``past`` of the next (IO binding, no copies through numpy).
+A :class:`~persona_sdk.kvcache.DecodeState` keeps one conversation's KV
+between turns, so a chat feeds only the new turn, not its whole history.
+
+Threads: onnxruntime's intra-op workers may busy-wait between the ops of one
+run (``RuntimeConfig.spin``, on by default) and are told to stop the moment a
+run returns (``session.force_spinning_stop``), so an idle app burns no CPU
+between replies, or between the tokens of a paused stream.
 
 The graph's names and the manifest come from :mod:`persona_sdk.manifest`;
 finding (or building) the export a chat runs on is :mod:`persona_sdk.engines`'
@@ -28,7 +40,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,9 +48,11 @@ from .backbone import BackboneSpec
 from .config import GenerationConfig, RuntimeConfig
 from .conversation import ChatFormat, Turn
 from .errors import DeviceError, GenerationError, ModelFileError
-from .manifest import (ATTENTION_MASK, INPUT_IDS, LOGITS, MODEL, POSITION_IDS, past_names, present_names,
-                       read_manifest)
+from .kvcache import PREFILL_CHUNK, CopyCache, DecodeState, SharedKVCache
+from .manifest import (ATTENTION_MASK, INPUT_IDS, LOGITS, LOGITS_TO_KEEP, MODEL, POSITION_IDS, past_names,
+                       present_names, read_manifest)
 from .prefix import Prefix, PrefixSpec
+from .sampling import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +114,11 @@ class Engine:
         if self.runtime.threads:
             opts.intra_op_num_threads = self.runtime.threads
         opts.log_severity_level = 3
-        # Busy-waiting intra-op workers fight everything else on a small desktop CPU: off by
-        # default (halved the per-token time on busy cores; costs ~1/3 on idle ones, BENCHMARKS.md).
+        # Spinning workers save a futex wake-up per op (~400 ops a token) but hold a core while
+        # they wait: spin only inside a run, stop the moment it returns (no idle burn between
+        # tokens or replies).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.runtime.spin else "0")
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(str(self.export_dir / MODEL), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -122,6 +138,11 @@ class Engine:
             raise ModelFileError(f"{self.export_dir / MODEL} is not a decoder-with-past graph for "
                                  f"{self.layers} layers (inputs: {', '.join(names[:6])}...)")
         self.has_position_ids = POSITION_IDS in names
+        self.has_logits_to_keep = LOGITS_TO_KEEP in names
+        # the fused graph's attention kernel can extend a preallocated past in place (CPU buffers)
+        self.shares_kv = (not self.has_position_ids and self.device == "cpu"
+                          and m.get("graph", "fused") == "fused")
+        self._run_options = ort.RunOptions()
         self.tokenizer = Tokenizer.from_file(str(self.export_dir / "tokenizer.json"))
         self.format = ChatFormat(self.tokenizer)
         # eos ids and the end-of-turn token, recorded by the exporter (backbone.stop_token_ids)
@@ -170,12 +191,14 @@ class Engine:
         if self.has_position_ids:
             pos = np.broadcast_to(np.arange(past_len, past_len + t, dtype=np.int64), (batch, t))
             binding.bind_cpu_input(POSITION_IDS, np.ascontiguousarray(pos))
+        if self.has_logits_to_keep:  # 1: the lm_head on the last position only
+            binding.bind_cpu_input(LOGITS_TO_KEEP, np.array([0 if all_logits else 1], dtype=np.int64))
         for name, value in zip(self.past_names, past):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output(LOGITS, "cpu")
         for name in self.present_names:
             binding.bind_output(name, self._device_type)
-        self.session.run_with_iobinding(binding)
+        self.run(binding)
         outs = binding.get_outputs()
         logits = outs[0].numpy()  # (B, T, V)
         logits = logits if all_logits else logits[:, -1, :]
@@ -192,6 +215,19 @@ class Engine:
         logp = _log_softmax(logits)
         return -logp[np.arange(len(targets)), targets]
 
+    def run(self, binding) -> None:
+        """Run the graph on an IOBinding (the one place the decode paths call onnxruntime)."""
+        self.session.run_with_iobinding(binding, self._run_options)
+
+    # --- caches ------------------------------------------------------------------
+    def new_cache(self, slots: int = 1, capacity: int = 256) -> SharedKVCache | CopyCache:
+        """A KV cache of ``slots`` rows: in-place shared buffers where the graph allows, else copies."""
+        return SharedKVCache(self, slots, capacity) if self.shares_kv else CopyCache(self, slots, capacity)
+
+    def new_state(self, prefix: Prefix | None = None, capacity: int = 256) -> DecodeState:
+        """One conversation's KV cache, starting from ``prefix``'s block (reused across turns)."""
+        return DecodeState(self, prefix, capacity)
+
     # --- generation --------------------------------------------------------------
     def budget(self, prefix: Prefix | None, gen: GenerationConfig) -> int:
         plen = prefix.length if prefix is not None else 0
@@ -206,26 +242,32 @@ class Engine:
         prefix: Prefix | None = None,
         gen: GenerationConfig | None = None,
         should_stop: Callable[[], bool] | None = None,
+        state: DecodeState | None = None,
     ) -> Iterator[int]:
-        """Yield reply token ids one at a time (sampling/greedy). Stops at end-of-turn."""
+        """Yield reply token ids one at a time (sampling/greedy). Stops at end-of-turn.
+
+        ``state``: a conversation's :class:`DecodeState` (made with ``new_state(prefix)``):
+        the prompt tokens it already holds are not fed again, and it holds the
+        prompt and the reply afterwards. Without one, a fresh cache is used.
+        """
         gen = gen or GenerationConfig()
         if gen.num_beams > 1:
             yield from self.beam_search(prompt_ids, prefix, gen)
             return
-        rng = np.random.default_rng(gen.seed)
-        past, plen = self.initial_past(prefix)
-        seen = np.zeros(self.vocab_size, dtype=bool)
-        seen[np.asarray(prompt_ids, dtype=np.int64)] = True
-        out = self.forward(np.asarray([prompt_ids], dtype=np.int64), past, plen)
-        for _ in range(gen.max_new_tokens):
-            token = pick_token(out.logits[0], seen, gen, rng)
+        if state is None:
+            state = self.new_state(prefix, capacity=len(prompt_ids) + gen.max_new_tokens + 1
+                                   + (prefix.length if prefix is not None else 0))
+        sampler = Sampler(gen, self.vocab_size, prompt_ids)
+        logits = state.start(prompt_ids, PREFILL_CHUNK)
+        for n in range(gen.max_new_tokens):
+            token = sampler.pick(logits)
             if token in self.stop_ids:
                 return
             yield token
-            if should_stop is not None and should_stop():
+            if n == gen.max_new_tokens - 1 or (should_stop is not None and should_stop()):
                 return
-            seen[token] = True
-            out = self.forward(np.asarray([[token]], dtype=np.int64), out.past, out.past_len)
+            sampler.observe(token)
+            logits = state.feed(token)
 
     def beam_search(self, prompt_ids: Sequence[int], prefix: Prefix | None, gen: GenerationConfig) -> Iterator[int]:
         """Beam search (log-prob / length**length_penalty); yields the best beam's tokens."""
@@ -282,33 +324,76 @@ class Engine:
         prefix: Prefix | None = None,
         gen: GenerationConfig | None = None,
         should_stop: Callable[[], bool] | None = None,
+        state: DecodeState | None = None,
     ) -> Iterator[str]:
         """Yield reply text pieces as they are decoded, honouring stop strings."""
         gen = gen or GenerationConfig()
-        stops = gen.stop
-        hold = max((len(s) for s in stops), default=1) - 1
-        ids: list[int] = []
-        sent = 0
-        text = ""
-        for token in self.generate_ids(prompt_ids, prefix, gen, should_stop):
-            ids.append(token)
-            text = self.format.decode(ids)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
-                continue
-            cut = _find_stop(text, stops)
-            if cut is not None:
-                if cut > sent:
-                    yield text[sent:cut]
-                return
-            safe = len(text) - hold if stops else len(text)
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
-        text = text.rstrip("\ufffd")
-        cut = _find_stop(text, stops)
-        end = cut if cut is not None else len(text)
-        if end > sent:
-            yield text[sent:end]
+        return self.detokenize(self.generate_ids(prompt_ids, prefix, gen, should_stop, state), gen.stop)
+
+    def detokenize(self, tokens: Iterable[int], stops: Sequence[str] = ()) -> Iterator[str]:
+        """Text pieces of a stream of reply token ids: whole characters only, cut at the first stop string.
+
+        Stops consuming ``tokens`` (and closes it, when it is a generator) at a stop string.
+        """
+        text = TextStream(self.format, stops)
+        try:
+            for token in tokens:
+                piece = text.push(token)
+                if piece:
+                    yield piece
+                if text.stopped:
+                    return
+            piece = text.finish()
+            if piece:
+                yield piece
+        finally:
+            close = getattr(tokens, "close", None)
+            if close is not None:
+                close()
+
+
+class TextStream:
+    """Reply token ids in, text pieces out: whole characters only, cut at the first stop string.
+
+    ``push(token)`` returns the text that became final (maybe ""); once a stop
+    string appears, ``stopped`` is True and the text before it has been returned.
+    ``finish()`` returns what is left at the end of the reply.
+    """
+
+    def __init__(self, fmt: ChatFormat, stops: Sequence[str] = ()) -> None:
+        self.format = fmt
+        self.stops = tuple(stops)
+        self._hold = max((len(s) for s in self.stops), default=1) - 1
+        self._ids: list[int] = []
+        self._sent = 0
+        self._text = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        self._ids.append(int(token))
+        self._text = text = self.format.decode(self._ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
+            return ""
+        cut = _find_stop(text, self.stops)
+        if cut is not None:
+            self.stopped = True
+            return self._take(cut)
+        return self._take(len(text) - self._hold if self.stops else len(text))
+
+    def finish(self) -> str:
+        if self.stopped:
+            return ""
+        text = self._text.rstrip("\ufffd")
+        cut = _find_stop(text, self.stops)
+        return self._take(cut if cut is not None else len(text))
+
+    def _take(self, end: int) -> str:
+        if end <= self._sent:
+            return ""
+        piece, self._sent = self._text[self._sent:end], end
+        return piece
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -321,27 +406,3 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=-1, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
-
-def pick_token(logits: np.ndarray, seen: np.ndarray, gen: GenerationConfig, rng: np.random.Generator) -> int:
-    """Next token from last-position ``logits`` (V,) under ``gen``'s settings."""
-    logits = logits.astype(np.float64, copy=True)
-    if gen.repetition_penalty != 1.0:
-        hit = logits[seen]
-        logits[seen] = np.where(hit > 0, hit / gen.repetition_penalty, hit * gen.repetition_penalty)
-    if gen.greedy:
-        return int(np.argmax(logits))
-    logits = logits / gen.temperature
-    if 0 < gen.top_k < logits.size:
-        kth = np.partition(logits, -gen.top_k)[-gen.top_k]
-        logits[logits < kth] = -np.inf
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    if gen.top_p < 1.0:
-        order = np.argsort(-probs)
-        cum = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cum, gen.top_p) + 1)]
-        mask = np.zeros_like(probs, dtype=bool)
-        mask[keep] = True
-        probs = np.where(mask, probs, 0.0)
-        probs /= probs.sum()
-    return int(rng.choice(probs.size, p=probs))

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SourcePrefixError
+from .fileio import atomic_write
 from .prefix import Prefix
+from .training.config import META_METHODS, SOURCE_METHODS, SourceConfig
 from .training.corpora import Speaker, chitchat_part_a, spc_speakers, spc_split
 from .training.methods.mixing import speaker_rates
 from .training.methods.mtml import RECONSTRUCT_PROMPT, reconstruction_example
-from .training.source import META_METHODS, SOURCE_METHODS, SourceConfig, SourceSummary, train_source
+from .training.source import SourceSummary, train_source
 
 SHIPPED_DIR = Path(__file__).parent / "data" / "source_prefix"
 SHIPPED_FILE = "source_prefix.safetensors"
@@ -46,12 +48,11 @@ def save_source(prefix: Prefix, out_dir: str | Path, info: dict[str, Any]) -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = prefix.to_bytes()
-    tmp = out / (SHIPPED_FILE + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out / SHIPPED_FILE)
+    atomic_write(out / SHIPPED_FILE, data, private=False)
     info = {**info, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
             "shape": list(prefix.kv.shape), "backbone": prefix.backbone, "method": prefix.method}
-    (out / SHIPPED_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    atomic_write(out / SHIPPED_INFO, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+                 private=False)
     return out / SHIPPED_FILE
 
 

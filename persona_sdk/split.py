@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Ty
 from .errors import ConfigError, SplitDataError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .chats import Chats
+    from .chatdata import Chats
 
 PARTS = ("A", "B", "C")
 BUCKETS = ("train", "val", "test")
@@ -254,9 +254,9 @@ def split_speakers(
 def conversation_senders(chats: "Chats") -> dict[str, list[str]]:
     """conversation id -> sender of each text message, in order: the input of
     :func:`split_speakers`. Placeholders and empty messages are skipped, exactly
-    as :func:`persona_sdk.examples.conversation_turns` skips them, so "reply
+    as :func:`persona_sdk.reply_examples.conversation_turns` skips them, so "reply
     conversations" here are those that yield examples there."""
-    from .chats import TEXT
+    from .chatdata import TEXT
 
     out: dict[str, list[str]] = {}
     for i, conv in enumerate(chats.conversations):

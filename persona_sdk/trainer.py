@@ -19,8 +19,8 @@ from .training.backbone import (TrainBackbone, bf16_supported, check_source_fits
 from .training.data import (Encoded, batch_loss, batch_mean_loss, collate, encode, hidden, make_batches, mean_loss,
                             reply_loss)
 from .training.loop import ProgressFn, TrainProgress
-from .training.personal import (BF16_MODES, DEFAULT_PROMPT_INIT, LR_FROM_SCRATCH, LR_FROM_SOURCE, METHODS,
-                                TrainConfig, TrainSummary, check_enough, train_prefix)
+from .training.config import BF16_MODES, DEFAULT_PROMPT_INIT, LR_FROM_SCRATCH, LR_FROM_SOURCE, METHODS, TrainConfig
+from .training.personal import TrainSummary, check_enough, train_prefix
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainSummary", "TrainBackbone", "train_prefix", "load_backbone",
            "reply_loss", "kv_of_embeddings", "split_by_conversation", "make_batches", "encode", "METHODS", "Turn",

@@ -6,16 +6,17 @@ block, the backbone fingerprint, the training method and summary numbers; no
 chat text exists in a prefix), sealed by :mod:`persona_sdk._crypto` and bound
 to the profile name. Decrypted bytes live in memory only.
 
-Keys: a passphrase (Argon2id) or a random key in the OS keyring (``keyring``).
+Keys: a passphrase (Argon2id) or a random key in the OS keyring
+(:mod:`persona_sdk.oskeyring`).
 ``passphrase=None`` means: ``$PERSONA_PASSPHRASE`` if set, else the keyring
 (when saving) / what the file says (when loading); with no keyring backend
 the vault raises :class:`PassphraseRequiredError` and the caller asks for a
 passphrase. There is never a plaintext key file.
 
-Writes: a 0600 temp file in the same folder, fsync, ``os.replace``, fsync of
-the folder, all under an inter-process lock (``fcntl.flock`` on
-``<root>/.lock``); leftover temp files of a crashed writer are removed by the
-next operation. ``rekey`` reads back and decrypts the new file before it
+Writes: :func:`persona_sdk.fileio.atomic_write` (a 0600 temp file in the same
+folder, fsync, ``os.replace``, fsync of the folder), all under an inter-process
+lock (``fcntl.flock`` on ``<root>/.lock``); leftover temp files of a crashed
+writer are removed by the next operation. ``rekey`` reads back and decrypts the new file before it
 replaces the old one.
 
 Example::
@@ -28,23 +29,22 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
-import secrets
 import stat
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from . import _crypto, paths
+from . import _crypto, oskeyring, paths
 from ._crypto import KIND_EXPORT, KIND_PROFILE, Header, KdfParams
 from .errors import (
     BackboneMismatchError,
-    DecryptionError,
     KeyringUnavailableError,
     PassphraseRequiredError,
+    PersonaWarning,
     PrefixShapeError,
     ProfileExistsError,
     ProfileNameError,
@@ -52,15 +52,24 @@ from .errors import (
     UnsupportedFormatError,
     VaultError,
 )
+from .fileio import TMP_MARK, atomic_write, fsync_dir, lock, remove_stale_temps, unlock
+from .oskeyring import SERVICE as KEYRING_SERVICE
+from .oskeyring import available as keyring_available
 from .prefix import Prefix, PrefixSpec
+
+__all__ = ["ENV_PASSPHRASE", "ENV_EXPORT_PASSPHRASE", "SUFFIX", "KEYRING", "KEYRING_SERVICE", "LOCK_FILE",
+           "Vault", "ProfileInfo", "ExportInfo", "VaultPermissionWarning", "export_info", "validate_name",
+           "needs_passphrase", "keyring_available"]
 
 ENV_PASSPHRASE = "PERSONA_PASSPHRASE"
 ENV_EXPORT_PASSPHRASE = "PERSONA_EXPORT_PASSPHRASE"
 SUFFIX = ".persona"
-KEYRING_SERVICE = "persona-sdk"
 LOCK_FILE = ".lock"
-_TMP_MARK = ".tmp-"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # always fullmatch: "$" would accept a trailing newline
+# Device names Windows reserves in any folder, with any extension ("con.persona"):
+# profiles travel between systems in export files, so these are refused everywhere.
+_RESERVED = frozenset(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+                      + [f"{dev}{i}" for dev in ("COM", "LPT") for i in range(1, 10)])
 
 
 class _UseKeyring:
@@ -72,7 +81,7 @@ KEYRING: Any = _UseKeyring()
 """Pass as the passphrase to keep the profile's key in the OS keyring."""
 
 
-class VaultPermissionWarning(UserWarning):
+class VaultPermissionWarning(PersonaWarning):
     """A vault folder or file had looser permissions than 0700 / 0600 and was fixed."""
 
 
@@ -91,12 +100,52 @@ class ProfileInfo:
     format_version: int
 
 
+@dataclass(frozen=True)
+class ExportInfo:
+    """What can be shown about an export file without its passphrase (structure already checked)."""
+
+    path: Path
+    kdf: KdfParams | None  # Argon2id parameters of the export passphrase
+    backbone: str  # fingerprint (hex) of the backbone the persona was made for
+    payload_bytes: int
+    file_bytes: int
+    format_version: int
+
+    def check_backbone(self, fingerprint: str) -> None:
+        """Refuse (:class:`BackboneMismatchError`) a backbone other than the one the export was made for."""
+        _check_fingerprint(self.backbone, fingerprint, f"export file {self.path.name}")
+
+
+def export_info(path: Path | str) -> ExportInfo:
+    """Header facts of an export file: no passphrase needed. The file is treated as hostile: a
+    regular file only, size-bounded, its structure and KDF bounds checked, passphrase-protected."""
+    src = Path(path).expanduser()
+    data, header = _read_export(src)
+    return ExportInfo(path=src, kdf=header.kdf, backbone=header.fingerprint, payload_bytes=header.payload_len,
+                      file_bytes=len(data), format_version=header.version)
+
+
+def _read_export(src: Path) -> tuple[bytes, Header]:
+    data = _read_bounded(src)
+    header = _crypto.read_header(data, kind=KIND_EXPORT)
+    if header.mode != "passphrase":
+        raise UnsupportedFormatError(f"export file {src.name} is not passphrase-protected")
+    return data, header
+
+
+def _valid_name(name: object) -> bool:
+    return (isinstance(name, str) and _NAME.fullmatch(name) is not None and not name.endswith((SUFFIX, "."))
+            and ".." not in name and name.split(".", 1)[0].upper() not in _RESERVED)
+
+
 def validate_name(name: str) -> str:
-    """A profile name: 1-64 of letters, digits, '.', '_', '-'; starts with a letter or digit."""
-    if not isinstance(name, str) or not _NAME.match(name) or name.endswith(SUFFIX) or ".." in name:
+    """A profile name: 1-64 of letters, digits, '.', '_', '-'; starts with a letter or digit,
+    does not end with '.', and is not a device name Windows reserves (CON, NUL, COM1, ...)."""
+    if not _valid_name(name):
         raise ProfileNameError(
             "a profile name is 1-64 characters: letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit (no path separators, no '..', no trailing '.persona')"
+            "letter or digit (no path separators, no '..', no trailing '.' or '.persona', not a "
+            "reserved device name such as CON or NUL)"
         )
     return name
 
@@ -126,14 +175,15 @@ class Vault:
         return self.path(name).is_file()
 
     def list(self) -> list[str]:
-        """Profile names, sorted."""
+        """Profile names, sorted: every ``NAME.persona`` entry with a valid name, readable or
+        not (a truncated file, a symlink, a FIFO...: :meth:`info` says what is wrong with it)."""
         with self._locked():
             pass  # cleans leftovers
         names = []
         for p in self.root.iterdir():
-            if p.name.endswith(SUFFIX) and not p.name.startswith(".") and p.is_file():
+            if p.name.endswith(SUFFIX) and not p.name.startswith("."):
                 stem = p.name[: -len(SUFFIX)]
-                if _NAME.match(stem):
+                if _valid_name(stem):
                     names.append(stem)
         return sorted(names)
 
@@ -174,9 +224,9 @@ class Vault:
             if not os.path.lexists(path):
                 raise ProfileNotFoundError(f"no profile named {name!r}")
             path.unlink()
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         if old is not None and old.mode == "keyring":
-            _keyring_delete(old.key_id)
+            oskeyring.delete(old.key_id)
 
     def rekey(self, name: str, old: str | None, new: str | None) -> None:
         """Re-encrypt profile ``name`` under a new passphrase (or ``KEYRING``).
@@ -202,13 +252,13 @@ class Vault:
                     raise VaultError("the re-encrypted profile did not verify; the old one is kept")
 
             try:
-                _atomic_write(path, blob, verify=verify)
+                atomic_write(path, blob, verify=verify, error=VaultError)
             except BaseException:
                 if key_id:
-                    _keyring_delete(key_id)
+                    oskeyring.delete(key_id)
                 raise
         if header.mode == "keyring" and header.key_id != key_id:
-            _keyring_delete(header.key_id)
+            oskeyring.delete(header.key_id)
 
     def export(self, name: str, out_path: Path | str, passphrase: str | None = None,
                export_passphrase: str | None = None, *, force: bool = False) -> Path:
@@ -218,6 +268,7 @@ class Vault:
         tied to this machine's keyring: it opens anywhere with the export passphrase.
         """
         out = Path(out_path).expanduser()
+        self.check_export_path(out)
         if out.exists() and not force:
             raise ProfileExistsError(f"{out} already exists (use force / --force to overwrite it)")
         export_pw = _resolve_passphrase(export_passphrase, ENV_EXPORT_PASSPHRASE)
@@ -229,7 +280,21 @@ class Vault:
                             passphrase=export_pw, kdf=self.kdf)
         if not out.parent.is_dir():
             raise VaultError(f"folder {out.parent} does not exist")
-        _atomic_write(out, blob)
+        remove_stale_temps(out)
+        atomic_write(out, blob, error=VaultError)
+        return out
+
+    def check_export_path(self, out_path: Path | str) -> Path:
+        """Refuse an export target inside the vault folder (it would replace or shadow a profile)."""
+        out = Path(out_path).expanduser()
+        try:
+            parent = Path(os.path.realpath(out.parent))
+            root = Path(os.path.realpath(self.root))
+        except OSError:  # pragma: no cover - realpath does not raise on POSIX
+            return out
+        if parent == root or root in parent.parents:
+            raise VaultError(f"refusing to export into the vault folder {self.root}; "
+                             "choose a file outside it (e.g. in your home folder)")
         return out
 
     def import_file(self, path: Path | str, export_passphrase: str | None = None,
@@ -250,10 +315,7 @@ class Vault:
                 raise ProfileNameError(f"the file name does not make a valid profile name; pass a name "
                                        f"(--name). {ProfileNameError.__doc__}") from None
         target = self.path(name)
-        data = _read_bounded(src)
-        header = _crypto.read_header(data, kind=KIND_EXPORT)
-        if header.mode != "passphrase":
-            raise UnsupportedFormatError(f"export file {src.name} is not passphrase-protected")
+        data, header = _read_export(src)
         _check_fingerprint(header.fingerprint, fingerprint, f"export file {src.name}")
         if not force and target.exists():
             raise ProfileExistsError(f"profile {name!r} already exists (use force / --force to replace it)")
@@ -282,13 +344,13 @@ class Vault:
                 old = self._header_if_any(path, name)
                 if not force and (old is not None or os.path.lexists(path)):
                     raise ProfileExistsError(f"profile {name!r} already exists (use force / --force to replace it)")
-                _atomic_write(path, blob)
+                atomic_write(path, blob, error=VaultError)
         except BaseException:
             if key_id:
-                _keyring_delete(key_id)
+                oskeyring.delete(key_id)
             raise
         if old is not None and old.mode == "keyring" and old.key_id != key_id:
-            _keyring_delete(old.key_id)
+            oskeyring.delete(old.key_id)
         return path
 
     def _seal_profile(self, name: str, payload: bytes, fingerprint: str, passphrase: Any,
@@ -300,19 +362,24 @@ class Vault:
             return _crypto.seal(payload, kind=KIND_PROFILE, fingerprint=fingerprint, context=context,
                                 passphrase=pw, kdf=self.kdf), None
         key_id, secret = _crypto.new_keyring_key()
-        _keyring_store(key_id, secret)
+        try:
+            oskeyring.store(key_id, secret)
+        except KeyringUnavailableError:
+            raise PassphraseRequiredError(
+                f"no OS keyring is available here; give a passphrase instead (or set {ENV_PASSPHRASE})"
+            ) from None
         try:
             blob = _crypto.seal(payload, kind=KIND_PROFILE, fingerprint=fingerprint, context=context,
                                 keyring=(key_id, secret))
         except BaseException:
-            _keyring_delete(key_id)
+            oskeyring.delete(key_id)
             raise
         return blob, key_id
 
     def _unseal(self, data: bytes, header: Header, passphrase: Any, name: str | None,
                 env: str | None, what: str) -> bytes:
         if header.mode == "keyring":
-            kek = _crypto.derive_kek(header, keyring_secret=_keyring_fetch(header.key_id, what))
+            kek = _crypto.derive_kek(header, keyring_secret=oskeyring.fetch(header.key_id, what))
         else:
             pw = None if passphrase is KEYRING else _resolve_passphrase(passphrase, env)
             if pw is None:
@@ -322,7 +389,7 @@ class Vault:
         return _crypto.unseal(data, header, kek, context=_context(name) if name else b"", what=what)
 
     def _ensure_root(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.ensure_dir(self.root)  # missing parents 0700 too, whatever the umask
         st = os.lstat(self.root)
         if not stat.S_ISDIR(st.st_mode):
             raise VaultError(f"vault folder {self.root} is not a folder")
@@ -339,28 +406,33 @@ class Vault:
         """Exclusive inter-process lock on the vault; removes leftover temp files."""
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
-            _lock_fd(fd, self.lock_timeout, self.root)
+            if not lock(fd, self.lock_timeout):
+                raise VaultError(f"the vault at {self.root} is busy (another persona process holds it)")
             try:
                 self._clean_leftovers()
                 yield
             finally:
-                _unlock_fd(fd)
+                unlock(fd)
         finally:
             os.close(fd)
 
     def _clean_leftovers(self) -> None:
         # only called under the lock: no live writer can own these
         for p in self.root.iterdir():
-            if p.name.startswith(".") and _TMP_MARK in p.name:
+            if p.name.startswith(".") and TMP_MARK in p.name:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
 
     def _read(self, path: Path, name: str) -> tuple[bytes, os.stat_result]:
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+            # non-blocking: a FIFO named NAME.persona must not hang us while we hold the vault lock
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             raise ProfileNotFoundError(f"no profile named {name!r}") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise VaultError(f"profile {name!r} is a symbolic link; refusing to follow it") from None
             raise VaultError(f"cannot open profile {name!r} ({exc.strerror or type(exc).__name__})") from None
         try:
             st = os.fstat(fd)
@@ -457,8 +529,17 @@ def _read_fd(fd: int, size: int) -> bytes:
 
 
 def _read_bounded(path: Path) -> bytes:
+    """The bytes of a (hostile) file: only a regular file, checked before it is opened and
+    again after a non-blocking open (a FIFO or a device could block or never end)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UnsupportedFormatError(f"{path} is not a regular file")
+    except FileNotFoundError:
+        raise VaultError(f"file not found: {path}") from None
+    except OSError as exc:
+        raise VaultError(f"cannot open {path} ({exc.strerror or type(exc).__name__})") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise VaultError(f"file not found: {path}") from None
     except OSError as exc:
@@ -470,146 +551,3 @@ def _read_bounded(path: Path) -> bytes:
         return _read_fd(fd, st.st_size)
     finally:
         os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, verify: Callable[[Path], None] | None = None) -> None:
-    """0600 temp file next to ``path``, fsync, (verify), os.replace, fsync of the folder."""
-    tmp = path.parent / f".{path.name}{_TMP_MARK}{secrets.token_hex(8)}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(tmp, flags, 0o600)
-    except OSError as exc:
-        raise VaultError(f"cannot write in {path.parent} ({exc.strerror or type(exc).__name__})") from None
-    try:
-        try:
-            if os.name == "posix":
-                os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if verify is not None:
-            verify(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise VaultError(f"writing {path.name} failed ({exc.strerror or type(exc).__name__})") from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _lock_fd(fd: int, timeout: float, root: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise VaultError(f"the vault at {root} is busy (another persona process holds it)") from None
-                time.sleep(0.05)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise VaultError(f"the vault at {root} is busy (another persona process holds it)") from None
-            time.sleep(0.02)
-
-
-def _unlock_fd(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:
-        import msvcrt
-
-        with contextlib.suppress(OSError):
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-        return
-    fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-# --- OS keyring ------------------------------------------------------------------
-def _keyring_user(key_id: str) -> str:
-    return f"profile-key-{key_id}"
-
-
-def keyring_available() -> bool:
-    """True when an OS keyring backend is usable here."""
-    try:
-        import keyring
-        from keyring.backends import fail
-
-        backend = keyring.get_keyring()
-        if isinstance(backend, fail.Keyring):
-            return False
-        chained = getattr(backend, "backends", None)
-        return not (chained is not None and not chained)
-    except Exception:
-        return False
-
-
-def _keyring_store(key_id: str, secret: bytes) -> None:
-    import base64
-
-    try:
-        import keyring
-        import keyring.errors
-
-        keyring.set_password(KEYRING_SERVICE, _keyring_user(key_id), base64.b64encode(secret).decode())
-    except Exception:  # NoKeyringError, a locked / broken backend, a missing dbus...
-        raise PassphraseRequiredError(
-            f"no OS keyring is available here; give a passphrase instead (or set {ENV_PASSPHRASE})"
-        ) from None
-
-
-def _keyring_fetch(key_id: str, what: str) -> bytes:
-    import base64
-
-    try:
-        import keyring
-
-        value = keyring.get_password(KEYRING_SERVICE, _keyring_user(key_id))
-    except Exception:
-        raise KeyringUnavailableError(f"{what} keeps its key in the OS keyring, which is not available here") from None
-    if value is None:
-        raise KeyringUnavailableError(
-            f"the OS keyring has no key for {what} (made on another machine or the key was deleted); "
-            "move personas between devices with export / import"
-        )
-    try:
-        secret = base64.b64decode(value, validate=True)
-    except ValueError:
-        secret = b""
-    if len(secret) != _crypto.KEY_LEN:
-        raise DecryptionError(f"cannot decrypt {what}: wrong passphrase or key, or the file was modified")
-    return secret
-
-
-def _keyring_delete(key_id: str) -> None:
-    with contextlib.suppress(Exception):
-        import keyring
-
-        keyring.delete_password(KEYRING_SERVICE, _keyring_user(key_id))

@@ -97,7 +97,7 @@ def tiny_onnx(tiny_backbone, tmp_path_factory) -> Path:
     return out
 
 
-# --- the real default backbone, built once per session (issue 2: exporters) ------
+# --- the real default backbone, built once per session ----------------------------
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory) -> Path:
     """``<home>/cache`` for a PERSONA_HOME shared by the whole session.

@@ -134,3 +134,23 @@ def test_context_manager_closes(engine, prefix):
     assert agent.prefix is None and agent.history == []
     with pytest.raises(GenerationError, match="closed"):
         agent.reply("hi there")
+
+
+def test_a_message_that_is_not_valid_text_is_a_generation_error(engine, prefix):
+    agent = PersonaAgent(prefix, engine=engine, generation=GREEDY)
+    with pytest.raises(GenerationError, match="not valid text"):
+        agent.reply("\udcff")  # what Python makes of a non-UTF-8 byte in argv
+    assert agent.history == []  # nothing happened
+    assert agent.reply("hi there")  # and the agent is still usable
+
+
+def test_the_next_turn_feeds_only_what_is_new(engine, prefix):
+    """The agent keeps the conversation's KV: turn two reuses at least all of turn one's prompt."""
+    agent = PersonaAgent(prefix, engine=engine, generation=GREEDY)
+    agent.reply("hi there")
+    first_prompt = len(engine.prompt_ids(agent.history[:1], prefix, GREEDY))
+    agent.reply("what do you do on weekends?")
+    assert agent._kv.reused >= first_prompt
+    agent.reset()  # a new conversation: at most the opening tokens both conversations share are kept
+    agent.reply("what do you do on weekends?")
+    assert agent._kv.reused < len(engine.format.encode("<|im_start|>user\nwhat do"))

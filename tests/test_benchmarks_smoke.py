@@ -20,17 +20,19 @@ def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
     bench = _load()
     out = tmp_path / "results.json"
     results = bench.main(["--backbone", str(tiny_backbone), "--variants", "fp32", "int4", "--prompt-tokens", "40",
-                          "--new-tokens", "8", "--threads", "1", "--optimum-variants", "fp32", "--json", str(out)])
+                          "--new-tokens", "8", "--threads", "1", "--optimum-variants", "fp32", "--json", str(out),
+                          "--batch-variant", "int4", "--batch-rows", "1", "3", "--batch-prompt-tokens", "16",
+                          "--batch-new-tokens", "4"])
     engines = results["engines"]
     assert set(engines) == {"torch eager (generate)", "ORT fp32 (runtime)", "ORT int4 (runtime)", "ORT fp32 (numpy loop)",
-                            "ORT fp32 (runtime, spinning on)", "ORT int4 (runtime, spinning on)",
-                            "ORT fp32, optimum graph (runtime)"}
+                            "ORT fp32 (runtime, spinning off)", "ORT int4 (runtime, spinning off)",
+                            "ORT int4 (runtime, chat sampling)", "ORT fp32, optimum graph (runtime)"}
     for row in engines.values():
         assert row["new_tokens"] == 8 and row["decode_tok_s"] > 0 and row["ttft_s"] > 0
     # the same graph through the runtime and through the numpy loop decodes the same tokens
     assert engines["ORT fp32 (numpy loop)"]["same_greedy_tokens_as_ort_fp32"] == 8
     assert engines["torch eager (generate)"]["same_greedy_tokens_as_ort_fp32"] == 8
-    assert engines["ORT fp32 (runtime, spinning on)"]["same_greedy_tokens_as_ort_fp32"] == 8
+    assert engines["ORT fp32 (runtime, spinning off)"]["same_greedy_tokens_as_ort_fp32"] == 8
     assert engines["ORT fp32, optimum graph (runtime)"]["same_greedy_tokens_as_ort_fp32"] == 8  # fused == optimum
     assert results["prompt_tokens"] == 40
     assert all(math.isfinite(p) and p > 1 for p in results["perplexity"].values())
@@ -40,5 +42,44 @@ def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
     assert set(rss) == {"torch eager (generate)", "ORT fp32 (runtime)", "ORT int4 (runtime)"}
     assert all(mb is not None and mb > 20 for mb in rss.values()), rss
     assert rss["torch eager (generate)"] > rss["ORT int4 (runtime)"]  # torch itself weighs more than ORT
+    batched = results["batched"]["rows"]
+    assert set(batched) == {"1", "3"}
+    for n, row in batched.items():
+        assert row["batched"]["tokens"] == row["sequential"]["tokens"] == int(n) * 4
+        assert row["batched"]["latency_p95_s"] >= row["batched"]["latency_p50_s"] > 0
+    assert batched["3"]["batched"]["mean_rows_per_step"] > 1  # the three replies shared decode steps
+    ttft = results["ttft"]
+    assert ttft["second_turn_new_tokens"] < ttft["second_turn_tokens"] / 2  # the first turn's KV was reused
+    assert min(ttft["fresh_ttft_s"], ttft["second_turn_ttft_reuse_s"], ttft["second_turn_ttft_refeed_s"]) > 0
     table = capsys.readouterr().out
     assert "| ORT int4 (runtime) |" in table and "held-out perplexity" in table
+    assert "| 3 |" in table and "reusing the first turn's KV" in table
+
+
+def test_serve_load_smoke(tiny_onnx, tmp_path, capsys):
+    """benchmarks/serve_load.py drives a real server process with streaming clients for a bounded time."""
+    spec = importlib.util.spec_from_file_location("serve_load", BENCH.parent / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "load.json"
+    results = bench.main(["--backbone", str(tiny_onnx), "--clients", "3", "--duration", "2", "--personas", "2",
+                          "--rows", "4", "--max-tokens", "8", "--threads", "1", "--json", str(out)])
+    assert results["errors"] == 0, results["error_kinds"]
+    assert results["requests"] >= 3 and results["requests_per_s"] > 0
+    assert results["latency_p95_s"] >= results["latency_p50_s"] > 0
+    assert results["server_peak_rss_mb"] > 20
+    assert out.is_file() and "| 3 | 3 | 4 |" in capsys.readouterr().out
+
+
+def test_profile_decode_smoke(tiny_onnx, tmp_path):
+    """benchmarks/profile_decode.py: CPU-time A/B (shared KV vs the copying loop), op census, prefill."""
+    spec = importlib.util.spec_from_file_location("profile_decode", BENCH.parent / "profile_decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ab = bench.main(["ab", str(tiny_onnx), f"{tiny_onnx}:legacy", "--past", "20", "--steps", "6", "--rounds", "2"])
+    assert ab[f"{tiny_onnx}:legacy"]["same_greedy_as_first"] == 6  # the same tokens either way
+    assert all(row["cpu_ms_per_token"] > 0 for row in ab.values())
+    census = bench.main(["census", str(tiny_onnx), "--past", "20", "--steps", "4", "--out-dir", str(tmp_path)])
+    assert census["ops"]["GroupQueryAttention"]["nodes"] == 2  # one per layer of the tiny backbone
+    prefill = bench.main(["prefill", str(tiny_onnx), "--prompt", "30", "--rounds", "2"])
+    assert prefill[str(tiny_onnx)] > 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import time
 
 PERSONA = [sys.executable, "-m", "persona_sdk"]
 
@@ -60,18 +60,22 @@ def test_cuda_requested_without_gpu_is_clear(tiny_onnx):
     assert "CUDA was requested" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_help_is_fast_and_loads_no_heavy_modules():
-    code = ("import sys, time; t = time.perf_counter(); from persona_sdk.cli import main\n"
+# what `persona --help` must not import: each costs from a tenth of a second to seconds
+HEAVY = ("torch", "transformers", "peft", "optimum", "onnx", "onnxruntime", "numpy", "tokenizers", "safetensors",
+         "cryptography", "argon2", "keyring", "sklearn")
+
+
+def test_help_is_instant_because_it_loads_no_heavy_modules():
+    """Deterministic stand-in for "fast" (a timing would fail on a busy machine): --help imports
+    none of the heavy libraries."""
+    code = ("import sys; from persona_sdk.cli import main\n"
             "rc = main(['--help'])\n"
-            "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'peft', 'optimum') if m in sys.modules]\n"
-            "print('RESULT', rc, heavy, time.perf_counter() - t, file=sys.stderr)")
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    wall = time.perf_counter() - start
+            f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+            "print('RESULT', rc, ','.join(heavy) or '-', file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     line = [l for l in out.stderr.splitlines() if l.startswith("RESULT")][0]
-    assert line.split()[1] == "0" and line.split()[2] == "[]", line
+    assert line.split()[1:] == ["0", "-"], line
     assert "chat" in out.stdout and "backbone" in out.stdout
-    assert wall < 3.0  # generous for a loaded 2-core CI box; ~0.3 s quiet
 
 
 def test_python_dash_m_works():
@@ -135,3 +139,21 @@ def test_an_outdated_export_without_the_export_extra_is_one_line_naming_the_rebu
     assert len(lines) == 1 and lines[0].startswith("Error: the cached fp32 ONNX export"), out.stderr
     assert "outdated" in lines[0] and f"`persona backbone export --backbone {tiny_backbone}`" in lines[0]
     assert "pip install 'persona-sdk[export]'" in lines[0]
+
+
+def test_message_that_is_not_utf8_is_a_one_line_error(tiny_onnx):
+    out = subprocess.run([sys.executable, "-m", "persona_sdk", "chat", "--backbone", str(tiny_onnx), "--message",
+                          b"\xff".decode("utf-8", "surrogateescape")], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 1 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "not valid text" in lines[0], out.stderr
+
+
+def test_a_bad_line_in_the_interactive_chat_does_not_end_it(tiny_onnx):
+    out = subprocess.run([sys.executable, "-m", "persona_sdk", "chat", "--backbone", str(tiny_onnx),
+                          "--max-new-tokens", "3"], input=b"hi \xff there\nhello\n", capture_output=True,
+                         timeout=180, env={**os.environ, "PYTHONIOENCODING": "utf-8:surrogateescape"})
+    stderr = out.stderr.decode()
+    assert out.returncode == 0, stderr
+    assert "Traceback" not in stderr and "not valid text" in stderr
+    assert out.stdout.decode().count("persona> ") == 1  # the good line was answered

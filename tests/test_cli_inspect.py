@@ -145,3 +145,21 @@ def test_real_binary_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("Error: ")
     assert CANARY not in proc.stdout + proc.stderr
+
+
+def test_a_header_looking_message_line_is_never_named(tmp_path, capsys):
+    """A line of message text shaped like a WhatsApp header becomes a one-message "sender":
+    inspect and the --me error count it but never print it."""
+    chat = _big_whatsapp(tmp_path / "chat.txt")
+    with open(chat, "a", encoding="utf-8") as fh:
+        fh.write("10/03/2024, 10:09 - Alice: the plan:\n10/03/2024, 10:09 - pin code 4321: do not share\n")
+    for args in ([chat, "--me", "Alice"], [chat, "--me", "Alice", "--json"], [chat, "--me", "Zed"]):
+        code, out, err = _run(capsys, *args)
+        assert "pin code" not in out + err and "4321" not in out + err
+    code, out, _ = _run(capsys, chat, "--me", "Alice", "--json")
+    report = json.loads(out)
+    assert report["senders"] == {"Bob": 60, "Alice": 61} and report["senders_with_one_message"] == 1
+    code, out, _ = _run(capsys, chat, "--me", "Alice")
+    assert "(1 sender(s) with a single message, not named)" in out
+    code, _, err = _run(capsys, chat, "--me", "Zed")
+    assert code == 1 and "1 sender(s) with a single message (not named)" in err

@@ -1,7 +1,7 @@
 """`persona list / info / delete / rekey / export / import` (cli/profiles.py).
 
 Passphrases come from the environment (no terminal in tests); the vault uses the
-Argon2id floor through the `_vault` factory, except in the one subprocess test,
+Argon2id floor through the `open_vault` factory, except in the one subprocess test,
 which runs the installed `persona` entry point with the real defaults.
 """
 
@@ -28,7 +28,7 @@ FLOOR = _crypto.KdfParams.floor()
 
 @pytest.fixture(autouse=True)
 def fast_vault(monkeypatch):
-    monkeypatch.setattr(profiles, "_vault", lambda: Vault(kdf=FLOOR))
+    monkeypatch.setattr(profiles, "open_vault", lambda: Vault(kdf=FLOOR))
 
 
 @pytest.fixture
@@ -170,3 +170,41 @@ def test_installed_entry_point_with_default_kdf(tmp_path, tiny_backbone, tiny_pr
     fresh = Vault(tmp_path / "fresh" / "data")
     assert fresh.info("me").kdf == _crypto.KdfParams()  # written with the default cost
     assert fresh.load("me", "new-pw").kv.tobytes() == tiny_prefix.kv.tobytes()
+
+
+def test_list_shows_every_profile_and_marks_the_unreadable_ones(capsys, tiny_prefix, tmp_path):
+    vault = Vault(kdf=FLOOR)
+    for name in ("alice", "bob", "dave"):
+        vault.save(name, tiny_prefix, "pw")
+    blob = vault.path("bob").read_bytes()
+    vault.path("bob").write_bytes(blob[: len(blob) // 2])  # truncated
+    (tmp_path / "real.persona").write_bytes(blob)
+    vault.path("carol").symlink_to(tmp_path / "real.persona")  # a symlink
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(vault.path("erin"))  # a FIFO: must not hang the listing
+    code, out, err = run(capsys, "list")
+    rows = dict(line.split("\t", 1) for line in out.strip().splitlines())
+    assert set(rows) == {"alice", "bob", "carol", "dave"} | ({"erin"} if hasattr(os, "mkfifo") else set())
+    assert rows["alice"].startswith("passphrase\t") and rows["dave"].startswith("passphrase\t")
+    assert all(rows[n].startswith("unreadable\t") for n in rows if n not in ("alice", "dave"))
+    assert code == 1 and err.strip().splitlines()[-1].startswith("Error: ") and "cannot be read" in err
+
+
+def test_export_over_the_vault_is_refused_before_any_passphrase(capsys, monkeypatch, tiny_prefix):
+    vault = Vault(kdf=FLOOR)
+    vault.save("alice", tiny_prefix, "pw")
+    before = vault.path("alice").read_bytes()
+    code, _, err = run(capsys, "export", "alice", "-o", str(vault.path("alice")), "--force")
+    assert code == 1 and "vault folder" in err and "PERSONA_PASSPHRASE" not in err
+    assert vault.path("alice").read_bytes() == before
+    monkeypatch.setenv("PERSONA_PASSPHRASE", "pw")
+    assert vault.load("alice", "pw").kv.tobytes() == tiny_prefix.kv.tobytes()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_info_on_a_fifo_profile_is_a_clean_error(capsys, tiny_prefix):
+    vault = Vault(kdf=FLOOR)
+    os.mkfifo(vault.path("trap"))
+    out = subprocess.run([sys.executable, "-m", "persona_sdk", "info", "trap"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ})
+    assert out.returncode == 1 and out.stderr.strip() == "Error: profile 'trap' is not a regular file"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import persona_sdk
-from persona_sdk import enroll as enroll_mod
+from persona_sdk import enrollment as enroll_mod
 from persona_sdk import trainer as tr
 from persona_sdk.errors import (ProfileExistsError, SourcePrefixError, TooLittleDataError, UnknownSpeakerError)
 from persona_sdk.prefix import Prefix
@@ -33,6 +33,17 @@ def no_training(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("training started")
     monkeypatch.setattr(tr, "load_backbone", boom)
+
+
+def test_persona_sdk_enroll_is_the_function_with_its_module_imported():
+    """The function lives in persona_sdk.enrollment: importing that module cannot shadow it (no callable module)."""
+    import types
+
+    from persona_sdk import enroll
+
+    assert "persona_sdk.enrollment" in sys.modules  # imported above, as enroll_mod
+    assert persona_sdk.enroll is enroll is enroll_mod.enroll and persona_sdk.EnrollResult is enroll_mod.EnrollResult
+    assert type(enroll_mod) is types.ModuleType and not callable(enroll_mod)
 
 
 def test_enroll_trains_and_stores_an_encrypted_profile(tmp_path, tiny_backbone):
@@ -170,6 +181,60 @@ def test_sdk_and_cli_enroll_train_identically(tmp_path, tiny_backbone, monkeypat
     np.testing.assert_array_equal(cli.kv, Vault().load("sdk", "pw").kv)
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_config_method_and_prefix_len_hold_unless_given(tmp_path, tiny_backbone, monkeypatch):
+    """enroll(config=TrainConfig(method="prompt")) trains 'prompt': the keyword arguments win only when given."""
+    seen = []
+
+    def fake(train, val=None, *, config=None, **kw):
+        seen.append((config.method, config.prefix_len, config.max_minutes))
+        raise _Stop
+
+    monkeypatch.setattr(tr, "load_backbone", lambda path: None)
+    monkeypatch.setattr(tr, "train_prefix", fake)
+    chats = write_chats(tmp_path / "chats.json")
+    prompt8 = tr.TrainConfig(method="prompt", prefix_len=8, max_minutes=2.0)
+    for kwargs, want in (({"config": prompt8}, ("prompt", 8)),
+                         ({"config": prompt8, "method": "rand-prefix"}, ("rand-prefix", 8)),
+                         ({"config": prompt8, "prefix_len": 4}, ("prompt", 4)),
+                         ({}, ("prefix", 16))):
+        with pytest.raises(_Stop):
+            enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw", **kwargs)
+        assert seen[-1][:2] == want, kwargs
+    assert seen[0][2] is not None and seen[0][2] < 2.0  # the config's budget, less what came before training
+
+
+def test_an_interrupted_enrollment_names_its_profile_and_the_cli_keeps_the_best_there(tmp_path, tiny_backbone,
+                                                                                       monkeypatch, capsys):
+    import typer
+
+    from persona_sdk.backbone import fingerprint, spec_of
+    from persona_sdk.cli import main
+    from persona_sdk.errors import EnrollmentCancelled
+
+    spec = spec_of(tiny_backbone).prefix_spec(16)
+    best = Prefix(np.full(spec.shape, 0.25, np.float32), fingerprint(tiny_backbone), method="prefix")
+
+    def interrupted(*a, **k):
+        raise EnrollmentCancelled(best=best)
+
+    monkeypatch.setattr(tr, "train_prefix", interrupted)
+    chats = write_chats(tmp_path / "chats.json")
+    with pytest.raises(EnrollmentCancelled) as info:
+        enroll_mod.enroll(chats, me="ana", backbone=tiny_backbone, source="none", passphrase="pw")
+    assert info.value.profile == "ana" and info.value.best is best  # the name enroll() resolved from --me
+    monkeypatch.setenv("PERSONA_PASSPHRASE", "pw")
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(typer, "confirm", lambda *a, **k: True)
+    code = main(["enroll", str(chats), "--me", "ana", "--backbone", str(tiny_backbone), "--source", "none"])
+    assert code == 0, capsys.readouterr().err
+    assert Vault().list() == ["ana"]
+    np.testing.assert_array_equal(Vault().load("ana", "pw").kv, best.kv)
+
+
 def test_cli_enroll_prints_how_to_chat(tmp_path, tiny_backbone, monkeypatch, capsys):
     from persona_sdk.cli import main
 
@@ -210,3 +275,49 @@ def test_ctrl_c_leaves_no_profile_and_no_temp_files(tmp_path, tiny_backbone, per
     leftovers = [p.name for p in data.rglob("*") if p.is_file() and p.name != ".lock"] if data.exists() else []
     assert leftovers == []
     assert rest_out == ""
+
+
+def _untrained(monkeypatch, steps: int, best_step: int):
+    """The trainer returns a run that never moved the block (as under a heavy load)."""
+    real = tr.train_prefix
+
+    def fake(train, val=None, *, backbone=None, config=None, init=None, progress=None, should_stop=None,
+             clock=None):
+        prefix, summary = real(train, val, backbone=backbone, config=tr.TrainConfig(**{**vars(config),
+                               "max_steps": 1}), init=init)
+        from dataclasses import replace
+
+        return prefix, replace(summary, steps=steps, best_step=best_step, stopped="max-minutes")
+
+    monkeypatch.setattr(tr, "train_prefix", fake)
+
+
+@pytest.mark.parametrize("steps, best_step, match", [(0, 0, "no step"), (7, 0, "none of the 7 training steps")])
+def test_a_persona_that_was_never_trained_is_not_saved(tmp_path, tiny_backbone, monkeypatch, steps, best_step,
+                                                       match):
+    from persona_sdk.errors import TrainingError
+
+    chats = write_chats(tmp_path / "chats.json")
+    _untrained(monkeypatch, steps, best_step)
+    with pytest.raises(TrainingError, match=match):
+        enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw", config=quick(),
+                          max_minutes=1)
+    assert Vault().list() == []
+    # without saving, the caller gets the run and decides
+    result = enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw",
+                               config=quick(), save=False)
+    assert result.summary.steps == steps and result.path is None
+
+
+def test_cli_enroll_with_no_training_step_exits_1_and_says_why(tmp_path, tiny_backbone, monkeypatch, capsys):
+    from persona_sdk.cli import main
+
+    chats = write_chats(tmp_path / "chats.json")
+    _untrained(monkeypatch, 0, 0)
+    monkeypatch.setenv("PERSONA_PASSPHRASE", "pw")
+    code = main(["enroll", str(chats), "--me", "Ana", "--backbone", str(tiny_backbone), "--source", "none",
+                 "--max-minutes", "0.1"])
+    out = capsys.readouterr()
+    assert code == 1 and out.out == ""
+    assert out.err.strip().splitlines()[-1].startswith("Error: training made no step in the time budget")
+    assert "Saved" not in out.err and Vault().list() == []

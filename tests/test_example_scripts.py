@@ -45,7 +45,10 @@ QUICK = GenerationConfig(temperature=0.7, max_new_tokens=64, seed=1)  # the exam
 
 
 def test_every_example_is_covered():
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == ["async_chat.py", "gui_threading.py", "quickstart.py"]
+    # desktop/app.py: a real window under Xvfb in test_desktop.py;
+    # serve_client.py runs against a live server in tests/test_server.py
+    assert sorted(p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")) == [
+        "async_chat.py", "desktop/app.py", "gui_threading.py", "quickstart.py", "serve_client.py"]
 
 
 @pytest.mark.parametrize("script", ["quickstart.py", "async_chat.py"])

@@ -38,7 +38,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def test_every_variant_has_the_manifest_contract(tiny_exports, tiny_backbone):
     spec = spec_of(tiny_backbone)
-    inputs, outputs = io_names(spec.layers, position_ids=False)  # the fused graph (a Llama backbone)
+    inputs, outputs = io_names(spec.layers, position_ids=False, logits_to_keep=True)  # the fused graph
     assert inputs[:2] == ["input_ids", "attention_mask"]
     assert inputs[2:4] == ["past_key_values.0.key", "past_key_values.0.value"]
     assert outputs[:3] == ["logits", "present.0.key", "present.0.value"]
@@ -56,6 +56,9 @@ def test_every_variant_has_the_manifest_contract(tiny_exports, tiny_backbone):
         assert m["opset"] >= 14
         assert set(m["versions"]) == {"onnx", "onnxruntime", "optimum", "torch", "transformers"}
         assert MODEL in m["files"] and m["files"][MODEL]["size"] == (folder / MODEL).stat().st_size
+        # weights in an external file: onnxruntime maps it, so repacked weights are not held twice
+        assert set(m["files"]) == {MODEL, MODEL + ".data"}
+        assert (folder / MODEL).stat().st_size < (folder / (MODEL + ".data")).stat().st_size
         assert m["stop_token_ids"] == [2]  # <|im_end|> == eos in the tiny tokenizer
         v = m["validation"]
         assert v["passed"] is True and v["reference"] == "torch+peft"
@@ -70,7 +73,7 @@ def test_graph_io_matches_the_manifest(tiny_exports):
     for variant, folder in tiny_exports.items():
         m = read_manifest(folder)
         sess = ort.InferenceSession(str(folder / MODEL), providers=["CPUExecutionProvider"])
-        assert [i.name for i in sess.get_inputs()] == m["inputs"]
+        assert [i.name for i in sess.get_inputs()] == m["inputs"] and m["inputs"][-1] == "logits_to_keep"
         assert [o.name for o in sess.get_outputs()] == m["outputs"]
         kv_type = "tensor(float16)" if m["kv_dtype"] == "float16" else "tensor(float)"
         assert sess.get_inputs()[2].type == kv_type
@@ -98,6 +101,10 @@ def test_quantised_variants_replace_every_weight_matmul_including_lm_head(tiny_e
             assert {b for name, b in bits.items() if "lm_head" not in name} == {4}
         else:
             assert set(bits.values()) == {8}
+        # the token embedding is read from 8-bit codes too: no fp32 table is left
+        assert [n.op_type for n in model.graph.node if "embed" in n.name] == ["GatherBlockQuantized"]
+        assert not [i for i in model.graph.initializer if i.data_type == 1 and len(i.dims) == 2
+                    and i.name == "embed_tokens.weight"]
     sizes = {v: (tiny_exports[v] / MODEL).stat().st_size for v in VARIANTS}
     assert sizes["fp16"] < sizes["fp32"]
 
@@ -253,6 +260,37 @@ def test_int4_offsets_represent_q4_1_weights_closely(tmp_path):
     _quantize_nbits(src, tmp_path / "ort.onnx", bits=4, block=32, accuracy=ACCURACY_LEVEL)
     ours, theirs = error(tmp_path / "ours.onnx"), error(tmp_path / "ort.onnx")
     assert ours < theirs / 3, (ours, theirs)  # measured: ~7x smaller (0.076 vs 0.51)
+
+
+def test_q8_0_weights_are_kept_exactly(tmp_path):
+    """The lm_head / embedding quantiser is GGUF Q8_0's form: d·q, q in -127..127 per 32-block, exact."""
+    from persona_sdk.exporters.onnx_export import _pack_symmetric8
+
+    rng = np.random.default_rng(1)
+    k, n = 96, 40
+    q = rng.integers(-127, 128, (k // 32, 32, n))
+    q[:, 0] = 127  # the block's largest magnitude sets d, as in Q8_0
+    d = rng.uniform(1e-3, 1e-2, (k // 32, 1, n)).astype(np.float32)
+    weight = (q * d).reshape(k, n).astype(np.float32)  # (K, N)
+    codes, scales, zero = _pack_symmetric8(weight, 32)  # (N, k_blocks, 32), (N, k_blocks), 128s
+    back = ((codes.astype(np.float32) - zero[..., None]) * scales[..., None]).reshape(n, k).T
+    np.testing.assert_allclose(back, weight, rtol=1e-6, atol=0)
+
+
+def test_logits_to_keep_computes_the_last_positions_only(tiny_exports):
+    import onnxruntime as ort
+
+    m = read_manifest(tiny_exports["fp32"])
+    sess = ort.InferenceSession(str(tiny_exports["fp32"] / MODEL), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": np.array([[5, 6, 7, 8, 9]]), "attention_mask": np.ones((1, 5), dtype=np.int64)}
+    feed.update({name: np.zeros((1, m["kv_heads"], 0, m["head_dim"]), np.float32) for name in m["inputs"]
+                 if name.startswith("past")})
+    every = sess.run(["logits"], {**feed, "logits_to_keep": np.array([0])})[0]  # every position
+    last = sess.run(["logits"], {**feed, "logits_to_keep": np.array([1])})[0]
+    two = sess.run(["logits"], {**feed, "logits_to_keep": np.array([2])})[0]
+    assert every.shape[1] == 5 and last.shape[1] == 1 and two.shape[1] == 2
+    np.testing.assert_allclose(last[0, 0], every[0, -1], atol=1e-5)
+    np.testing.assert_allclose(two[0], every[0, -2:], atol=1e-5)
 
 
 def test_fused_graph_uses_the_fused_kernels(tiny_exports, tiny_backbone):

@@ -1,4 +1,5 @@
-"""Who imports whom: the runtime side stands alone, the exporters are reached only through engines.
+"""Who imports whom: the runtime side stands alone, the exporters are reached only through engines,
+and no module takes part in an import circle.
 
 The graph is read from the source by ``import_graph.py`` (imports inside
 functions included); the dynamic side, a reply with torch and the exporters
@@ -7,19 +8,13 @@ made unimportable, is in test_runtime.py.
 
 from __future__ import annotations
 
-from import_graph import Import, eager_closure, find_cycles, import_graph
+import ast
+
+from import_graph import PACKAGES, Import, eager_closure, find_cycles, import_graph
 
 EXPORTERS = "persona_sdk.exporters"
 COMPOSER = "persona_sdk.engines"
 HEAVY = ("torch", "transformers", "peft", "optimum", "onnx", EXPORTERS)
-# the modules this layering touched: none of them may sit on an import circle
-LAYERED = {
-    "persona_sdk.manifest", COMPOSER, "persona_sdk.runtime", "persona_sdk.agent", "persona_sdk.config",
-    "persona_sdk.backbone", "persona_sdk.errors", "persona_sdk.paths", "persona_sdk.prefix",
-    "persona_sdk.conversation", EXPORTERS, f"{EXPORTERS}.onnx_export", f"{EXPORTERS}.fused",
-    f"{EXPORTERS}.validation", f"{EXPORTERS}.reference", "persona_sdk.cli.backbone", "persona_sdk.cli.chat",
-    "persona_sdk.cli.evaluate",
-}
 
 
 def _is(target: str, names) -> bool:
@@ -49,9 +44,39 @@ def test_importing_the_chat_path_pulls_in_neither_torch_nor_the_exporters():
     assert "persona_sdk.manifest" in {imp.target for imp in graph[f"{EXPORTERS}.onnx_export"]}
 
 
-def test_no_import_circle_through_the_layered_modules():
-    cycles = find_cycles(import_graph())
-    assert [sorted(c) for c in cycles if c & LAYERED] == []
+def test_no_import_circle_anywhere():
+    """Every module under persona_sdk/, cli/ and exporters/, imports inside functions included."""
+    graph = import_graph()
+    assert {"persona_sdk.chats", "persona_sdk.cli", f"{EXPORTERS}.onnx_export"} <= set(graph)  # all walked
+    assert [sorted(c) for c in find_cycles(graph)] == []
+
+
+def test_chat_importers_never_reach_back_to_the_dispatcher():
+    """chats (the format dispatcher) -> importers -> chatdata / chatbytes, never back."""
+    graph = import_graph()
+    assert "persona_sdk.importers" in {imp.target for imp in graph["persona_sdk.chats"]}
+    for module in [m for m in graph if _is(m, ("persona_sdk.importers",))] + ["persona_sdk.chatdata",
+                                                                               "persona_sdk.chatbytes"]:
+        assert "persona_sdk.chats" not in {imp.target for imp in graph[module]}, module
+
+
+def test_the_cli_uses_only_public_library_names_and_shares_helpers_through_its_own_modules():
+    """A thin CLI: no private module or name of the library (persona_sdk._crypto, vault._read_bounded...),
+    and no command module importing another (shared helpers live in cli/_common.py)."""
+    offenders = []
+    for path in sorted(PACKAGES["persona_sdk.cli"].glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            names = [a.name for a in node.names]
+            if node.level == 0 and (node.module or "").startswith("persona_sdk"):
+                private = [n for n in (node.module or "").split(".") + names if n.startswith("_")]
+            elif node.level == 1 and path.name != "__init__.py":  # a sibling: only the CLI's shared modules
+                private = [] if (node.module or "").startswith("_") else [f".{node.module or ''} {names}"]
+            else:
+                continue
+            offenders += [f"{path.name}:{node.lineno} {p}" for p in private]
+    assert offenders == []
 
 
 def test_the_cycle_walker_finds_circles():

@@ -166,8 +166,6 @@ def test_chitchat_file_detected_and_speaker_index(tmp_path):
     assert _summary(chats)[0] == [("spk-1", TEXT, "Hello"), ("spk-1", TEXT, "How are you?"),
                                   ("spk-2", TEXT, "good, you?")]
     assert chitchat.speaker_conversations(chats) == {"spk-1": [0], "spk-2": [0, 1], "spk-3": [1]}
-    assert [c.id for c in chats.with_sender("SPK-2").conversations] == ["conv-a", "conv-b"]
-    assert [c.id for c in chats.with_sender("spk-3").conversations] == ["conv-b"]
 
 
 def test_load_chitchat_reads_the_installed_package(tmp_path):

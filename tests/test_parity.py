@@ -15,6 +15,7 @@ import torch
 from persona_sdk.exporters import ensure_exported, reference
 from persona_sdk.exporters.validation import OrtDecoder, prompt_ids_for, random_block
 from persona_sdk.manifest import read_manifest
+from persona_sdk.training.backbone import kv_of_embeddings, load_backbone
 
 STEPS = 24
 
@@ -97,7 +98,7 @@ def test_prompt_tuning_soft_prompt_compiled_to_kv(sharp_backbone, tiny_onnx):
     hidden = model.config.hidden_size
     torch.manual_seed(1)
     soft = torch.randn(length, hidden) * 0.5  # (P, hidden) soft prompt
-    kv = reference.block_from_soft_prompt(model, soft)
+    kv = kv_of_embeddings(load_backbone(sharp_backbone), soft)  # the library's compile, as method "prompt" uses
     spec = read_manifest(tiny_onnx)
     assert kv.shape == (spec["layers"], 2, spec["kv_heads"], length, spec["head_dim"])
 

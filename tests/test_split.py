@@ -9,7 +9,7 @@ import pytest
 
 from persona_sdk.conversation import ASSISTANT, USER
 from persona_sdk.errors import ConfigError, PersonaError, SplitDataError
-from persona_sdk.examples import build_examples, conversation_turns
+from persona_sdk.reply_examples import build_examples, conversation_turns
 from persona_sdk.split import (
     SplitConfig,
     bucket_sizes,

@@ -237,6 +237,6 @@ def test_import_persona_sdk_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import persona_sdk, persona_sdk.enroll, persona_sdk.source, persona_sdk.trainer, sys; print('torch' in sys.modules)"
+    code = "import persona_sdk, persona_sdk.enrollment, persona_sdk.source, persona_sdk.trainer, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

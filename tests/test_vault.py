@@ -2,8 +2,8 @@
 renamed and spliced files, foreign backbones, SIGKILLed writers, concurrent writers,
 plaintext on disk, file modes, export / import between two homes.
 
-All files use the Argon2id floor (19 MiB, 2 passes, 1 lane; ~50 ms here), the weakest
-setting the vault accepts anywhere; the default (64 MiB, 3 passes, 4 lanes) is ~0.5 s.
+All files use the Argon2id floor (19 MiB, 2 passes, 1 lane), the weakest setting the
+vault accepts anywhere, so they run fast; the default is 64 MiB, 3 passes, 4 lanes.
 """
 
 from __future__ import annotations
@@ -559,6 +559,23 @@ def test_export_file_checks(vault, tmp_path, monkeypatch):
     assert vault.import_file(out, name="viaenv") == "viaenv"
 
 
+def test_export_info_reads_the_header_without_a_passphrase(vault, tmp_path, monkeypatch):
+    vault.save("me", small_prefix(), "pw")
+    out = vault.export("me", tmp_path / "me.persona", "pw", "export-pw")
+    monkeypatch.setattr(_crypto, "_argon2id", lambda *a: pytest.fail("KDF ran"))  # header only: no key derived
+    info = vault_mod.export_info(out)
+    assert (info.path, info.backbone, info.kdf) == (out, FP, FLOOR)
+    assert info.file_bytes == out.stat().st_size > info.payload_bytes > 0 and info.format_version >= 1
+    info.check_backbone(FP.upper())  # fingerprints compare as the vault does everywhere
+    with pytest.raises(BackboneMismatchError) as exc:
+        info.check_backbone(OTHER_FP)
+    assert f"export file {out.name}" in str(exc.value) and FP[:16] in str(exc.value) and OTHER_FP[:16] in str(exc.value)
+    with pytest.raises(UnsupportedFormatError, match="not a persona export file"):
+        vault_mod.export_info(vault.path("me"))  # a profile is not an export
+    with pytest.raises(VaultError, match="not found"):
+        vault_mod.export_info(tmp_path / "missing.persona")
+
+
 # --- crash safety and concurrency (real processes) --------------------------------------
 CHILD = textwrap.dedent(r"""
     import sys
@@ -677,3 +694,108 @@ def test_sigkill_at_each_step_of_a_write(vault, op, point):
     assert vault.path("p").read_bytes() == before
     assert float(vault.load("p", "pw").kv.flat[0]) == 3.0
     assert tmp_files(vault.root) == []
+
+
+# --- hostile names, special files, export targets (attack run) ---------------------
+@pytest.mark.parametrize("name", ["evil\n", "me\n", "CON", "nul", "Aux.backup", "com1", "LPT9", "conin$", "name.",
+                                  "a."])
+def test_names_that_break_listings_or_other_systems_are_refused(vault, name):
+    with pytest.raises(ProfileNameError):
+        vault.save(name, small_prefix(), "pw")
+    assert not any(vault.root.iterdir()) or vault.list() == []
+
+
+@pytest.mark.parametrize("name", ["console", "nulla", "com10", "lpt", "a.b", "x-1_y"])
+def test_names_near_reserved_ones_are_fine(vault, name):
+    vault.save(name, small_prefix(), "pw")
+    assert vault.list() == [name]
+
+
+def test_profile_name_derived_from_a_sender_is_always_valid():
+    from persona_sdk.enrollment import profile_name_for
+    from persona_sdk.vault import validate_name
+
+    for sender in ("Con", "NUL", "a" * 70 + ".", "com1", "..", "Ana Lúcia", "\n", "x..y", "-.-"):
+        validate_name(profile_name_for(sender))
+    assert profile_name_for("Con") == "con-persona" and profile_name_for("Ana Lúcia") == "ana-l-cia"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_in_the_vault_does_not_hang_or_hold_the_lock(vault):
+    vault.save("me", small_prefix(), "pw")
+    os.mkfifo(vault.path("trap"))
+    code = textwrap.dedent(f"""
+        from persona_sdk._crypto import KdfParams
+        from persona_sdk.errors import VaultError
+        from persona_sdk.vault import Vault
+        v = Vault({str(vault.root)!r}, kdf=KdfParams.floor(), lock_timeout=5)
+        try:
+            v.info("trap")
+        except VaultError as exc:
+            print("refused:", exc)
+        print(v.list(), v.load("me", "pw").method)  # the lock was released
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "refused: profile 'trap' is not a regular file" in out.stdout
+    assert "['me', 'trap'] m" in out.stdout  # listed (so `persona list` can mark it), and the vault still works
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_import_reads_only_regular_files(vault, tmp_path):
+    fifo = tmp_path / "me.persona"
+    os.mkfifo(fifo)
+    code = textwrap.dedent(f"""
+        from persona_sdk.errors import PersonaError
+        from persona_sdk.vault import Vault
+        for path in ({str(fifo)!r}, "/dev/zero"):
+            try:
+                Vault({str(vault.root)!r}).import_file(path, "pw", "pw")
+            except PersonaError as exc:
+                print(type(exc).__name__, exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("UnsupportedFormatError") == 2 and "not a regular file" in out.stdout
+
+
+def test_export_into_the_vault_folder_is_refused(vault, tmp_path):
+    vault.save("me", small_prefix(), "pw")
+    before = vault.path("me").read_bytes()
+    link = tmp_path / "link-to-vault"
+    link.symlink_to(vault.root)
+    for target in (vault.root / "me.persona", vault.root / "other.persona", vault.root / "sub" / "x.persona",
+                   link / "me.persona"):
+        with pytest.raises(VaultError, match="vault folder"):
+            vault.export("me", target, "pw", "export-pw", force=True)
+    assert vault.path("me").read_bytes() == before and vault.list() == ["me"]
+    assert vault.export("me", tmp_path / "me.persona", "pw", "export-pw").exists()
+
+
+def test_a_killed_exports_temp_file_is_removed_by_the_next_export(vault, tmp_path):
+    """A writer holds a lock on its temp file: the next export removes only a dead writer's."""
+    vault.save("me", small_prefix(), "pw")
+    out = tmp_path / "me.persona"
+    writer = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from persona_sdk.fileio import atomic_write
+        def stall(tmp):
+            print("writing", flush=True)
+            time.sleep(120)
+        atomic_write(Path({str(out)!r}), b"x" * 100, verify=stall)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        [live] = tmp_files(tmp_path)
+        vault.export("me", tmp_path / "other.persona", "pw", "export-pw")
+        vault.export("me", out, "pw", "export-pw", force=True)  # a live writer's temp file stays
+        assert (tmp_path / live).exists()
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert tmp_files(tmp_path) == [live]  # SIGKILL: left behind
+    vault.export("me", out, "pw", "export-pw", force=True)
+    assert tmp_files(tmp_path) == []
+    assert vault.import_file(out, "export-pw", "pw", name="back") == "back"

@@ -1,5 +1,6 @@
 """One module per chat-export format. Each turns decoded content into
-:class:`persona_sdk.chats.Conversation` objects.
+:class:`persona_sdk.chatdata.Conversation` objects (the dispatcher,
+:mod:`persona_sdk.chats`, picks the module; importers never import it).
 
 JSON formats expose ``detect(obj) -> bool`` and ``parse(obj, where) ->
 (conversations, me_hint)``; WhatsApp (plain text) exposes ``detect(text)`` and

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..chats import KINDS, TEXT, Conversation, Message, classify_text
+from ..chatdata import KINDS, TEXT, Conversation, Message, classify_text
 from ._util import parse_time, shape_error, type_name
 
 SOURCE = "chats"

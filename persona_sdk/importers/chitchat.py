@@ -11,7 +11,7 @@ For training and benchmarks use :func:`load_chitchat`::
     chats = load_chitchat()                      # 7,168 conversations, sender = speaker id
     by_speaker = speaker_conversations(chats)    # {speaker_id: [conversation index, ...]}
     mine = chats.subset(by_speaker[speaker_id])  # only that speaker's conversations (fast)
-    # build_examples(mine, speaker_id) -> ExampleSet (see persona_sdk.examples)
+    # build_examples(mine, speaker_id) -> ExampleSet (see persona_sdk.reply_examples)
 
 Conversations keep the dataset's order; ``Conversation.id`` is the dataset's
 conversation id; ``Message.time`` is an aware UTC datetime.
@@ -23,7 +23,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from ..chats import Chats, Conversation, Message, classify_text, decode_text, parse_json
+from ..chatbytes import decode_text, parse_json
+from ..chatdata import Chats, Conversation, Message, classify_text
 from ..errors import ChatFileError
 from ._util import shape_error, type_name, parse_time
 
@@ -86,7 +87,7 @@ def dataset_path() -> Path:
 @functools.lru_cache(maxsize=2)
 def load_chitchat(path: str | None = None) -> Chats:
     """All chitchat-dataset conversations (sender = speaker id), read from the
-    installed package (or ``path``). Cached: ~1 s on first call. ``Chats.me`` is None."""
+    installed package (or ``path``). Parsed once per process (cached). ``Chats.me`` is None."""
     file = Path(path) if path is not None else dataset_path()
     try:
         data = file.read_bytes()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..chats import MEDIA, SYSTEM, TEXT, Conversation, Message, classify_text, split_on_silence
+from ..chatdata import MEDIA, SYSTEM, TEXT, Conversation, Message, classify_text, split_on_silence
 from ._util import parse_time, shape_error, type_name
 
 SOURCE = "discord"

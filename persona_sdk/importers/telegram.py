@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ..chats import MEDIA, TEXT, Conversation, Message, classify_text, split_on_silence
+from ..chatdata import MEDIA, TEXT, Conversation, Message, classify_text, split_on_silence
 from ._util import parse_time, shape_error, type_name
 
 SOURCE = "telegram"
@@ -93,7 +93,7 @@ def _message(item: Any, where: str, pos: str, names: dict[str, str]) -> Message 
         raw = item.get("date_unixtime")
         try:
             time = parse_time(int(raw), where, pos, "date_unixtime") if raw is not None else None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 is infinity
             raise shape_error(where, pos, '"date_unixtime" is not a number') from None
     if not text.strip() and any(k in item for k in _MEDIA_KEYS):
         return Message(sender, "", time, MEDIA)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import PurePath
+from typing import Callable, Iterable
 
-from ..chats import SYSTEM, TEXT, Conversation, Message, classify_text, split_on_silence, strip_marks
+from ..chatbytes import text_lines
+from ..chatdata import SYSTEM, TEXT, Conversation, Message, classify_text, split_on_silence, strip_marks
 from ..errors import ChatFormatError
 
 SOURCE = "whatsapp"
@@ -52,20 +53,11 @@ _SYSTEM_RE = re.compile(
     r"|waiting for this message|this chat is with a business)",
     re.IGNORECASE,
 )
-_EDITED_RE = re.compile(r"\s*[\u200e\u200f]*<this message was edited>\s*$", re.IGNORECASE)
+_EDITED = "<this message was edited>"  # WhatsApp's note after an edited message's text
 _BACK_IN_TIME = timedelta(days=1)
+_SYSTEM_MAX = 1000  # characters: system lines are short, and the regex's cost grows with a line's length
 _DATE_SPLIT = re.compile(r"[./-]")
 _TIME_SPLIT = re.compile(r"[:.]")
-
-
-@dataclass
-class _Head:
-    line: int  # 1-based
-    date: tuple[str, str, str]
-    time: str
-    ampm: str | None
-    rest: str
-    cands: list[str]
 
 
 def _style(m: re.Match, ios: bool) -> tuple:
@@ -81,41 +73,57 @@ def _match(line: str) -> tuple[re.Match | None, bool]:
 
 def detect(text: str) -> bool:
     """The first non-empty line is a WhatsApp message line."""
-    for line in text.splitlines():
+    for line in text_lines(text):
         if line.strip(" \t\ufeff\u200e\u200f"):
             return _match(line.lstrip("\ufeff"))[0] is not None
     return False
 
 
-def _date_order(heads: list[_Head]) -> str:
-    if heads and all(len(h.date[0]) == 4 for h in heads):
-        return "ymd"
-    first = [int(h.date[0]) for h in heads]
-    second = [int(h.date[1]) for h in heads]
-    if any(x > 12 for x in first):
-        return "dmy"
-    if any(x > 12 for x in second):
-        return "mdy"
-    return "mdy" if heads and heads[0].ampm is not None else "dmy"
+class _Order:
+    """Evidence for the date order (day-first / month-first / year-first), one header at a time."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.all_year_first = True
+        self.first_over_12 = False
+        self.second_over_12 = False
+        self.first_ampm: bool | None = None
+
+    def add(self, date: tuple[str, str, str], ampm: str | None) -> None:
+        if self.first_ampm is None:
+            self.first_ampm = ampm is not None
+        self.seen += 1
+        self.all_year_first = self.all_year_first and len(date[0]) == 4
+        self.first_over_12 = self.first_over_12 or int(date[0]) > 12
+        self.second_over_12 = self.second_over_12 or int(date[1]) > 12
+
+    def order(self) -> str:
+        if self.seen and self.all_year_first:
+            return "ymd"
+        if self.first_over_12:
+            return "dmy"
+        if self.second_over_12:
+            return "mdy"
+        return "mdy" if self.first_ampm else "dmy"
 
 
-def _when(head: _Head, order: str) -> datetime | None:
-    a, b, c = head.date
+def _when(date: tuple[str, str, str], time: str, ampm: str | None, order: str) -> datetime | None:
+    a, b, c = date
     if order == "ymd":
         y, mo, d = a, b, c
     elif order == "dmy":
         d, mo, y = a, b, c
     else:
         mo, d, y = a, b, c
-    parts = _TIME_SPLIT.split(head.time)
+    parts = _TIME_SPLIT.split(time)
     try:
         year = int(y) + (2000 if len(y) <= 2 else 0)
         hour, minute = int(parts[0]), int(parts[1])
         second = int(parts[2]) if len(parts) > 2 else 0
-        if head.ampm is not None:
+        if ampm is not None:
             if not 1 <= hour <= 12:
                 return None
-            pm = head.ampm.strip().lower().startswith("p")
+            pm = ampm.strip().lower().startswith("p")
             hour = (hour % 12) + (12 if pm else 0)
         return datetime(year, int(mo), int(d), hour, minute, second)
     except ValueError:
@@ -141,10 +149,25 @@ def _candidates(rest: str) -> list[str]:
 def parse(text: str, where: str) -> list[Conversation]:
     if text.startswith("\ufeff"):
         text = text[1:]
-    lines = text.splitlines()
+    return parse_lines(lambda: text_lines(text), where)
+
+
+def parse_lines(lines: Callable[[], Iterable[str]], where: str) -> list[Conversation]:
+    """Conversations from the lines of one export; ``lines()`` is called twice (two passes).
+
+    Memory: nothing is kept per line -- the first pass gathers the style, the date
+    order and the sender counts, the second builds the messages.
+    """
+    # pass 1: the style of the first header line, date-order evidence, sender candidates
     style = None
-    heads: dict[int, _Head] = {}
-    for no, line in enumerate(lines, start=1):
+    order = _Order()
+    counts: Counter = Counter()
+    first_text: int | None = None
+    first_is_head = False
+    for no, line in enumerate(lines(), start=1):
+        blank = not line.strip(" \t\u200e\u200f")
+        if first_text is None and not blank:
+            first_text = no
         m, ios = _match(line)
         if m is None:
             continue
@@ -153,59 +176,69 @@ def parse(text: str, where: str) -> list[Conversation]:
             style = s
         elif s != style:
             continue
-        a, b, c = _DATE_SPLIT.split(m.group("date"))
-        rest = m.group("rest")
-        heads[no] = _Head(no, (a, b, c), m.group("time"), m.group("ampm"), rest, _candidates(rest))
-    if not heads:
+        if no == first_text:
+            first_is_head = True
+        order.add(tuple(_DATE_SPLIT.split(m.group("date"))), m.group("ampm"))
+        counts.update(set(_candidates(m.group("rest"))))
+    if style is None:
         raise ChatFormatError(f"{where}: no WhatsApp message lines found (expected e.g. \"31/12/2023, 21:41 - Name: text\")")
-    first_text = next((no for no, line in enumerate(lines, start=1) if line.strip(" \t\u200e\u200f")), 1)
-    if first_text not in heads:
-        raise ChatFormatError(f"{where}: line {first_text}: expected a WhatsApp message line with date and time")
+    if not first_is_head:
+        raise ChatFormatError(f"{where}: line {first_text or 1}: expected a WhatsApp message line with date and time")
 
-    order = _date_order(list(heads.values()))
-    counts: Counter = Counter()
-    for h in heads.values():
-        counts.update(set(h.cands))
-
-    # (time, sender, lines of text, is system line)
-    raw: list[tuple[datetime, str, list[str], bool]] = []
-    for no, line in enumerate(lines, start=1):
-        head = heads.get(no)
-        when = _when(head, order) if head is not None else None
-        if head is not None and when is not None and raw and when < raw[-1][0] - _BACK_IN_TIME:
-            when = None  # a quoted old date inside a message, not a new message
-        if head is None or when is None:
-            if raw:
-                raw[-1][2].append(line)
+    # pass 2: messages
+    date_order = order.order()
+    names: dict[str, str] = {}  # one str object per sender
+    messages: list[Message] = []
+    current: tuple[datetime, str, list[str], bool] | None = None  # (time, sender, lines of text, system line)
+    last_key: tuple | None = None
+    last_when: datetime | None = None
+    for line in lines():
+        m, ios = _match(line)
+        when = None
+        if m is not None and _style(m, ios) == style:
+            key = (m.group("date"), m.group("time"), m.group("ampm"))
+            if key != last_key:  # consecutive messages of one minute share their datetime
+                last_key = key
+                last_when = _when(tuple(_DATE_SPLIT.split(key[0])), key[1], key[2], date_order)
+            when = last_when
+            if when is not None and current is not None and when < current[0] - _BACK_IN_TIME:
+                when = None  # a quoted old date inside a message, not a new message
+        if when is None:
+            if current is not None:
+                current[2].append(line)
             continue
-        rest = head.rest
-        cands = head.cands
+        if current is not None:
+            messages.append(_message(*current))
+        rest = m.group("rest")
+        cands = _candidates(rest)
         sender = ""
         if cands:
             best = max(counts[c] for c in cands)
             tied = [c for c in cands if counts[c] == best]
             sender = max(tied, key=len) if best > 1 else min(tied, key=len)
-        body_start = _body_start(rest, sender)
-        if not sender or (counts[sender] <= 1 and _SYSTEM_RE.search(strip_marks(rest))):
-            raw.append((when, "", [rest], True))
+        if not sender or (counts[sender] <= 1 and len(rest) <= _SYSTEM_MAX and _SYSTEM_RE.search(strip_marks(rest))):
+            current = (when, "", [rest], True)
         else:
-            raw.append((when, sender, [rest[body_start:]], False))
-
-    messages: list[Message] = []
-    for when, sender, parts, system in raw:
-        body = "\n".join(parts)
-        if system:
-            messages.append(Message("", strip_marks(body).strip(), when, SYSTEM))
-            continue
-        marked = body.lstrip(" ").startswith(("\u200e", "\u200f"))
-        body = _EDITED_RE.sub("", body)
-        clean = strip_marks(body).strip()
-        kind = classify_text(clean)
-        if kind == TEXT and len(clean) < 300 and _is_system_text(clean, marked):
-            kind = SYSTEM
-        messages.append(Message(sender, clean, when, kind))
+            current = (when, names.setdefault(sender, sender), [rest[_body_start(rest, sender):]], False)
+    if current is not None:
+        messages.append(_message(*current))
     name = PurePath(where).name or "chat"
     return split_on_silence(messages, SOURCE, name)
+
+
+def _message(when: datetime, sender: str, parts: list[str], system: bool) -> Message:
+    body = parts[0] if len(parts) == 1 else "\n".join(parts)
+    if system:
+        return Message("", strip_marks(body).strip(), when, SYSTEM)
+    marked = body.lstrip(" ").startswith(("\u200e", "\u200f"))
+    tail = body.rstrip()
+    if tail[-len(_EDITED):].lower() == _EDITED:  # string operations: a regex with a leading \s* is
+        body = tail[:-len(_EDITED)].rstrip("\u200e\u200f").rstrip()  # quadratic on long whitespace
+    clean = strip_marks(body).strip()
+    kind = classify_text(clean)
+    if kind == TEXT and len(clean) < 300 and _is_system_text(clean, marked):
+        kind = SYSTEM
+    return Message(sender, clean, when, kind)
 
 
 def _body_start(rest: str, sender: str) -> int:

@@ -3,8 +3,9 @@
 - :mod:`.loop` -- the one training loop: schedule, validation, best checkpoint,
   budgets, early stopping, cancellation, divergence, progress;
 - :mod:`.methods` -- one module per method, each contributing its step only;
-- :mod:`.personal` -- the personal prefix (``train_prefix``, ``TrainConfig``);
-- :mod:`.source` -- the source prefix (``train_source``, ``SourceConfig``);
+- :mod:`.config` -- ``TrainConfig`` and ``SourceConfig``: defaults, help, the lr policy;
+- :mod:`.personal` -- the personal prefix (``train_prefix``);
+- :mod:`.source` -- the source prefix (``train_source``);
 - :mod:`.backbone` / :mod:`.data` -- loading the backbone; encoding, batching and
   the loss behind a KV block or soft prompt;
 - :mod:`.corpora` -- the multi-speaker corpora of the source prefix.

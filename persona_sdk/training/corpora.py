@@ -39,7 +39,7 @@ def speaker_list_sha256(speakers: Sequence[Speaker]) -> str:
 def chitchat_part_a(max_speakers: int | None = None, max_per_speaker: int | None = None, max_val: int = 64,
                     seed: int = 0) -> tuple[list[Speaker], list, dict]:
     """Part-A speakers of chitchat-dataset (the evaluation split), their val replies, and provenance."""
-    from ..examples import build_examples
+    from ..reply_examples import build_examples
     from ..split import chitchat_split, select
 
     chats, split = chitchat_split()
@@ -140,7 +140,7 @@ def spc_context(conv: SPCConversation, t: int, side: str, context_turns: int = 6
 
 def spc_speakers(csv_path: str | Path, max_conversations: int | None = None) -> list[Speaker]:
     """Synthetic-Persona-Chat CSV → one Speaker per (conversation, side), with persona sentences."""
-    from ..examples import Example
+    from ..reply_examples import Example
 
     out = []
     for conv in read_spc(csv_path, max_conversations):

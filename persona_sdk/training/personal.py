@@ -14,112 +14,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, TooLittleDataError
+from ..errors import TooLittleDataError
 from ..prefix import Prefix
 from ..split import split_by_conversation
 from .backbone import TrainBackbone, bf16_supported, load_backbone, torch_module
+from .config import TrainConfig
 from .data import batch_mean_loss, encode, epochs_of_batches, mean_loss
 from .loop import Clock, LoopConfig, ProgressFn, Trainable, TrainProgress, gradient_step, run
 
-METHODS = ("prefix", "rand-prefix", "prompt")
-BF16_MODES = ("auto", "on", "off")
-DEFAULT_PROMPT_INIT = "Reply as yourself: in your own words, tone and style, as you always write to friends."
-# The default learning rate: a source prefix is already a good start and is refined gently;
-# a random block or a soft prompt has further to go.
-LR_FROM_SOURCE = 1e-3
-LR_FROM_SCRATCH = 3e-3
 MIN_IMPROVEMENT = 1e-4  # a validation loss counts as better only by more than this (early stopping)
-
-
-@dataclass
-class TrainConfig:
-    """How the personal prefix is trained. Each field's help is in ``HELP``."""
-
-    method: str = "prefix"
-    prefix_len: int = 16
-    lr: float | None = None
-    epochs: int = 3
-    batch_size: int = 8
-    warmup: float = 0.06
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    context_budget: int = 112
-    reply_budget: int = 48
-    eval_every: int = 0
-    patience: int = 2
-    max_minutes: float | None = None
-    max_steps: int = 0
-    min_examples: int = 20
-    val_fraction: float = 0.1
-    seed: int = 0
-    bf16: str = "auto"
-    prompt_init: str = DEFAULT_PROMPT_INIT
-
-    HELP = {
-        "method": f"training method, one of {METHODS}",
-        "prefix_len": "P, the number of virtual tokens in the KV block",
-        "lr": (f"AdamW peak learning rate (None = {LR_FROM_SOURCE:g} when training starts from a source prefix, "
-               f"{LR_FROM_SCRATCH:g} otherwise)"),
-        "epochs": "maximum passes over the training replies",
-        "batch_size": "examples per optimisation step (length-bucketed)",
-        "warmup": "fraction of the steps with linear learning-rate warm-up (0..0.5)",
-        "weight_decay": "AdamW weight decay on the KV block / soft prompt",
-        "grad_clip": "max gradient L2 norm (0 disables clipping)",
-        "context_budget": "max tokens of conversation context in front of a reply (oldest turns dropped)",
-        "reply_budget": "max tokens of a reply that are trained on",
-        "eval_every": "validate every N steps (0 = once per epoch)",
-        "patience": "stop after this many validations without improvement",
-        "max_minutes": "wall-clock budget; stops at the best checkpoint so far (None = no limit)",
-        "max_steps": "stop after this many optimisation steps (0 = no limit)",
-        "min_examples": "refuse to train (before loading the model) with fewer training replies",
-        "val_fraction": "share of conversations held out for validation when no split is given",
-        "seed": "random seed: same data + seed + config = same prefix",
-        "bf16": f"bfloat16 autocast, one of {BF16_MODES} (auto = only if the CPU has native bf16)",
-        "prompt_init": "text whose token embeddings initialise the soft prompt (method 'prompt')",
-    }
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.bf16 not in BF16_MODES:
-            raise ConfigError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
-        positive_ints = ("prefix_len", "epochs", "batch_size", "context_budget", "reply_budget", "patience",
-                         "min_examples")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("eval_every", "max_steps", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number or None (the default policy), got {self.lr!r}")
-        if not 0 <= self.warmup <= 0.5:
-            raise ConfigError(f"warmup must be a fraction in [0, 0.5], got {self.warmup!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("weight_decay and grad_clip must be >= 0")
-        if not 0 < self.val_fraction < 0.5:
-            raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ConfigError(f"max_minutes must be > 0 or None, got {self.max_minutes!r}")
-        if self.prefix_len > 256:
-            raise ConfigError(f"prefix_len must be at most 256, got {self.prefix_len}")
-
-    def learning_rate(self, from_source: bool) -> float:
-        """``lr``, or the default policy: gentler when training starts from a source prefix."""
-        if self.lr is not None:
-            return self.lr
-        return LR_FROM_SOURCE if from_source else LR_FROM_SCRATCH
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prompt_init"}
 
 
 @dataclass

@@ -12,85 +12,18 @@ torch is imported only inside functions.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, TrainingError
+from ..errors import TrainingError
 from ..prefix import Prefix
 from .backbone import TrainBackbone, kv_of_embeddings, load_backbone, random_prefix, text_embeddings, torch_module
+from .config import SourceConfig
 from .corpora import Speaker
 from .data import batch_mean_loss, encode, mean_loss
 from .loop import Clock, LoopConfig, ProgressFn, Trainable, gradient_step, run
-
-SOURCE_METHODS = ("plain", "temperature", "ppreptile", "mtml", "amtml")
-META_METHODS = ("ppreptile", "mtml", "amtml")
-
-
-@dataclass
-class SourceConfig:
-    """How the source prefix is trained. Each field's help is in ``HELP``."""
-
-    method: str = "plain"
-    prefix_len: int = 16
-    steps: int = 200
-    lr: float = 3e-3
-    batch_size: int = 8
-    warmup: float = 0.06
-    grad_clip: float = 1.0
-    temperature: float = 10.0
-    inner_steps: int = 3
-    outer_batch: int = 2
-    outer_lr: float = 1.0
-    alpha: float = 0.8
-    context_budget: int = 112
-    reply_budget: int = 48
-    eval_every: int = 0
-    max_minutes: float | None = None
-    seed: int = 0
-    init_text: str | None = None
-
-    HELP = {
-        "method": f"one of {SOURCE_METHODS}",
-        "prefix_len": "P, virtual tokens of the block",
-        "steps": "optimisation steps on batches (for meta methods: inner steps in total)",
-        "lr": "AdamW learning rate (plain/temperature) or inner learning rate (meta methods)",
-        "batch_size": "examples per step",
-        "warmup": "fraction of steps with linear warm-up (plain/temperature)",
-        "grad_clip": "max gradient L2 norm (0 disables)",
-        "temperature": "T of temperature mixing: speaker rate ∝ n^(1/T)",
-        "inner_steps": "k, inner steps per sampled speaker (meta methods)",
-        "outer_batch": "speakers per outer step (meta methods)",
-        "outer_lr": "β of the outer interpolation θ ← θ + β·mean(W_i − θ)",
-        "alpha": "α of L = α·L_res + (1−α)·L_rec (mtml/amtml)",
-        "context_budget": "max context tokens in front of a reply",
-        "reply_budget": "max reply tokens trained on",
-        "eval_every": "validate every N steps (0 = 4 times per run)",
-        "max_minutes": "wall-clock budget; stops at the best checkpoint so far",
-        "seed": "random seed (same data + config + seed = same block)",
-        "init_text": "start from the KV of this text (a hard prompt) instead of P random tokens",
-    }
-
-    def __post_init__(self) -> None:
-        if self.method not in SOURCE_METHODS:
-            raise ConfigError(f"source method must be one of {SOURCE_METHODS}, got {self.method!r}")
-        for name in ("prefix_len", "steps", "batch_size", "inner_steps", "outer_batch", "context_budget",
-                     "reply_budget"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not (self.lr > 0 and self.outer_lr > 0 and self.temperature > 0):
-            raise ConfigError("lr, outer_lr and temperature must be > 0")
-        if not 0 <= self.alpha <= 1:
-            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if not 0 <= self.warmup <= 0.5:
-            raise ConfigError(f"warmup must be in [0, 0.5], got {self.warmup!r}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ConfigError("max_minutes must be > 0 or None")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass

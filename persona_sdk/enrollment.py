@@ -6,7 +6,8 @@ default) and stores it encrypted as a profile. Everything checkable is checked
 before training starts: the profile name (and that it is free unless
 ``force``), the chats, who "me" is, that there are enough replies, the source
 prefix. Nothing is written until training has finished; an interruption
-(Ctrl-C) raises :class:`EnrollmentCancelled` and leaves the vault unchanged.
+(Ctrl-C) raises :class:`EnrollmentCancelled` and leaves the vault unchanged (the
+exception carries the best block so far and the profile name it was meant for).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ConfigError, SourcePrefixError
+from .errors import ConfigError, EnrollmentCancelled, SourcePrefixError, TrainingError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .examples import ExampleReport
+    from .reply_examples import ExampleReport
     from .prefix import Prefix
     from .trainer import TrainConfig, TrainProgress, TrainSummary
 
@@ -47,8 +48,32 @@ class EnrollResult:
 
 def profile_name_for(me: str) -> str:
     """A valid profile name derived from a sender name."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", me.strip()).strip("-._").lower()[:64]
-    return name or "me"
+    from .vault import _valid_name
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", me.strip()).lower()[:64].strip("-._")
+    name = re.sub(r"\.{2,}", ".", name)
+    if name and not _valid_name(name):  # e.g. a Windows device name ("con")
+        name = f"{name[:56]}-persona"
+    return name if _valid_name(name) else "me"
+
+
+def check_trained(summary: "TrainSummary", config: "TrainConfig") -> None:
+    """Refuse to save a persona that training never moved from where it started.
+
+    0 steps (the time budget ran out first, e.g. on a loaded machine), or steps of which
+    none improved the validation loss: the block is the starting prefix, not yours.
+    (The best-so-far of an interrupted run that did improve is offered separately.)
+    """
+    if summary.steps == 0:
+        budget = f" of --max-minutes {config.max_minutes:g}" if config.max_minutes else ""
+        raise TrainingError(
+            f"training made no step in the time budget{budget} (reading and loading used it up; stopped: "
+            f"{summary.stopped}); nothing was saved -- give it more time or run when the machine is less busy")
+    if summary.best_step == 0:
+        raise TrainingError(
+            f"none of the {summary.steps} training steps improved the validation loss on the starting prefix "
+            f"({summary.init_val_loss:.3f}); nothing was saved -- train longer (--epochs, --max-minutes) "
+            "or with another --lr")
 
 
 def resolve_source(source: str | Path | None, backbone_dir: Path, fingerprint: str,
@@ -79,8 +104,8 @@ def enroll(
     me: str | None = None,
     name: str | None = None,
     fmt: str | None = None,
-    method: str = "prefix",
-    prefix_len: int = 16,
+    method: str | None = None,
+    prefix_len: int | None = None,
     max_minutes: float | None = None,
     backbone: str | Path | None = None,
     source: str | Path | None = SOURCE_DEFAULT,
@@ -96,9 +121,10 @@ def enroll(
     """Learn the persona of ``me`` from ``chats_path`` and store it as profile ``name``.
 
     ``source``: ``"default"`` (the shipped source prefix), a file, or ``"none"``.
-    ``config`` overrides the trainer settings (``method``, ``prefix_len`` and
-    ``max_minutes`` given here win); its ``lr`` None is the library's policy
-    (:meth:`TrainConfig.learning_rate`), the same for every caller.
+    ``config`` holds the trainer settings (default ``TrainConfig()``); ``method``,
+    ``prefix_len`` and ``max_minutes`` win over it only when given (not None). Its
+    ``lr`` None is the library's policy (:meth:`TrainConfig.learning_rate`), the
+    same for every caller.
     ``passphrase`` None: ``PERSONA_PASSPHRASE`` or the vault's keyring mode.
     ``clock`` (seconds, monotonic) times the ``max_minutes`` budget, which covers
     the whole enrollment. Raises before training for every input problem.
@@ -108,15 +134,14 @@ def enroll(
     from . import backbone as bb_mod
     from .chats import load_chats, resolve_me
     from .conversation import ChatFormat, count_tokens_fn
-    from .examples import MIN_REPLIES, build_examples
+    from .reply_examples import MIN_REPLIES, build_examples
     from .trainer import TrainConfig, check_enough, load_backbone, train_prefix
     from .vault import Vault, validate_name
 
     clock = clock or time.monotonic
     start = clock()
-    base = config or TrainConfig()
-    cfg = replace(base, method=method, prefix_len=prefix_len,
-                  max_minutes=max_minutes if max_minutes is not None else base.max_minutes)
+    given = {"method": method, "prefix_len": prefix_len, "max_minutes": max_minutes}
+    cfg = replace(config or TrainConfig(), **{k: v for k, v in given.items() if v is not None})
     if fmt is not None and fmt == "auto":
         fmt = None
     vault = vault if vault is not None else Vault()
@@ -137,10 +162,14 @@ def enroll(
     if not tok_file.is_file():
         raise ConfigError(f"backbone {model_dir} has no tokenizer.json")
     fmt_ = ChatFormat(Tokenizer.from_file(str(tok_file)))
-    examples = build_examples(chats, who, count_tokens=count_tokens_fn(fmt_), context_budget=cfg.context_budget,
+    examples = build_examples(chats, who, count_tokens=count_tokens_fn(fmt_, at_most=cfg.context_budget),
+                              context_budget=cfg.context_budget,
                               val_fraction=cfg.val_fraction, seed=cfg.seed,
                               min_replies=max(MIN_REPLIES, cfg.min_examples))
     check_enough(len(examples.train), cfg)
+    from .voice import enrollment_meta
+
+    voice_meta = enrollment_meta(examples.train, examples.val)  # topic words + salted digests: for `persona eval`
     fingerprint = bb_mod.fingerprint(model_dir)
     init, source_label = (None, SOURCE_NONE)
     if cfg.method == "prefix":
@@ -156,23 +185,17 @@ def enroll(
         # encrypting + saving take comes out of the trainer's share
         spent = (clock() - start) / 60
         cfg = replace(cfg, max_minutes=max(cfg.max_minutes - spent - SAVE_RESERVE_MINUTES, 0.05))
-    prefix, summary = train_prefix(examples.train, examples.val or None, backbone=tb, config=cfg, init=init,
-                                   progress=progress, should_stop=should_stop, clock=clock)
+    try:
+        prefix, summary = train_prefix(examples.train, examples.val or None, backbone=tb, config=cfg, init=init,
+                                       progress=progress, should_stop=should_stop, clock=clock)
+    except EnrollmentCancelled as exc:
+        exc.profile = name  # where a caller that keeps the best block so far saves it
+        raise
     prefix.meta.update(source="none" if init is None else ("shipped" if source_label == "shipped" else "file"))
+    prefix.meta.update(voice_meta)  # kept inside the encrypted profile only; `persona info` prints numbers only
+    if save:
+        check_trained(summary, cfg)
     path = vault.save(name, prefix, passphrase, force=force) if save else None
     return EnrollResult(name, path, prefix, summary, examples.report, who, Path(model_dir), source_label, notes,
                         clock() - start)
 
-
-# `persona_sdk.enroll(...)` works whether Python resolved the name to this
-# module (once imported) or to the function: the module is callable.
-import sys as _sys  # noqa: E402
-import types as _types  # noqa: E402
-
-
-class _CallableModule(_types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> EnrollResult:
-        return enroll(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule

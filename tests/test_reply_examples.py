@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 from persona_sdk.chats import MEDIA, Chats, Conversation, Message, load_chats
 from persona_sdk.conversation import ASSISTANT, USER, ChatFormat, Turn, count_tokens_fn, render_turn
 from persona_sdk.errors import ConfigError, TooLittleDataError
-from persona_sdk.examples import (
+from persona_sdk.reply_examples import (
     DROP_DUPLICATE,
     DROP_EMPTY,
     DROP_NO_CONTEXT,
@@ -155,3 +155,32 @@ def test_media_from_others_is_not_context():
     conv = (Message("you", "", kind=MEDIA), Message("you", "see?"), Message("me", "nice"))
     ex = build_examples(Chats((Conversation("0", conv, "chats"),), None, ()), "me", min_replies=0)
     assert _all(ex) == [Example((Turn(U, "see?"),), "nice", 0)]
+
+
+@pytest.mark.parametrize("name", ["whatsapp_android_12h.txt", "whatsapp_group_24h_dayfirst.txt", "chats.json",
+                                  "telegram_full_export.json", "discord.json"])
+def test_counting_only_gives_the_same_report_without_keeping_examples(name):
+    chats = load_chats(FIX / name)
+    me = chats.sender_counts().most_common(1)[0][0]
+    for fraction in (0.1, 0.5):
+        kept = build_examples(chats, me, min_replies=0, val_fraction=fraction)
+        counted = build_examples(chats, me, min_replies=0, val_fraction=fraction, keep=False)
+        assert counted.train == [] and counted.val == []
+        assert vars(counted.report) == vars(kept.report)
+
+
+def test_many_conversations_count_only_report_matches():
+    chats = _dialog(20, 5)
+    assert vars(build_examples(chats, "me", keep=False).report) == vars(build_examples(chats, "me").report)
+
+
+def test_a_hash_collision_never_drops_a_distinct_example(monkeypatch):
+    import persona_sdk.reply_examples as examples_mod
+
+    convs = [(Message("you", f"question {i}"), Message("me", f"answer {i}")) for i in range(3)]
+    convs.append(convs[0])  # one true duplicate
+    chats = Chats(tuple(Conversation(str(i), c, "chats") for i, c in enumerate(convs)), None, ("chats",))
+    monkeypatch.setattr(examples_mod, "hash", lambda value: 42, raising=False)  # every example collides
+    ex = build_examples(chats, "me", min_replies=0)
+    assert ex.report.examples == 3 and ex.report.dropped == {DROP_DUPLICATE: 1}
+    assert sorted(e.reply for e in ex.train + ex.val) == ["answer 0", "answer 1", "answer 2"]

@@ -1,6 +1,6 @@
 """From chats + "me" to training examples (context -> my reply).
 
-Rules (issue 3):
+Rules:
 
 - consecutive TEXT messages of one sender form one turn (joined with "\\n");
   placeholders (media, deleted, system) and empty messages are neither
@@ -25,17 +25,18 @@ Example for a caller with a tokenizer::
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .chats import TEXT, Chats, normalize_name
+from .chatdata import TEXT, Chats, normalize_name
 from .conversation import ASSISTANT, USER, Turn, render_turn
 from .errors import ConfigError, TooLittleDataError
 from .split import split_by_conversation
 
-# Fewest replies of mine we learn from. The calibration run in DESIGN.md
-# improved over the source prefix with 136 replies; 50 is a floor, not a target.
+# Fewest replies of mine we learn from: a floor, not a target (DESIGN.md's calibration
+# run shows how the personal prefix does with little data).
 MIN_REPLIES = 50
 
 # Reasons a turn of mine did not become an example.
@@ -46,7 +47,7 @@ DROP_PLACEHOLDER = "placeholder (media, deleted, system)"
 DROP_EMPTY = "empty message"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Example:
     context: tuple[Turn, ...]  # oldest first, under the token budget; last one is a USER turn
     reply: str  # my turn's text
@@ -81,9 +82,15 @@ class ExampleSet:
     report: ExampleReport
 
 
+_PIECE = re.compile(r"\S+")
+
+
 def whitespace_tokens(text: str) -> int:
-    """Default token counter: whitespace-separated pieces (a rough stand-in)."""
-    return len(text.split())
+    """Default token counter: whitespace-separated pieces (a rough stand-in).
+    Counted without a list of the pieces: a 4 MiB message would make ~50 MB of them."""
+    if len(text) < 4096:
+        return len(text.split())
+    return sum(1 for _ in _PIECE.finditer(text))
 
 
 def conversation_turns(chats: Chats, index: int, me: str) -> tuple[list[Turn], Counter]:
@@ -131,8 +138,13 @@ def build_examples(
     val_fraction: float = 0.1,
     seed: int = 0,
     min_replies: int = MIN_REPLIES,
+    keep: bool = True,
 ) -> ExampleSet:
-    """Examples of ``me``'s replies, split into train / validation by conversation."""
+    """Examples of ``me``'s replies, split into train / validation by conversation.
+
+    ``keep=False`` only counts (``persona inspect``): the report is the same, ``train``
+    and ``val`` are empty, and no example is held in memory.
+    """
     if context_budget < 1:
         raise ConfigError(f"context_budget must be >= 1, got {context_budget}")
     if max_context_turns < 1:
@@ -145,8 +157,12 @@ def build_examples(
     key = normalize_name(me)
 
     dropped: Counter = Counter()
-    seen: set[tuple[tuple[Turn, ...], str]] = set()
+    # duplicates by hash (an int per example, not a tuple); with keep, a hash hit is
+    # confirmed against the example it came from, so a collision never drops one
+    seen: dict[int, Example | None] = {}
+    collided: set[tuple[tuple[Turn, ...], str]] = set()
     per_conv: dict[int, list[Example]] = {}
+    counts: Counter = Counter()  # examples per conversation
     my_turns = 0
     for ci in range(len(chats.conversations)):
         turns, conv_dropped = conversation_turns(chats, ci, me)
@@ -164,14 +180,21 @@ def build_examples(
                 start -= 1
                 used += sizes[start]
             context = tuple(turns[start:ti])
-            pair = (context, turn.text)
-            if pair in seen:
-                dropped[DROP_DUPLICATE] += 1
-                continue
-            seen.add(pair)
-            per_conv.setdefault(ci, []).append(Example(context, turn.text, ci))
+            digest = hash((context, turn.text))
+            if digest in seen:
+                first = seen[digest]
+                if first is None or (first.context, first.reply) == (context, turn.text) \
+                        or (context, turn.text) in collided:
+                    dropped[DROP_DUPLICATE] += 1
+                    continue
+                collided.add((context, turn.text))
+            example = Example(context, turn.text, ci) if keep else None
+            seen.setdefault(digest, example)
+            counts[ci] += 1
+            if keep:
+                per_conv.setdefault(ci, []).append(example)
 
-    total = sum(len(v) for v in per_conv.values())
+    total = sum(counts.values())
     senders = dict(chats.sender_counts().most_common())
     my_messages = sum(n for s, n in senders.items() if normalize_name(s) == key)
     if total < min_replies:
@@ -180,10 +203,19 @@ def build_examples(
             f"conversation(s); at least {min_replies} are needed to learn a persona -- add more chats"
         )
 
-    convs = sorted(per_conv)
-    train, val = split_by_conversation([e for c in convs for e in per_conv[c]], val_fraction, seed)
+    del seen, collided
+    convs = sorted(counts)
+    if keep:
+        train, val = split_by_conversation([e for c in convs for e in per_conv[c]], val_fraction, seed)
+        n_train, n_val_ex = len(train), len(val)
+        train_convs, val_convs = len({e.conversation for e in train}), len({e.conversation for e in val})
+    else:  # counts only: the same split over one conversation index per example
+        ids_train, ids_val = split_by_conversation([c for c in convs for _ in range(counts[c])], val_fraction, seed,
+                                                   conversation=lambda c: c)
+        train, val = [], []
+        n_train, n_val_ex = len(ids_train), len(ids_val)
+        train_convs, val_convs = len(set(ids_train)), len(set(ids_val))
     split = "by position (one conversation)" if len(convs) == 1 else "by conversation"
-    train_convs, val_convs = len({e.conversation for e in train}), len({e.conversation for e in val})
 
     report = ExampleReport(
         me=me,
@@ -195,8 +227,8 @@ def build_examples(
         my_messages=my_messages,
         my_turns=my_turns,
         examples=total,
-        train=len(train),
-        val=len(val),
+        train=n_train,
+        val=n_val_ex,
         dropped={k: v for k, v in sorted(dropped.items()) if v},
         senders=senders,
         split=split,

@@ -1,0 +1,140 @@
+"""Training settings: :class:`TrainConfig` (the personal prefix) and :class:`SourceConfig`
+(the source prefix), with the library's defaults and learning-rate policy.
+
+Light on purpose (no numpy, no torch): every field carries its help text
+(``field.metadata["help"]``), and the CLI takes its option defaults and help
+from these fields, so the SDK and ``persona enroll`` / ``persona source train``
+train alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..errors import ConfigError
+
+METHODS = ("prefix", "rand-prefix", "prompt")
+BF16_MODES = ("auto", "on", "off")
+DEFAULT_PROMPT_INIT = "Reply as yourself: in your own words, tone and style, as you always write to friends."
+# The default learning rate: a source prefix is already a good start and is refined gently;
+# a random block or a soft prompt has further to go.
+LR_FROM_SOURCE = 1e-3
+LR_FROM_SCRATCH = 3e-3
+
+SOURCE_METHODS = ("plain", "temperature", "ppreptile", "mtml", "amtml")
+META_METHODS = ("ppreptile", "mtml", "amtml")
+
+
+def _help(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainConfig:
+    """How the personal prefix is trained (each field's help is in its metadata)."""
+
+    method: str = _help("prefix", "prefix (from the source prefix), rand-prefix or prompt (a soft prompt)")
+    prefix_len: int = _help(16, "P, the number of virtual tokens in the KV block")
+    lr: float | None = _help(None, f"AdamW peak learning rate (default: {LR_FROM_SOURCE:g} when training starts from "
+                                   f"a source prefix, {LR_FROM_SCRATCH:g} otherwise)")
+    epochs: int = _help(3, "maximum passes over the training replies")
+    batch_size: int = _help(8, "examples per optimisation step (length-bucketed)")
+    warmup: float = _help(0.06, "fraction of the steps with linear learning-rate warm-up (0..0.5)")
+    weight_decay: float = _help(0.0, "AdamW weight decay on the KV block / soft prompt")
+    grad_clip: float = _help(1.0, "max gradient L2 norm (0 disables clipping)")
+    context_budget: int = _help(112, "max tokens of conversation context in front of a reply (oldest turns dropped)")
+    reply_budget: int = _help(48, "max tokens of a reply that are trained on")
+    eval_every: int = _help(0, "validate every N steps (0 = once per epoch)")
+    patience: int = _help(2, "stop after this many validations without improvement")
+    max_minutes: float | None = _help(None, "time budget in minutes; stops at the best checkpoint so far "
+                                            "(default: no limit)")
+    max_steps: int = _help(0, "stop after this many optimisation steps (0 = no limit)")
+    min_examples: int = _help(20, "refuse to train (before loading the model) with fewer training replies")
+    val_fraction: float = _help(0.1, "share of conversations held out for validation when no split is given")
+    seed: int = _help(0, "random seed: same data + seed + config = same prefix")
+    bf16: str = _help("auto", f"bfloat16 autocast, one of {BF16_MODES} (auto = only if the CPU has native bf16)")
+    prompt_init: str = _help(DEFAULT_PROMPT_INIT, "text whose token embeddings initialise the soft prompt "
+                                                  "(method 'prompt')")
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.bf16 not in BF16_MODES:
+            raise ConfigError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
+        positive_ints = ("prefix_len", "epochs", "batch_size", "context_budget", "reply_budget", "patience",
+                         "min_examples")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("eval_every", "max_steps", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number or None (the default policy), got {self.lr!r}")
+        if not 0 <= self.warmup <= 0.5:
+            raise ConfigError(f"warmup must be a fraction in [0, 0.5], got {self.warmup!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("weight_decay and grad_clip must be >= 0")
+        if not 0 < self.val_fraction < 0.5:
+            raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"max_minutes must be > 0 or None, got {self.max_minutes!r}")
+        if self.prefix_len > 256:
+            raise ConfigError(f"prefix_len must be at most 256, got {self.prefix_len}")
+
+    def learning_rate(self, from_source: bool) -> float:
+        """``lr``, or the default policy: gentler when training starts from a source prefix."""
+        if self.lr is not None:
+            return self.lr
+        return LR_FROM_SOURCE if from_source else LR_FROM_SCRATCH
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prompt_init"}
+
+
+@dataclass
+class SourceConfig:
+    """How the source prefix is trained (each field's help is in its metadata)."""
+
+    method: str = _help("plain", " | ".join(SOURCE_METHODS))
+    prefix_len: int = _help(16, "P, virtual tokens of the block")
+    steps: int = _help(200, "optimisation steps on batches (meta methods: inner steps in total)")
+    lr: float = _help(3e-3, "AdamW learning rate (plain/temperature) or inner learning rate (meta methods)")
+    batch_size: int = _help(8, "examples per step")
+    warmup: float = _help(0.06, "fraction of steps with linear warm-up (plain/temperature)")
+    grad_clip: float = _help(1.0, "max gradient L2 norm (0 disables)")
+    temperature: float = _help(10.0, "T of temperature mixing: speaker rate ∝ n^(1/T)")
+    inner_steps: int = _help(3, "k, inner steps per sampled speaker (meta methods)")
+    outer_batch: int = _help(2, "speakers per outer step (meta methods)")
+    outer_lr: float = _help(1.0, "β of the Reptile outer step θ ← θ + β·mean(W_i − θ)")
+    alpha: float = _help(0.8, "α of L = α·L_res + (1−α)·L_rec (mtml/amtml)")
+    context_budget: int = _help(112, "max context tokens in front of a reply")
+    reply_budget: int = _help(48, "max reply tokens trained on")
+    eval_every: int = _help(0, "validate every N steps (0 = 4 times per run)")
+    max_minutes: float | None = _help(None, "time budget in minutes; stops at the best checkpoint so far")
+    seed: int = _help(0, "random seed (same data + config + seed = same block)")
+    init_text: str | None = _help(None, "start from the KV of this text (a hard prompt) instead of P random tokens")
+
+    def __post_init__(self) -> None:
+        if self.method not in SOURCE_METHODS:
+            raise ConfigError(f"source method must be one of {SOURCE_METHODS}, got {self.method!r}")
+        for name in ("prefix_len", "steps", "batch_size", "inner_steps", "outer_batch", "context_budget",
+                     "reply_budget"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not (self.lr > 0 and self.outer_lr > 0 and self.temperature > 0):
+            raise ConfigError("lr, outer_lr and temperature must be > 0")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha!r}")
+        if not 0 <= self.warmup <= 0.5:
+            raise ConfigError(f"warmup must be in [0, 0.5], got {self.warmup!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError("max_minutes must be > 0 or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
