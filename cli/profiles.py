@@ -14,9 +14,8 @@ from typing import Optional
 import typer
 
 from ._app import app
-from . import _peft
 from ._common import err, new_key, open_vault, profile_key, prompt_passphrase
-from ._peft import Format
+from ._peft import Format, export_peft, import_peft
 
 ENV_NEW_PASSPHRASE = "PERSONA_NEW_PASSPHRASE"
 
@@ -158,7 +157,7 @@ def export(
         raise ConfigError("where to write? e.g. persona export NAME -o NAME.persona")
     vault = open_vault()
     if fmt is Format.peft:
-        out = _peft.export_peft(vault, name, output, yes=yes, force=force, backbone=backbone, unlock=profile_key)
+        out = export_peft(vault, name, output, yes=yes, force=force, backbone=backbone, unlock=profile_key)
         typer.echo(str(out))
         return
     vault.info(name)
@@ -194,7 +193,7 @@ def import_(
     Example: persona import my-peft-adapter --format peft --name me
     """
     if fmt is Format.peft:
-        done = _peft.import_peft(open_vault(), file, name=name, force=force, backbone=backbone,
+        done = import_peft(open_vault(), file, name=name, force=force, backbone=backbone,
                                  new_key=lambda env: new_key(env, keyring, "New vault passphrase"))
         typer.echo(done)
         return
