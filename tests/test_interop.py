@@ -30,7 +30,7 @@ PROMPT = "hey, back from the trip?"
 
 @pytest.fixture(autouse=True)
 def fast_vault(monkeypatch):
-    monkeypatch.setattr(profiles, "_vault", lambda: Vault(kdf=FLOOR))
+    monkeypatch.setattr(profiles, "open_vault", lambda: Vault(kdf=FLOOR))
 
 
 @pytest.fixture(scope="module")
