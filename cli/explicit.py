@@ -10,10 +10,11 @@ from typing import Optional
 
 import typer
 
-from ._app import app
 from persona_sdk.errors import ConfigError
+from persona_sdk.training.config import PALConfig
 
-from ._common import err
+from ._app import app
+from ._common import config_option, err
 
 explicit_app = typer.Typer(help="Explicit-persona modes (chat as a persona described in sentences): "
                            "train and build their parts.", no_args_is_help=True)
@@ -30,22 +31,22 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="folder for the adapter + PAL.json "
                                        "(default: the package's shipped adapter folder)"),
     stage1_out: Optional[Path] = typer.Option(None, "--stage1-out", help="also write the stage-1-only adapter here"),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="wall-clock budget of the whole run"),
-    stage1_replies: int = typer.Option(1600, help="labelled train replies in stage 1"),
-    dpo_pairs: int = typer.Option(384, help="preference pairs in stage 2"),
-    batch_size: int = typer.Option(8, help="stage-1 examples per step"),
-    dpo_batch: int = typer.Option(4, help="pairs per DPO step"),
-    lr: float = typer.Option(3e-4, help="stage-1 learning rate"),
-    dpo_lr: float = typer.Option(5e-5, help="stage-2 (DPO) learning rate"),
-    beta: float = typer.Option(0.1, help="β of the DPO loss"),
-    rank: int = typer.Option(8, help="LoRA rank"),
-    top_layers: int = typer.Option(0, help="LoRA in the top N decoder layers only (0 = all; cheaper steps)"),
-    score_selection: bool = typer.Option(True, help="score the selection step on dev after each stage"),
-    context_budget: int = typer.Option(160, help="max prompt tokens (persona system turn + context)"),
-    reply_budget: int = typer.Option(48, help="max reply tokens trained on (and generated for rejected replies)"),
-    dev_replies: int = typer.Option(16, help="labelled dev replies validating stage 1"),
-    dev_pairs: int = typer.Option(8, help="dev preference pairs validating stage 2"),
-    seed: int = typer.Option(0, help="random seed"),
+    max_minutes: Optional[float] = config_option(PALConfig, "max_minutes", "--max-minutes"),
+    stage1_replies: int = config_option(PALConfig, "stage1_replies", "--stage1-replies"),
+    dpo_pairs: int = config_option(PALConfig, "dpo_pairs", "--dpo-pairs"),
+    batch_size: int = config_option(PALConfig, "batch_size", "--batch-size"),
+    dpo_batch: int = config_option(PALConfig, "dpo_batch", "--dpo-batch"),
+    lr: float = config_option(PALConfig, "lr", "--lr"),
+    dpo_lr: float = config_option(PALConfig, "dpo_lr", "--dpo-lr"),
+    beta: float = config_option(PALConfig, "beta", "--beta"),
+    rank: int = config_option(PALConfig, "rank", "--rank"),
+    top_layers: int = config_option(PALConfig, "top_layers", "--top-layers"),
+    score_selection: bool = config_option(PALConfig, "score_selection", "--score-selection/--no-score-selection"),
+    context_budget: int = config_option(PALConfig, "context_budget", "--context-budget"),
+    reply_budget: int = config_option(PALConfig, "reply_budget", "--reply-budget"),
+    dev_replies: int = config_option(PALConfig, "dev_replies", "--dev-replies"),
+    dev_pairs: int = config_option(PALConfig, "dev_pairs", "--dev-pairs"),
+    seed: int = config_option(PALConfig, "seed", "--seed"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
     backbone: Optional[str] = typer.Option(None, help="backbone folder (default: the embedded SmolLM2-135M)"),
 ) -> None:
@@ -59,11 +60,11 @@ def train(
     from persona_sdk.training import pal
     from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
 
-    cfg = pal.PALConfig(stage1_replies=stage1_replies, dpo_pairs=dpo_pairs, batch_size=batch_size,
-                        dpo_batch=dpo_batch, lr=lr, dpo_lr=dpo_lr, beta=beta, rank=rank, top_layers=top_layers,
-                        score_selection=score_selection, dev_replies=dev_replies,
-                        context_budget=context_budget, reply_budget=reply_budget,
-                        dev_pairs=dev_pairs, max_minutes=max_minutes, seed=seed)
+    cfg = PALConfig(stage1_replies=stage1_replies, dpo_pairs=dpo_pairs, batch_size=batch_size,
+                    dpo_batch=dpo_batch, lr=lr, dpo_lr=dpo_lr, beta=beta, rank=rank, top_layers=top_layers,
+                    score_selection=score_selection, dev_replies=dev_replies,
+                    context_budget=context_budget, reply_budget=reply_budget,
+                    dev_pairs=dev_pairs, max_minutes=max_minutes, seed=seed)
     if threads:
         import torch
 

@@ -46,8 +46,8 @@ def adapter_info(adapter_dir: str | Path | None = None) -> tuple[Path, dict]:
     folder = Path(adapter_dir) if adapter_dir is not None else SHIPPED_DIR
     weights = folder / WEIGHTS
     if not weights.is_file() or not (folder / INFO).is_file():
-        where = "the shipped PAL adapter" if adapter_dir is None else f"a PAL adapter in {folder}"
-        raise AdapterError(f"there is no {where} ({WEIGHTS} + {INFO}); train one with `persona explicit train pal`")
+        where = "no PAL adapter is shipped in this install" if adapter_dir is None else f"there is no PAL adapter in {folder}"
+        raise AdapterError(f"{where} ({WEIGHTS} + {INFO}); train one with `persona explicit train pal`")
     try:
         info = json.loads((folder / INFO).read_text())
     except (OSError, ValueError):

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import ConfigError, TrainingError
 from ..explicit.formats import (persona_prompt_ids, selection_label, selection_prompt_ids)
+from .config import PALConfig
 from .backbone import TrainBackbone, bf16_supported, load_backbone, torch_module
 from .data import Encoded, make_batches, mean_loss
 from .loop import Clock, LoopConfig, ProgressFn, Trainable, gradient_step, run
@@ -106,87 +107,6 @@ def label_examples(examples: Sequence[Any]) -> list[Labelled]:
         if label is not None:
             out.append(Labelled(ex, label))
     return out
-
-
-# --- configuration ---------------------------------------------------------------------
-@dataclass
-class PALConfig:
-    """How PAL is trained. Each field's help is in ``HELP``."""
-
-    rank: int = 8
-    lora_alpha: float = 16.0
-    top_layers: int = 0
-    lr: float = 3e-4
-    batch_size: int = 8
-    stage1_replies: int = 1600
-    stage1_epochs: int = 1
-    warmup: float = 0.06
-    grad_clip: float = 1.0
-    dpo_pairs: int = 384
-    dpo_batch: int = 4
-    dpo_epochs: int = 1
-    dpo_lr: float = 5e-5
-    beta: float = 0.1
-    dev_replies: int = 16
-    dev_pairs: int = 8
-    context_budget: int = 160
-    reply_budget: int = 48
-    evals_per_stage: int = 2
-    max_minutes: float | None = None
-    stage1_share: float = 0.7
-    bf16: str = "auto"
-    score_selection: bool = True
-    seed: int = 0
-
-    HELP = {
-        "rank": "LoRA rank r (attention and MLP projections of every layer)",
-        "lora_alpha": "LoRA alpha (scale alpha / r)",
-        "top_layers": "LoRA in the top N decoder layers only (0 = all): backward stops there, steps are cheaper",
-        "lr": "stage-1 AdamW learning rate",
-        "batch_size": "stage-1 examples per step",
-        "stage1_replies": "labelled train replies in stage 1 (each gives a selection and a generation example)",
-        "stage1_epochs": "passes over the stage-1 examples",
-        "warmup": "share of each stage with linear warm-up",
-        "grad_clip": "max gradient L2 norm (0 disables)",
-        "dpo_pairs": "preference pairs in stage 2 (other labelled replies than stage 1's)",
-        "dpo_batch": "pairs per DPO step",
-        "dpo_epochs": "passes over the pairs",
-        "dpo_lr": "stage-2 AdamW learning rate",
-        "beta": "β of the DPO loss",
-        "dev_replies": "labelled dev replies validating stage 1 (both formats) and scoring selection",
-        "dev_pairs": "dev preference pairs validating stage 2",
-        "context_budget": "max prompt tokens (persona system turn + context)",
-        "reply_budget": "max reply tokens trained on (and generated for rejected replies)",
-        "evals_per_stage": "validations per stage (the best checkpoint is kept)",
-        "max_minutes": "wall-clock budget of the whole run (stage 1 gets stage1_share of it); with a budget "
-                       "each stage's learning rate decays over its time, and its planned steps are a cap",
-        "stage1_share": "share of max_minutes for stage 1; rejected replies and DPO get the rest",
-        "bf16": "bfloat16 autocast: auto (if the CPU has native bf16), on or off",
-        "score_selection": "score the selection step on the dev replies after each stage (costs N forwards each)",
-        "seed": "random seed (same data + config + seed + thread count = same adapter)",
-    }
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.top_layers, int) or self.top_layers < 0:
-            raise ConfigError(f"top_layers must be an integer >= 0, got {self.top_layers!r}")
-        for name in ("rank", "batch_size", "stage1_replies", "stage1_epochs", "dpo_pairs", "dpo_batch",
-                     "dpo_epochs", "dev_replies", "dev_pairs", "context_budget", "reply_budget", "evals_per_stage"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not (self.lr > 0 and self.dpo_lr > 0 and self.beta > 0 and self.lora_alpha > 0):
-            raise ConfigError("lr, dpo_lr, beta and lora_alpha must be > 0")
-        if not 0 <= self.warmup <= 0.5:
-            raise ConfigError(f"warmup must be in [0, 0.5], got {self.warmup!r}")
-        if not 0 < self.stage1_share < 1:
-            raise ConfigError(f"stage1_share must be in (0, 1), got {self.stage1_share!r}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ConfigError("max_minutes must be > 0 or None")
-        if self.bf16 not in ("auto", "on", "off"):
-            raise ConfigError(f"bf16 must be one of ('auto', 'on', 'off'), got {self.bf16!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
