@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -172,7 +171,7 @@ def load_data(args) -> Data:
     if len(personas) < args.candidates:
         raise SystemExit(f"only {len(personas)} test personas; --candidates {args.candidates} needs as many")
     decode, hits = [], []
-    for p in personas:
+    for p in personas[: args.personas or None]:  # candidates still come from every test persona
         ranked = sorted(by_persona[p], key=lambda e: _h("reply", e.key))
         decode += ranked[: args.per_persona]
         if not args.hits_replies or len(hits) < args.hits_replies:
@@ -295,6 +294,7 @@ def table_md(results: dict) -> str:
     for key, row in results["rows"].items():
         cells = [(fmt.format(row[c]) if row.get(c) is not None else "–") for c, _, fmt in COLUMNS]
         lines.append(f"| {results['labels'][key]} | " + " | ".join(cells) + " |")
+    lines += vs_prompting(results)
     meta = results["meta"]
     lines += ["", f"Cons@20 = persona consistency at K = {k} (chance {1 / k:.3f}); Hits@1 chance "
               f"{1 / (results['settings']['distractors'] + 1):.3f}; selection chance "
@@ -302,6 +302,32 @@ def table_md(results: dict) -> str:
               f"- command: `{meta['command']}`", f"- commit: `{meta['commit']}`", f"- date (UTC): {meta['date']}",
               f"- data: {json.dumps(results['data'], sort_keys=True)}"]
     return "\n".join(lines) + "\n"
+
+
+# what each row is judged on against prompting: (column, label, higher is better)
+VERSUS = [("consistency", "Cons@20", True), ("bleu1", "BLEU-1", True), ("perplexity", "PPL", False)]
+
+
+def vs_prompting(results: dict) -> list[str]:
+    """One line per row: its difference from the prompting row on the judged columns, and whether it beats
+    prompting or by how much it misses."""
+    base = results["rows"].get("prompt")
+    if base is None:
+        return []
+    out = ["", "Against prompting (difference = row - prompting):", ""]
+    for key, row in results["rows"].items():
+        if key in ("prompt", "human"):
+            continue
+        cells = []
+        for col, label, higher in VERSUS:
+            if row.get(col) is None or base.get(col) is None:
+                continue
+            diff = row[col] - base[col]
+            better = diff > 0 if higher else diff < 0
+            verdict = "beats it" if better else ("ties" if diff == 0 else f"misses by {abs(diff):.3f}")
+            cells.append(f"{label} {diff:+.3f} ({verdict})")
+        out.append(f"- {results['labels'][key]}: " + "; ".join(cells))
+    return out
 
 
 def _commit() -> str:
@@ -324,6 +350,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--pal-adapter", default=None, help="PAL adapter folder (default: the shipped one)")
     ap.add_argument("--pal-stage1", default=str(ROOT / "benchmarks" / "data" / "pal_stage1"),
                     help="the stage-1-only PAL adapter folder")
+    ap.add_argument("--personas", type=int, default=0,
+                    help="decode for the first N test personas only (hash order; 0 = all); each reply's "
+                         "consistency candidates still come from every test persona")
     ap.add_argument("--per-persona", type=int, default=2, help="decoded and scored replies per test persona")
     ap.add_argument("--hits-per-persona", type=int, default=1, help="replies per persona ranked for Hits@1")
     ap.add_argument("--hits-replies", type=int, default=0, help="cap on the replies ranked for Hits@1 (0 = no cap)")
@@ -343,6 +372,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     from persona_sdk.config import RuntimeConfig
+    from persona_sdk.fileio import atomic_write
 
     args = parse_args(argv)
     meta = {"command": "benchmarks/explicit_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -370,9 +400,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             engines[row.engine] = ENGINES[row.engine](args, runtime)
         say(f"{key}: {row.label} ...")
         raw[key] = run_row(key, row, engines[row.engine], data, args)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(raw[key]))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(raw[key]).encode(), private=False)
     embed = embedder(args.embedder)
     cache: dict = {}
     scored = {key: score(raw[key], data, embed, cache) for key in rows}
@@ -393,12 +421,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "context_budget": args.context_budget,
                      "max_new_tokens": args.max_new_tokens, "reply_budget": args.reply_budget,
                      "distractors": args.distractors, "candidates": args.candidates, "embedder": args.embedder,
-                     "per_persona": args.per_persona, "hits_per_persona": args.hits_per_persona},
+                     "personas": args.personas, "per_persona": args.per_persona, "hits_per_persona": args.hits_per_persona},
         "adapters_sha256": adapters, "selection_chance": chance,
         "seconds": {k: raw[k].get("seconds") for k in rows},
     }
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "table.md").write_text(table_md(results))
+    atomic_write(args.out / "results.json", (json.dumps(results, indent=2) + "\n").encode(), private=False)
+    atomic_write(args.out / "table.md", table_md(results).encode(), private=False)
     say(table_md(results))
     return results
 

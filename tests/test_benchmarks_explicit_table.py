@@ -46,7 +46,14 @@ def test_explicit_table_smoke(tiny_backbone, setup, tmp_path):
     bench = _load()
     out = tmp_path / "out"
     results = bench.main(_argv(tiny_backbone, setup, out))
-    assert (out / "table.md").read_text().count("\n|") >= len(bench.ROWS) + 1
+    table = (out / "table.md").read_text()
+    assert table.count("\n|") >= len(bench.ROWS) + 1
+    # every row is set against prompting on consistency and BLEU-1, with the signed difference
+    versus = {line.split(":")[0][2:]: line for line in table.splitlines() if line.startswith("- ") and "BLEU-1" in line}
+    assert set(versus) == {bench.ROWS[k].label for k in bench.ROWS if k != "prompt"}
+    pal, prompt = results["rows"]["pal"], results["rows"]["prompt"]
+    assert f"Cons@20 {pal['consistency'] - prompt['consistency']:+.3f}" in versus["PAL"]
+    assert f"BLEU-1 {pal['bleu1'] - prompt['bleu1']:+.3f}" in versus["PAL"]
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["rows"]) == set(bench.ROWS) | {"human"}
     for key, row in saved["rows"].items():

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import ConfigError, TrainingError
 from ..explicit.formats import (persona_prompt_ids, selection_label, selection_prompt_ids)
+from ..fileio import atomic_write
 from .config import PALConfig
 from .backbone import TrainBackbone, bf16_supported, load_backbone, torch_module
 from .data import Encoded, make_batches, mean_loss
@@ -459,9 +460,8 @@ def save_pal(result: PALResult, weights: dict, out_dir: str | Path, info: dict[s
     record = {**info, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
               "backbone": result.backbone.fingerprint, "method": "pal",
               "parameters": int(sum(int(np.prod(v.shape)) for v in weights.values()))}
-    tmp = out / (PAL_INFO + ".tmp")
-    tmp.write_text(json.dumps(_rounded(record), indent=2, sort_keys=True) + "\n")
-    tmp.replace(out / PAL_INFO)
+    atomic_write(out / PAL_INFO, (json.dumps(_rounded(record), indent=2, sort_keys=True) + "\n").encode(),
+                 private=False)
     return out
 
 

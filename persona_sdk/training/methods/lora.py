@@ -65,17 +65,19 @@ def load_state(peft_model, weights: dict) -> None:
 
 def save(peft_model, weights: dict, out_dir: str | Path) -> list[Path]:
     """Write ``weights`` in PEFT's layout (float16) with the model's LoRA config; the files written."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
+
+    from ...fileio import atomic_write
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = peft_model.peft_config["default"].to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     config["base_model_name_or_path"] = None
-    tmp = out / (ADAPTER_WEIGHTS + ".tmp")
-    save_file({k: v.detach().half().contiguous() for k, v in weights.items()}, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out / ADAPTER_WEIGHTS)
-    (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    data = to_bytes({k: v.detach().half().contiguous() for k, v in weights.items()}, metadata={"format": "pt"})
+    atomic_write(out / ADAPTER_WEIGHTS, data, private=False)
+    atomic_write(out / ADAPTER_CONFIG, (json.dumps(config, indent=2, sort_keys=True, default=str) + "\n").encode(),
+                 private=False)
     return [out / ADAPTER_CONFIG, out / ADAPTER_WEIGHTS]
 
 
