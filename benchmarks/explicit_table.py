@@ -330,6 +330,23 @@ def vs_prompting(results: dict) -> list[str]:
     return out
 
 
+def row_stamp(key: str, args: argparse.Namespace, data: Data) -> str:
+    """What a cached row depends on: the settings that change its replies or scores, the data, and the adapter
+    its engine merges (a rerun resumes only from rows made alike)."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "rows", "threads", "embedder", "spc_csv")}
+    adapter = None
+    folder = {"pal": args.pal_adapter, "pal-stage1": args.pal_stage1}.get(ROWS[key].engine, False)
+    if folder is not False:
+        try:
+            from persona_sdk.explicit.pal import adapter_info
+
+            adapter = adapter_info(folder)[1].get("sha256")
+        except Exception:  # no adapter: the row fails when it opens its engine
+            adapter = None
+    blob = json.dumps([key, settings, data.provenance, adapter], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def _commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -391,15 +408,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     raw: dict[str, dict] = {}
     for key in rows:
         path = cache_dir / f"{key}.json"
+        stamp = row_stamp(key, args, data)
         if path.is_file():
-            raw[key] = json.loads(path.read_text())
-            say(f"{key}: cached")
-            continue
+            cached = json.loads(path.read_text())
+            if cached.get("stamp") == stamp:
+                raw[key] = cached
+                say(f"{key}: cached")
+                continue
+            say(f"{key}: cached with other settings, data or adapter: running it again")
         row = ROWS[key]
         if row.engine not in engines:
             engines[row.engine] = ENGINES[row.engine](args, runtime)
         say(f"{key}: {row.label} ...")
-        raw[key] = run_row(key, row, engines[row.engine], data, args)
+        raw[key] = {**run_row(key, row, engines[row.engine], data, args), "stamp": stamp}
         atomic_write(path, json.dumps(raw[key]).encode(), private=False)
     embed = embedder(args.embedder)
     cache: dict = {}

@@ -90,3 +90,15 @@ def test_pal_rows_answer_the_same_whatever_the_gold(tiny_backbone, setup, tmp_pa
     assert leaked["losses"] != honest["losses"]  # the gold reply is only what gets scored
     # a moved silver label turns every hit into a miss: the prediction itself did not move
     assert all(not lk for h, lk in zip(honest["selection"], leaked["selection"]) if h)
+
+
+def test_a_cached_row_is_reused_only_when_made_alike(tiny_backbone, setup, tmp_path):
+    bench = _load()
+    argv = _argv(tiny_backbone, setup, tmp_path / "out")
+    args = bench.parse_args(argv)
+    data = bench.load_data(args)
+    stamp = bench.row_stamp("pal", args, data)
+    assert stamp == bench.row_stamp("pal", bench.parse_args(argv + ["--threads", "1"]), data)
+    assert stamp != bench.row_stamp("pal", bench.parse_args(argv + ["--max-new-tokens", "4"]), data)
+    assert stamp != bench.row_stamp("pal", bench.parse_args(argv + ["--pal-adapter", str(setup["stage1"])]), data)
+    assert stamp != bench.row_stamp("pal-stage1", args, data)
