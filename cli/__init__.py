@@ -12,7 +12,7 @@ import sys
 from ._app import app
 
 # each command group adds its commands to `app`; `persona --help` lists them in this order
-from . import chat, backbone, inspect, profiles, enroll, source, evaluate, serve  # noqa: E402,F401  isort: skip
+from . import chat, backbone, inspect, profiles, enroll, source, evaluate, serve, explicit  # noqa: E402,F401  isort: skip
 from ._common import run_cli
 
 __all__ = ["app", "main"]

@@ -1,14 +1,15 @@
-"""`persona chat`: talk to the backbone, or to an enrolled persona."""
+"""`persona chat`: talk to the backbone, to an enrolled persona, or to a persona described in sentences."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from persona_sdk.config import GenerationConfig, RuntimeConfig
+from persona_sdk.errors import ConfigError
 
 from ._app import app
 from ._common import config_option, err, open_vault, profile_key
@@ -29,10 +30,17 @@ def chat(
     repetition_penalty: float = config_option(GenerationConfig, "repetition_penalty", "--repetition-penalty"),
     beams: int = config_option(GenerationConfig, "num_beams", "--beams"),
     seed: Optional[int] = config_option(GenerationConfig, "seed", "--seed"),
+    persona: Optional[List[str]] = typer.Option(None, "--persona", help="A persona sentence to speak as "
+                                                "(repeat for several), instead of an enrolled profile."),
+    persona_file: Optional[Path] = typer.Option(None, "--persona-file", help="Persona sentences, one per line."),
+    explicit: Optional[str] = typer.Option(None, "--explicit", help="How persona sentences are used: prompt "
+                                           "(in the prompt, default) or pal (PAL adapter: select, then generate)."),
 ) -> None:
     """Chat in a persona's voice (or with the bare backbone).
 
     Example: persona chat --name me --message "hi, what do you do on weekends?"
+
+    Example: persona chat --persona "I bake cookies." --persona "I have a dog." --explicit pal -m "what do you do for fun?"
 
     In the interactive chat, /reset forgets the conversation, /exit or Ctrl-D
     quits, and Ctrl-C stops the reply being written. The first run builds the
@@ -46,7 +54,12 @@ def chat(
     # the first run builds the ONNX export: announced on stderr before it starts
     kwargs = dict(backbone=backbone, device=device, variant=variant, spin=spin, generation=gen, progress=err,
                   build=True)
-    if name:
+    sentences = _persona_sentences(persona, persona_file, explicit)
+    if sentences is not None:
+        if name:
+            raise ConfigError("--name and --persona/--persona-file cannot be combined; pass one")
+        agent = PersonaAgent(persona_sentences=sentences, explicit=explicit, **kwargs)
+    elif name:
         agent = PersonaAgent.open(name, passphrase=profile_key(open_vault(), name), **kwargs)
     else:
         agent = PersonaAgent(**kwargs)
@@ -55,6 +68,16 @@ def chat(
             typer.echo(agent.reply(message).strip())
             return
         _repl(agent, name)
+
+
+def _persona_sentences(persona, persona_file, explicit) -> Optional[list]:
+    """The checked persona sentences of --persona / --persona-file (None = no explicit persona)."""
+    if not persona and persona_file is None and explicit is None:
+        return None
+    from persona_sdk.explicit import persona_sentences, read_persona_file
+
+    sentences = list(persona or []) + (read_persona_file(persona_file) if persona_file is not None else [])
+    return list(persona_sentences(sentences))
 
 
 def _repl(agent, name: Optional[str]) -> None:

@@ -35,11 +35,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Callable, Iterator, Sequence
 
 from .config import GenerationConfig, RuntimeConfig
 from .conversation import ASSISTANT, USER, Turn
-from .errors import GenerationError
+from .errors import ConfigError, GenerationError
 from .prefix import Prefix
 
 
@@ -59,13 +59,27 @@ class PersonaAgent:
         progress: Callable[[str], None] | None = None,
         build: bool = False,
         engine=None,
+        persona_sentences: Sequence[str] | None = None,
+        explicit: str | None = None,
     ) -> None:
         """``backbone``: None (the embedded default), a Hugging Face causal-LM folder, or an
         export folder; ``build``: build a missing or outdated ONNX export now (announced
-        through ``progress``) instead of raising :class:`ExportNotReadyError`."""
+        through ``progress``) instead of raising :class:`ExportNotReadyError`.
+        ``persona_sentences`` (+ ``explicit``, one of :data:`persona_sdk.explicit.MODES`,
+        default ``prompt``): speak as a persona described in sentences instead of a prefix;
+        the mode (:mod:`persona_sdk.explicit`) makes each reply."""
         from .engines import open_engine
 
         runtime = RuntimeConfig(device=device, threads=threads, variant=variant, spin=spin)
+        self._explicit = None
+        if persona_sentences is not None or explicit is not None:
+            if prefix is not None:
+                raise ConfigError("an enrolled persona (prefix) and persona sentences cannot be combined; pass one")
+            from .explicit import open_mode
+
+            self._explicit = open_mode(explicit, persona_sentences, backbone=backbone, runtime=runtime,
+                                       progress=progress, build=build, engine=engine)
+            engine = self._explicit.engine
         self.engine = engine if engine is not None else open_engine(backbone, runtime, progress, build=build)
         self.engine.check_prefix(prefix)
         self.prefix = prefix
@@ -137,13 +151,17 @@ class PersonaAgent:
             self._cancel.clear()
             with self._state:
                 history = self._history + [Turn(USER, text)]
-            ids = self.engine.prompt_ids(history, self.prefix, gen)
-            if self._kv is None:
-                self._kv = self.engine.new_state(self.prefix, capacity=len(ids) + 2 * gen.max_new_tokens)
+            if self._explicit is not None:  # an explicit mode makes the reply (PAL: select, then generate)
+                source = self._explicit.reply_stream(history, gen, should_stop=self._cancel.is_set)
+            else:
+                ids = self.engine.prompt_ids(history, self.prefix, gen)
+                if self._kv is None:
+                    self._kv = self.engine.new_state(self.prefix, capacity=len(ids) + 2 * gen.max_new_tokens)
+                source = self.engine.stream_text(ids, self.prefix, gen, should_stop=self._cancel.is_set,
+                                                 state=self._kv)
             pieces: list[str] = []
             try:
-                for piece in self.engine.stream_text(ids, self.prefix, gen, should_stop=self._cancel.is_set,
-                                                     state=self._kv):
+                for piece in source:
                     pieces.append(piece)
                     yield piece
                     if self._cancel.is_set():
@@ -177,6 +195,7 @@ class PersonaAgent:
         with self._lock, self._state:
             self._closed = True
             self.prefix = None
+            self._explicit = None
             self._history.clear()
             self._kv = None
             self.engine = None

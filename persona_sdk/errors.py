@@ -179,3 +179,12 @@ class ConfirmationRequiredError(PersonaError):
 # --- serving ---------------------------------------------------------------------------
 class BatcherBusyError(GenerationError):
     """Too many replies are already waiting for a row of the batch; try again later."""
+
+
+# --- explicit personas: persona sentences, explicit modes -------------------------
+class PersonaSentencesError(PersonaError):
+    """The persona sentences are missing, empty, too many, too long, or not readable text."""
+
+
+class AdapterError(PersonaError):
+    """An explicit mode's trained adapter is missing, corrupt, or was made for another backbone."""

@@ -280,3 +280,67 @@ def chitchat_split(path: str | None = None, config: SplitConfig | None = None) -
 
     chats = load_chitchat(path)
     return chats, split_speakers(conversation_senders(chats), config)
+
+
+# --- Synthetic-Persona-Chat: split by persona ----------------------------------------
+PERSONA_PARTS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class PersonaSplitConfig:
+    """The explicit-persona split of Synthetic-Persona-Chat (shares of persona groups)."""
+
+    dev: float = 0.1  # share of persona groups in dev (model selection)
+    test: float = 0.1  # share in test (touched only for the final table)
+    salt: str = "persona-spc-split-v1"
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.dev < 1 and 0 < self.test < 1 and self.dev + self.test < 1):
+            raise ConfigError(f"PersonaSplitConfig needs 0 <= dev, 0 < test and dev + test < 1, "
+                              f"got dev={self.dev!r}, test={self.test!r}")
+        if not self.salt:
+            raise ConfigError("PersonaSplitConfig.salt must be a non-empty string")
+
+
+def normalise_sentence(sentence: str) -> str:
+    """A persona sentence as compared across conversations: lowercase, single spaces, no end punctuation."""
+    return " ".join(sentence.lower().split()).rstrip(" .!?")
+
+
+def persona_key(sentences: Sequence[str], salt: str) -> str:
+    """sha256 of the salted, normalised, sorted sentence set: the identity of one persona."""
+    norm = sorted({normalise_sentence(s) for s in sentences if s.strip()})
+    return _key(salt, "\n".join(norm))
+
+
+def persona_part(sentences: Sequence[str], config: PersonaSplitConfig) -> str:
+    """The part of one persona: its salted hash as a uniform number u in [0, 1); u < test →
+    ``test``, u < test + dev → ``dev``, else ``train``."""
+    u = int(persona_key(sentences, config.salt)[:13], 16) / 16**13
+    return "test" if u < config.test else "dev" if u < config.test + config.dev else "train"
+
+
+def split_by_persona(personas: Sequence[Sequence[Sequence[str]]], config: PersonaSplitConfig | None = None
+                     ) -> list[tuple[str, tuple[int, ...]]]:
+    """(part, sides) of each conversation, split *by persona*.
+
+    ``personas[i]`` holds conversation i's personas, one sentence list per side.
+    Each persona (a normalised sentence set) gets a part from its salted hash
+    (:func:`persona_part`). SPC reuses personas across many conversations (541
+    distinct ones over 1,000 conversations), so a conversation cannot follow
+    both of its personas; it goes to the *most held-out* part among them (test
+    before dev before train), and ``sides`` names the sides (0-based) whose own
+    persona is in that part: only their replies are scored there. So a test or
+    dev persona never speaks, nor is spoken to, in a train conversation, and no
+    conversation is in two parts. Single sentences ("I have a dog.") still recur
+    across parts inside different personas. A pure function of the sentences:
+    file order and RNG state do not matter."""
+    config = config or PersonaSplitConfig()
+    rank = {"test": 0, "dev": 1, "train": 2}
+    out = []
+    for sides in personas:
+        own = [persona_part(p, config) if any(s.strip() for s in p) else None for p in sides]
+        present = [p for p in own if p is not None]
+        part = min(present, key=rank.__getitem__) if present else "train"
+        out.append((part, tuple(i for i, p in enumerate(own) if p == part)))
+    return out

@@ -1,5 +1,6 @@
 """Training settings: :class:`TrainConfig` (the personal prefix, :class:`DPConfig` when it is
-trained privately) and :class:`SourceConfig` (the source prefix), with the library's defaults and learning-rate policy.
+trained privately), :class:`SourceConfig` (the source prefix) and :class:`PALConfig` (the
+explicit-persona PAL adapter), with the library's defaults and learning-rate policy.
 
 Light on purpose (no numpy, no torch): every field carries its help text
 (``field.metadata["help"]``), and the CLI takes its option defaults and help
@@ -185,6 +186,65 @@ class SourceConfig:
             raise ConfigError("max_minutes must be > 0 or None")
         if not isinstance(self.shards, int) or isinstance(self.shards, bool) or self.shards < 0:
             raise ConfigError(f"shards must be a non-negative integer, got {self.shards!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class PALConfig:
+    """How PAL (the explicit-persona LoRA adapter) is trained: stage 1 (mixed selection + generation SFT),
+    then stage 2 (DPO). Each field's help is in its metadata."""
+
+    rank: int = _help(8, "LoRA rank r (attention and MLP projections of every layer)")
+    lora_alpha: float = _help(16.0, "LoRA alpha (scale alpha / r)")
+    top_layers: int = _help(0, "LoRA in the top N decoder layers only (0 = all): backward stops there, "
+                                 "steps are cheaper")
+    lr: float = _help(3e-4, "stage-1 AdamW learning rate")
+    batch_size: int = _help(8, "stage-1 examples per step")
+    stage1_replies: int = _help(1600, "labelled train replies in stage 1 (each gives a selection and a "
+                                        "generation example)")
+    stage1_epochs: int = _help(1, "passes over the stage-1 examples")
+    warmup: float = _help(0.06, "share of each stage with linear warm-up")
+    grad_clip: float = _help(1.0, "max gradient L2 norm (0 disables)")
+    dpo_pairs: int = _help(384, "preference pairs in stage 2 (other labelled replies than stage 1's)")
+    dpo_batch: int = _help(4, "pairs per DPO step")
+    dpo_epochs: int = _help(1, "passes over the pairs")
+    dpo_lr: float = _help(5e-5, "stage-2 AdamW learning rate")
+    beta: float = _help(0.1, "β of the DPO loss")
+    dev_replies: int = _help(16, "labelled dev replies validating stage 1 (both formats) and scoring "
+                                     "selection")
+    dev_pairs: int = _help(8, "dev preference pairs validating stage 2")
+    context_budget: int = _help(160, "max prompt tokens (persona system turn + context)")
+    reply_budget: int = _help(48, "max reply tokens trained on (and generated for rejected replies)")
+    evals_per_stage: int = _help(2, "validations per stage (the best checkpoint is kept)")
+    max_minutes: float | None = _help(None, "wall-clock budget of the whole run (stage 1 gets stage1_share of "
+                                            "it); with a budget each stage's learning rate decays over its time, "
+                                            "and its planned steps are a cap")
+    stage1_share: float = _help(0.7, "share of max_minutes for stage 1; rejected replies and DPO get the rest")
+    bf16: str = _help("auto", "bfloat16 autocast: auto (if the CPU has native bf16), on or off")
+    score_selection: bool = _help(True, "score the selection step on the dev replies after each stage "
+                                         "(costs N forwards each)")
+    seed: int = _help(0, "random seed (same data + config + seed + thread count = same adapter)")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.top_layers, int) or self.top_layers < 0:
+            raise ConfigError(f"top_layers must be an integer >= 0, got {self.top_layers!r}")
+        for name in ("rank", "batch_size", "stage1_replies", "stage1_epochs", "dpo_pairs", "dpo_batch",
+                     "dpo_epochs", "dev_replies", "dev_pairs", "context_budget", "reply_budget", "evals_per_stage"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not (self.lr > 0 and self.dpo_lr > 0 and self.beta > 0 and self.lora_alpha > 0):
+            raise ConfigError("lr, dpo_lr, beta and lora_alpha must be > 0")
+        if not 0 <= self.warmup <= 0.5:
+            raise ConfigError(f"warmup must be in [0, 0.5], got {self.warmup!r}")
+        if not 0 < self.stage1_share < 1:
+            raise ConfigError(f"stage1_share must be in (0, 1), got {self.stage1_share!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError("max_minutes must be > 0 or None")
+        if self.bf16 not in BF16_MODES:
+            raise ConfigError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,456 @@
+"""The explicit-persona table on Synthetic-Persona-Chat's test part (split by persona).
+
+    # the real table (on this machine: nice, with the shipped PAL adapter and the stage-1 one)
+    nice -n 10 .venv/bin/python benchmarks/explicit_table.py \\
+        --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --out benchmarks/out/explicit
+
+Rows (``ROWS``; each opens an :class:`~persona_sdk.explicit.base.ExplicitMode`
+for a persona, on an engine opened once per run from ``ENGINES``): the bare
+backbone (no persona), prompting (the sentences in the system turn), PAL stage 1
+only, PAL, PAL without select-then-generate (conditioned on all sentences). A
+new mode is one ``ENGINES`` entry (if it has its own model) and one ``ROWS``
+entry. Every row runs through the product path: the runtime ``Engine`` on the
+row's ONNX export (int8 by default), prompts built by the mode itself.
+
+Columns (scored on the test part only, never touched by training):
+
+- perplexity of the gold reply after the mode's prompt (PAL: after its own
+  predicted selection), pooled over reply tokens;
+- unigram F1, BLEU-1/2 (sacrebleu corpus BLEU, hypothesis = the generated
+  reply, reference = the gold one), ROUGE-L, Dist-1/2 and Ent-4 (over all
+  generated replies), greedy decoding (repetition penalty 1.1, <= 40 tokens), every
+  row's prompt within the same 160 tokens (PAL's training budget);
+- Hits@1: the gold reply has the lowest loss among itself and 19 distractor
+  replies of other test personas (chance 5%);
+- persona consistency at K = 20: the share of generated replies whose
+  best-matching persona among 20 (their own + 19 other test personas) by MiniLM
+  similarity is their own (chance 5%); beside it the copy rate (replies
+  restating a persona sentence nearly verbatim) and the perspective (first
+  person, not handing the persona to the user) -- see
+  :mod:`persona_sdk.explicit.metrics`. The gold replies get these three too (the
+  "human" row);
+- selection accuracy (PAL's first step): the predicted sentence equals the
+  silver one (the token-overlap label PAL trains with) on labelled test replies.
+
+Sampling is deterministic (salted hashes of reply keys). Outputs in ``--out``:
+``table.md``, ``results.json`` and ``cache/`` (one JSON per finished row: a
+rerun resumes). Data: Synthetic-Persona-Chat (CC-BY 4.0; Jandaghi et al. 2023),
+whose replies the cache and results quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SALT = "persona-explicit-table-v1"
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- rows: which mode, on which engine ----------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    label: str
+    engine: str  # a key of ENGINES
+    open: Callable[[Sequence[str], Any], Any]  # (sentences, engine) -> ExplicitMode
+    selects: bool = False  # scores PAL's selection step
+
+
+def _bare(sentences, engine):
+    from persona_sdk.explicit.base import ExplicitMode, Prepared
+
+    class Bare(ExplicitMode):
+        """The backbone with no persona at all (the sentences are ignored)."""
+
+        name = "backbone"
+
+        def prepare(self, history, gen=None):
+            from persona_sdk.config import GenerationConfig
+
+            gen = gen or GenerationConfig()
+            return Prepared(tuple(self.engine.format.prompt_ids(history, self.budget(gen))), ())
+
+    return Bare(sentences, engine)
+
+
+def _prompt(sentences, engine):
+    from persona_sdk.explicit.prompt import PromptMode
+
+    return PromptMode(sentences, engine)
+
+
+def _pal(select: bool):
+    def make(sentences, engine):
+        from persona_sdk.explicit.pal import PALMode
+
+        return PALMode(sentences, engine, select=select)
+
+    return make
+
+
+ROWS: dict[str, Row] = {
+    "backbone": Row("backbone (no persona)", "base", _bare),
+    "prompt": Row("prompting", "base", _prompt),
+    "pal-stage1": Row("PAL stage 1 only", "pal-stage1", _pal(True), selects=True),
+    "pal": Row("PAL", "pal", _pal(True), selects=True),
+    "pal-no-sg": Row("PAL without select-then-generate", "pal", _pal(False)),
+}
+
+
+def _open_base(args, runtime):
+    from persona_sdk.engines import open_engine
+
+    return open_engine(args.backbone, runtime, say, build=True)
+
+
+def _open_pal(adapter_arg: str):
+    def make(args, runtime):
+        from persona_sdk.explicit.pal import open_pal_engine
+
+        return open_pal_engine(args.backbone, runtime, say, build=True, adapter=getattr(args, adapter_arg))
+
+    return make
+
+
+ENGINES: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
+    "base": _open_base,
+    "pal": _open_pal("pal_adapter"),
+    "pal-stage1": _open_pal("pal_stage1"),
+}
+
+
+# --- data ----------------------------------------------------------------------------------------
+def _h(*parts: object) -> bytes:
+    return hashlib.sha256(":".join(str(p) for p in (SALT, *parts)).encode()).digest()
+
+
+@dataclass
+class Data:
+    personas: list[tuple[str, ...]]  # test personas, in hash order
+    decode: list  # PersonaExamples generated for and scored
+    hits: list  # PersonaExamples ranked against distractors
+    selection: list  # Labelled (silver) test replies for PAL's selection step
+    distractors: dict  # example key -> 19 replies of other personas
+    candidates: dict  # persona index -> K persona indices (own first)
+    owner: dict  # example key -> persona index
+    pool_replies: int
+    provenance: dict
+
+
+def load_data(args) -> Data:
+    from persona_sdk.metrics import pick_distractors
+    from persona_sdk.split import PersonaSplitConfig, persona_key
+    from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
+    from persona_sdk.training.pal import label_examples
+
+    config = PersonaSplitConfig(dev=args.split_dev, test=args.split_test)
+    parts, provenance = spc_explicit_split(args.spc_csv, config)
+    test = spc_persona_examples(parts["test"])
+    # one persona = one normalised sentence set (SPC lists a persona's sentences in varying order)
+    by_key: dict[str, list] = {}
+    for ex in test:
+        by_key.setdefault(persona_key(ex.persona, config.salt), []).append(ex)
+    keys = sorted(by_key, key=lambda k: _h("persona", k))
+    personas = [min(ex.persona for ex in by_key[k]) for k in keys]  # a stable representative ordering
+    owner = {ex.key: i for i, k in enumerate(keys) for ex in by_key[k]}
+    by_persona = {personas[i]: by_key[k] for i, k in enumerate(keys)}
+    if len(personas) < args.candidates:
+        raise SystemExit(f"only {len(personas)} test personas; --candidates {args.candidates} needs as many")
+    decode, hits = [], []
+    for p in personas[: args.personas or None]:  # candidates still come from every test persona
+        ranked = sorted(by_persona[p], key=lambda e: _h("reply", e.key))
+        decode += ranked[: args.per_persona]
+        if not args.hits_replies or len(hits) < args.hits_replies:
+            hits += ranked[args.per_persona : args.per_persona + args.hits_per_persona]
+    if args.hits_replies:
+        hits = hits[: args.hits_replies]
+    pool = [(str(owner[e.key]), e.reply) for e in test]
+    distractors = {e.key: pick_distractors(pool, str(owner[e.key]), e.key, args.distractors) for e in hits}
+    candidates = {}
+    for i, p in enumerate(personas):
+        others = sorted((j for j in range(len(personas)) if j != i), key=lambda j: _h("cand", i, j))
+        candidates[i] = [i] + others[: args.candidates - 1]
+    labelled = sorted(label_examples(test), key=lambda it: _h("select", it.example.key))[: args.selection_replies]
+    provenance = {**provenance, "test_replies": len(test), "test_personas": len(personas),
+                  "decode_replies": len(decode), "hits_replies": len(hits), "selection_replies": len(labelled),
+                  "labelled_test_replies": len(label_examples(test))}
+    return Data(personas, decode, hits, labelled, distractors, candidates, owner, len(pool), provenance)
+
+
+# --- one row ---------------------------------------------------------------------------------------
+def run_row(key: str, row: Row, engine, data: Data, args) -> dict:
+    """Generated replies, losses, Hits@1 and selection for one row (JSON-able)."""
+    from persona_sdk.config import GenerationConfig
+
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, repetition_penalty=1.1,
+                           context_budget=args.context_budget)
+    modes: dict[tuple[str, ...], Any] = {}
+
+    def mode_for(persona):
+        if persona not in modes:
+            modes[persona] = row.open(persona, engine)
+        return modes[persona]
+
+    out: dict[str, Any] = {"replies": [], "losses": [], "hits": [], "selection": [], "conditioned_on": []}
+    start = time.monotonic()
+    for n, ex in enumerate(data.decode):
+        mode = mode_for(ex.persona)
+        prepared = mode.prepare(list(ex.context), gen)  # the conversation only: no gold label, no gold reply
+        reply = "".join(mode.stream(prepared, gen)).strip()
+        out["replies"].append(reply)
+        out["conditioned_on"].append(list(prepared.conditioned_on))
+        out["losses"].append([float(x) for x in mode.reply_losses(prepared, ex.reply, args.reply_budget)])
+        if n % 10 == 9:
+            say(f"  {key}: {n + 1}/{len(data.decode)} replies ({time.monotonic() - start:.0f} s)")
+    for ex in data.hits:
+        mode = mode_for(ex.persona)
+        prepared = mode.prepare(list(ex.context), gen)
+        own = float(np.mean(mode.reply_losses(prepared, ex.reply, args.reply_budget)))
+        others = [float(np.mean(mode.reply_losses(prepared, d, args.reply_budget))) for d in data.distractors[ex.key]]
+        out["hits"].append(bool(own < min(others)))
+    if row.selects:
+        for it in data.selection:
+            predicted = mode_for(it.example.persona).predict(list(it.example.context), gen)
+            out["selection"].append(bool(predicted == (it.label,)))
+    out["seconds"] = time.monotonic() - start
+    return out
+
+
+# --- scoring ---------------------------------------------------------------------------------------
+def score(raw: dict, data: Data, embed, cache: dict) -> dict:
+    """The table's numbers for one row's generated replies (or the gold ones: ``raw["replies"]``)."""
+    from persona_sdk import metrics as M
+    from persona_sdk.explicit import metrics as X
+
+    replies = raw["replies"]
+    gold = [ex.reply for ex in data.decode]
+    personas = [ex.persona for ex in data.decode]  # the sentences each reply was made for
+    owners = [data.owner[ex.key] for ex in data.decode]
+    vecs = embed(replies)
+    if "persona_vecs" not in cache:
+        cache["persona_vecs"] = [embed(list(p)) for p in data.personas]
+    row = {
+        "consistency": X.consistency_at_k(vecs, cache["persona_vecs"], owners, [data.candidates[o] for o in owners]),
+        "copy_rate": X.copy_rate(replies, personas),
+        **X.perspective(replies, personas),
+    }
+    if raw.get("losses"):
+        row.update({
+            "perplexity": M.perplexity(raw["losses"]),
+            "f1": float(np.mean([M.unigram_f1(h, r) for h, r in zip(replies, gold)])),
+            "bleu1": M.corpus_bleu(replies, gold, 1), "bleu2": M.corpus_bleu(replies, gold, 2),
+            "rouge_l": float(np.mean([M.rouge_l(h, r) for h, r in zip(replies, gold)])),
+            "dist1": M.distinct_n(replies, 1), "dist2": M.distinct_n(replies, 2), "ent4": M.entropy_n(replies, 4),
+            "hits_at_1": float(np.mean(raw["hits"])) if raw["hits"] else None,
+            "selection_accuracy": float(np.mean(raw["selection"])) if raw["selection"] else None,
+            "median_words": float(np.median([len(r.split()) for r in replies])),
+        })
+    return row
+
+
+def embedder(kind: str):
+    if kind == "minilm":
+        from persona_sdk.metrics import MiniLMEmbedder
+
+        return MiniLMEmbedder()
+    if kind == "bow":  # smoke tests only: hashed bag of words, no model
+        def embed(texts):
+            out = np.zeros((len(texts), 256))
+            for i, t in enumerate(texts):
+                for w in t.lower().split():
+                    out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 256] += 1
+            return out + 1e-6
+        return embed
+    raise SystemExit(f"--embedder must be minilm or bow, got {kind!r}")
+
+
+# --- report ----------------------------------------------------------------------------------------
+COLUMNS = [("perplexity", "PPL", "{:.2f}"), ("f1", "F1", "{:.3f}"), ("bleu1", "BLEU-1", "{:.3f}"),
+           ("bleu2", "BLEU-2", "{:.3f}"), ("rouge_l", "ROUGE-L", "{:.3f}"), ("dist1", "Dist-1", "{:.3f}"),
+           ("dist2", "Dist-2", "{:.3f}"), ("ent4", "Ent-4", "{:.2f}"), ("hits_at_1", "Hits@1", "{:.3f}"),
+           ("consistency", "Cons@20", "{:.3f}"), ("copy_rate", "Copy", "{:.3f}"),
+           ("perspective", "Persp.", "{:.3f}"), ("selection_accuracy", "Sel. acc", "{:.3f}"),
+           ("median_words", "Words", "{:.0f}")]
+
+
+def table_md(results: dict) -> str:
+    k = results["settings"]["candidates"]
+    head = "| row | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for key, row in results["rows"].items():
+        cells = [(fmt.format(row[c]) if row.get(c) is not None else "–") for c, _, fmt in COLUMNS]
+        lines.append(f"| {results['labels'][key]} | " + " | ".join(cells) + " |")
+    lines += vs_prompting(results)
+    meta = results["meta"]
+    lines += ["", f"Cons@20 = persona consistency at K = {k} (chance {1 / k:.3f}); Hits@1 chance "
+              f"{1 / (results['settings']['distractors'] + 1):.3f}; selection chance "
+              f"{results['selection_chance']:.3f} (mean 1/N).", "",
+              f"- command: `{meta['command']}`", f"- commit: `{meta['commit']}`", f"- date (UTC): {meta['date']}",
+              f"- data: {json.dumps(results['data'], sort_keys=True)}"]
+    return "\n".join(lines) + "\n"
+
+
+# what each row is judged on against prompting: (column, label, higher is better)
+VERSUS = [("consistency", "Cons@20", True), ("bleu1", "BLEU-1", True), ("perplexity", "PPL", False)]
+
+
+def vs_prompting(results: dict) -> list[str]:
+    """One line per row: its difference from the prompting row on the judged columns, and whether it beats
+    prompting or by how much it misses."""
+    base = results["rows"].get("prompt")
+    if base is None:
+        return []
+    out = ["", "Against prompting (difference = row - prompting):", ""]
+    for key, row in results["rows"].items():
+        if key in ("prompt", "human"):
+            continue
+        cells = []
+        for col, label, higher in VERSUS:
+            if row.get(col) is None or base.get(col) is None:
+                continue
+            diff = row[col] - base[col]
+            better = diff > 0 if higher else diff < 0
+            verdict = "beats it" if better else ("ties" if diff == 0 else f"misses by {abs(diff):.3f}")
+            cells.append(f"{label} {diff:+.3f} ({verdict})")
+        out.append(f"- {results['labels'][key]}: " + "; ".join(cells))
+    return out
+
+
+def row_stamp(key: str, args: argparse.Namespace, data: Data) -> str:
+    """What a cached row depends on: the settings that change its replies or scores, the data, and the adapter
+    its engine merges (a rerun resumes only from rows made alike)."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "rows", "threads", "embedder", "spc_csv")}
+    adapter = None
+    folder = {"pal": args.pal_adapter, "pal-stage1": args.pal_stage1}.get(ROWS[key].engine, False)
+    if folder is not False:
+        try:
+            from persona_sdk.explicit.pal import adapter_info
+
+            adapter = adapter_info(folder)[1].get("sha256")
+        except Exception:  # no adapter: the row fails when it opens its engine
+            adapter = None
+    blob = json.dumps([key, settings, data.provenance, adapter], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "persona_sdk", "benchmarks/explicit_table.py"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return sha + (" (with uncommitted changes)" if dirty else "") if sha else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spc-csv", required=True, help="Synthetic-Persona-Chat CSV")
+    ap.add_argument("--out", required=True, type=Path, help="output folder (resumes from its cache/)")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows of {', '.join(ROWS)}")
+    ap.add_argument("--backbone", default=None, help="backbone folder (default: the embedded SmolLM2-135M)")
+    ap.add_argument("--variant", default="int8", help="ONNX variant every row runs on")
+    ap.add_argument("--pal-adapter", default=None, help="PAL adapter folder (default: the shipped one)")
+    ap.add_argument("--pal-stage1", default=str(ROOT / "benchmarks" / "data" / "pal_stage1"),
+                    help="the stage-1-only PAL adapter folder")
+    ap.add_argument("--personas", type=int, default=0,
+                    help="decode for the first N test personas only (hash order; 0 = all); each reply's "
+                         "consistency candidates still come from every test persona")
+    ap.add_argument("--per-persona", type=int, default=2, help="decoded and scored replies per test persona")
+    ap.add_argument("--hits-per-persona", type=int, default=1, help="replies per persona ranked for Hits@1")
+    ap.add_argument("--hits-replies", type=int, default=0, help="cap on the replies ranked for Hits@1 (0 = no cap)")
+    ap.add_argument("--selection-replies", type=int, default=120, help="labelled test replies for selection accuracy")
+    ap.add_argument("--distractors", type=int, default=19)
+    ap.add_argument("--candidates", type=int, default=20, help="K of persona consistency")
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--reply-budget", type=int, default=48, help="gold reply tokens scored")
+    ap.add_argument("--context-budget", type=int, default=160,
+                    help="prompt tokens (persona + context) for every row: PAL's training budget")
+    ap.add_argument("--split-dev", type=float, default=0.1)
+    ap.add_argument("--split-test", type=float, default=0.1)
+    ap.add_argument("--embedder", default="minilm", help="minilm (the table) or bow (smoke tests)")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from persona_sdk.config import RuntimeConfig
+    from persona_sdk.fileio import atomic_write
+
+    args = parse_args(argv)
+    meta = {"command": "benchmarks/explicit_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "commit": _commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    data = load_data(args)
+    say(f"{data.provenance['test_personas']} test personas; {len(data.decode)} replies decoded per row, "
+        f"{len(data.hits)} ranked for Hits@1, {len(data.selection)} for selection")
+    runtime = RuntimeConfig(variant=args.variant, threads=args.threads)
+    cache_dir = args.out / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    engines: dict[str, Any] = {}
+    raw: dict[str, dict] = {}
+    for key in rows:
+        path = cache_dir / f"{key}.json"
+        stamp = row_stamp(key, args, data)
+        if path.is_file():
+            cached = json.loads(path.read_text())
+            if cached.get("stamp") == stamp:
+                raw[key] = cached
+                say(f"{key}: cached")
+                continue
+            say(f"{key}: cached with other settings, data or adapter: running it again")
+        row = ROWS[key]
+        if row.engine not in engines:
+            engines[row.engine] = ENGINES[row.engine](args, runtime)
+        say(f"{key}: {row.label} ...")
+        raw[key] = {**run_row(key, row, engines[row.engine], data, args), "stamp": stamp}
+        atomic_write(path, json.dumps(raw[key]).encode(), private=False)
+    embed = embedder(args.embedder)
+    cache: dict = {}
+    scored = {key: score(raw[key], data, embed, cache) for key in rows}
+    scored["human"] = score({"replies": [ex.reply for ex in data.decode]}, data, embed, cache)
+    labels = {**{k: ROWS[k].label for k in rows}, "human": "human (gold replies)"}
+    adapters = {}
+    for name, folder in (("pal", args.pal_adapter), ("pal-stage1", args.pal_stage1)):
+        try:
+            from persona_sdk.explicit.pal import adapter_info
+
+            adapters[name] = adapter_info(folder)[1].get("sha256")
+        except Exception:  # a row that was not run may lack its adapter
+            adapters[name] = None
+    chance = float(np.mean([1 / len(it.example.persona) for it in data.selection])) if data.selection else 0.0
+    results = {
+        "meta": meta, "data": data.provenance, "rows": scored, "labels": labels,
+        "settings": {"variant": args.variant, "decoding": "greedy, repetition penalty 1.1",
+                     "context_budget": args.context_budget,
+                     "max_new_tokens": args.max_new_tokens, "reply_budget": args.reply_budget,
+                     "distractors": args.distractors, "candidates": args.candidates, "embedder": args.embedder,
+                     "personas": args.personas, "per_persona": args.per_persona, "hits_per_persona": args.hits_per_persona},
+        "adapters_sha256": adapters, "selection_chance": chance,
+        "seconds": {k: raw[k].get("seconds") for k in rows},
+    }
+    atomic_write(args.out / "results.json", (json.dumps(results, indent=2) + "\n").encode(), private=False)
+    atomic_write(args.out / "table.md", table_md(results).encode(), private=False)
+    say(table_md(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

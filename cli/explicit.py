@@ -1,0 +1,114 @@
+"""`persona explicit ...`: the explicit-persona modes' trained parts (maintainers)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from persona_sdk.errors import ConfigError
+from persona_sdk.training.config import PALConfig
+
+from ._app import app
+from ._common import config_option, err
+
+explicit_app = typer.Typer(help="Explicit-persona modes (chat as a persona described in sentences): "
+                           "train and build their parts.", no_args_is_help=True)
+app.add_typer(explicit_app, name="explicit")
+
+TRAINABLE = ("pal",)
+
+
+@explicit_app.command("train")
+def train(
+    mode: str = typer.Argument(..., help="the mode to train: pal"),
+    spc_csv: Path = typer.Option(..., "--spc-csv", help="Synthetic-Persona-Chat CSV (split by persona; "
+                                 "train and dev parts are used, never test)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for the adapter + PAL.json "
+                                       "(default: the package's shipped adapter folder)"),
+    stage1_out: Optional[Path] = typer.Option(None, "--stage1-out", help="also write the stage-1-only adapter here"),
+    max_minutes: Optional[float] = config_option(PALConfig, "max_minutes", "--max-minutes"),
+    stage1_replies: int = config_option(PALConfig, "stage1_replies", "--stage1-replies"),
+    dpo_pairs: int = config_option(PALConfig, "dpo_pairs", "--dpo-pairs"),
+    batch_size: int = config_option(PALConfig, "batch_size", "--batch-size"),
+    dpo_batch: int = config_option(PALConfig, "dpo_batch", "--dpo-batch"),
+    lr: float = config_option(PALConfig, "lr", "--lr"),
+    dpo_lr: float = config_option(PALConfig, "dpo_lr", "--dpo-lr"),
+    beta: float = config_option(PALConfig, "beta", "--beta"),
+    rank: int = config_option(PALConfig, "rank", "--rank"),
+    top_layers: int = config_option(PALConfig, "top_layers", "--top-layers"),
+    score_selection: bool = config_option(PALConfig, "score_selection", "--score-selection/--no-score-selection"),
+    context_budget: int = config_option(PALConfig, "context_budget", "--context-budget"),
+    reply_budget: int = config_option(PALConfig, "reply_budget", "--reply-budget"),
+    dev_replies: int = config_option(PALConfig, "dev_replies", "--dev-replies"),
+    dev_pairs: int = config_option(PALConfig, "dev_pairs", "--dev-pairs"),
+    seed: int = config_option(PALConfig, "seed", "--seed"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
+    backbone: Optional[str] = typer.Option(None, help="backbone folder (default: the embedded SmolLM2-135M)"),
+) -> None:
+    """Train an explicit mode's adapter on Synthetic-Persona-Chat and write it with its provenance.
+
+    Example: nice -n 10 persona explicit train pal --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --max-minutes 90
+    """
+    if mode not in TRAINABLE:
+        raise ConfigError(f"mode must be one of {', '.join(TRAINABLE)} (prompt needs no training)")
+    from persona_sdk.explicit import pal as pal_mode
+    from persona_sdk.training import pal
+    from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
+
+    cfg = PALConfig(stage1_replies=stage1_replies, dpo_pairs=dpo_pairs, batch_size=batch_size,
+                    dpo_batch=dpo_batch, lr=lr, dpo_lr=dpo_lr, beta=beta, rank=rank, top_layers=top_layers,
+                    score_selection=score_selection, dev_replies=dev_replies,
+                    context_budget=context_budget, reply_budget=reply_budget,
+                    dev_pairs=dev_pairs, max_minutes=max_minutes, seed=seed)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    parts, provenance = spc_explicit_split(spc_csv)
+    train_ex, dev_ex = spc_persona_examples(parts["train"]), spc_persona_examples(parts["dev"])
+    err(f"Synthetic-Persona-Chat split by persona: {len(train_ex)} train / {len(dev_ex)} dev replies "
+        f"(the test part is not touched)")
+    from ._progress import TrainBar
+
+    result = pal.train_pal(train_ex, dev_ex, backbone=backbone, config=cfg, progress=TrainBar("pal"), note=err)
+    argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else []
+    info = {
+        "command": "persona explicit train " + " ".join(shlex.quote(a) for a in argv),
+        "config": cfg.to_dict(), "data": provenance, "summary": result.summary, "threads": threads,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    target = out or pal_mode.SHIPPED_DIR
+    pal.save_pal(result, result.final, target, {**info, "stage": "final"})
+    if stage1_out is not None:
+        pal.save_pal(result, result.stage1, stage1_out, {**info, "stage": "stage1"})
+        err(f"stage-1 adapter written to {stage1_out}")
+    typer.echo(str(target))
+
+
+@explicit_app.command("export")
+def export(
+    mode: str = typer.Argument(..., help="the mode whose model to build: pal"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="adapter folder (default: the shipped one)"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8, int4 or fp16 "
+                                          "(default: int8 on CPU, fp16 on CUDA)"),
+    backbone: Optional[Path] = typer.Option(None, "--backbone", help="the backbone the adapter was trained on "
+                                            "(default: the embedded SmolLM2-135M-Instruct)"),
+) -> None:
+    """Build a mode's model now: the adapter merged into the backbone, exported to ONNX and validated.
+
+    `persona chat --explicit pal` does this on first use; this command does it ahead of time.
+
+    Example: persona explicit export pal
+    """
+    if mode != "pal":
+        raise ConfigError("mode must be pal (prompt runs on the backbone's own export)")
+    from persona_sdk.config import RuntimeConfig
+    from persona_sdk.explicit.pal import open_pal_engine
+
+    engine = open_pal_engine(backbone, RuntimeConfig(variant=variant), err, build=True, adapter=adapter)
+    typer.echo(str(engine.export_dir))

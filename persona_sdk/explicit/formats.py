@@ -1,0 +1,70 @@
+"""The prompt formats of the explicit modes, shared by training and chat (no torch).
+
+Every explicit prompt is a ChatML *system* turn that carries the persona, then
+the conversation as :class:`~persona_sdk.conversation.ChatFormat` renders it,
+then the reply header. Training (:mod:`persona_sdk.training.pal`) and the
+runtime build token ids with these same functions, so a mode sees at chat
+time exactly the layout it was trained on::
+
+    <|im_start|>system\\n{persona text}<|im_end|>\\n
+    <|im_start|>user\\n...<|im_end|>\\n  ...  <|im_start|>assistant\\n
+
+- ``persona_system(sentences)``: the persona to speak as (the prompting
+  baseline and PAL's generation step; no sentences = no persona);
+- ``selection_system(sentences)``: PAL's selection step lists the sentences
+  numbered from 1; the answer is a number (``selection_label``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..conversation import TURN_END, TURN_START, ChatFormat, Turn
+from ..errors import PersonaSentencesError
+
+SYSTEM = "system"
+NO_PERSONA = "You are chatting with someone. Reply in one or two short sentences."
+MIN_CONVERSATION_TOKENS = 24  # what the persona must leave for the conversation in a prompt
+
+
+def system_turn(text: str) -> str:
+    return f"{TURN_START}{SYSTEM}\n{text}{TURN_END}\n"
+
+
+def persona_system(sentences: Sequence[str]) -> str:
+    """The system text that makes the model speak *as* the persona (none = no persona)."""
+    if not sentences:
+        return NO_PERSONA
+    return ("You are this person: " + " ".join(sentences) +
+            " Stay in character: reply as this person, in the first person, in one or two short sentences.")
+
+
+def selection_system(sentences: Sequence[str]) -> str:
+    """PAL's selection prompt: the sentences numbered from 1, and the question."""
+    listed = "\n".join(f"{i}. {s}" for i, s in enumerate(sentences, 1))
+    return ("Persona sentences:\n" + listed +
+            "\nWhich sentence matters most for your next reply? Answer with its number.")
+
+
+def selection_label(index: int) -> str:
+    """The answer naming sentence ``index`` (0-based): its number from 1."""
+    return str(index + 1)
+
+
+def prompt_ids(fmt: ChatFormat, system: str, history: Sequence[Turn], budget: int) -> list[int]:
+    """System turn + ``history`` (oldest turns dropped first) + reply header, at most ``budget`` ids."""
+    head = fmt.encode(system_turn(system))
+    room = budget - len(head)
+    if room < len(fmt.header_ids) + MIN_CONVERSATION_TOKENS:
+        raise PersonaSentencesError(f"the persona sentences take {len(head)} tokens and leave too little room "
+                                    f"for the conversation (budget {budget}); use fewer or shorter sentences")
+    return head + fmt.prompt_ids(history, room)
+
+
+def persona_prompt_ids(fmt: ChatFormat, sentences: Sequence[str], history: Sequence[Turn], budget: int) -> list[int]:
+    return prompt_ids(fmt, persona_system(sentences), history, budget)
+
+
+def selection_prompt_ids(fmt: ChatFormat, sentences: Sequence[str], history: Sequence[Turn], budget: int
+                         ) -> list[int]:
+    return prompt_ids(fmt, selection_system(sentences), history, budget)

@@ -1,0 +1,104 @@
+"""benchmarks/explicit_table.py end to end on the tiny backbone, a tiny SPC-shaped corpus and
+random PAL adapters (the CI smoke version of the explicit table), resuming from its cache; and
+the table's PAL rows never see a gold reply or label before they answer."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from explicit_helpers import random_adapter, write_spc_csv
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "explicit_table.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("explicit_table", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_backbone, tmp_path_factory):
+    root = tmp_path_factory.mktemp("explicit-table")
+    return {"csv": write_spc_csv(root / "spc.csv", conversations=80),
+            "pal": random_adapter(tiny_backbone, root / "pal", seed=1, scale=0.2),
+            "stage1": random_adapter(tiny_backbone, root / "stage1", seed=2, scale=0.2)}
+
+
+def _argv(tiny_backbone, setup, out):
+    return ["--spc-csv", str(setup["csv"]), "--out", str(out), "--backbone", str(tiny_backbone),
+            "--pal-adapter", str(setup["pal"]), "--pal-stage1", str(setup["stage1"]), "--variant", "fp32",
+            "--split-test", "0.5", "--candidates", "3", "--distractors", "2", "--per-persona", "1",
+            "--hits-per-persona", "1", "--selection-replies", "4", "--max-new-tokens", "3", "--embedder", "bow",
+            "--context-budget", "400"]
+
+
+def test_explicit_table_smoke(tiny_backbone, setup, tmp_path):
+    bench = _load()
+    out = tmp_path / "out"
+    results = bench.main(_argv(tiny_backbone, setup, out))
+    table = (out / "table.md").read_text()
+    assert table.count("\n|") >= len(bench.ROWS) + 1
+    # every row is set against prompting on consistency and BLEU-1, with the signed difference
+    versus = {line.split(":")[0][2:]: line for line in table.splitlines() if line.startswith("- ") and "BLEU-1" in line}
+    assert set(versus) == {bench.ROWS[k].label for k in bench.ROWS if k != "prompt"}
+    pal, prompt = results["rows"]["pal"], results["rows"]["prompt"]
+    assert f"Cons@20 {pal['consistency'] - prompt['consistency']:+.3f}" in versus["PAL"]
+    assert f"BLEU-1 {pal['bleu1'] - prompt['bleu1']:+.3f}" in versus["PAL"]
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["rows"]) == set(bench.ROWS) | {"human"}
+    for key, row in saved["rows"].items():
+        for col in ("consistency", "copy_rate", "perspective", "first_person", "about_user"):
+            assert 0 <= row[col] <= 1, (key, col)
+        if key == "human":
+            continue
+        assert math.isfinite(row["perplexity"]) and row["perplexity"] > 1
+        for col in ("f1", "bleu1", "bleu2", "rouge_l", "dist1", "dist2", "hits_at_1"):
+            assert 0 <= row[col] <= 1, (key, col)
+        assert (row["selection_accuracy"] is not None) == bench.ROWS[key].selects
+    raw = {k: json.loads((out / "cache" / f"{k}.json").read_text()) for k in bench.ROWS}
+    assert all(len(c) == 1 for c in raw["pal"]["conditioned_on"])  # select-then-generate: one predicted sentence
+    assert all(len(c) > 1 for c in raw["pal-no-sg"]["conditioned_on"]) and raw["backbone"]["conditioned_on"][0] == []
+    assert results["data"]["split"]["by"] == "persona" and "CC-BY 4.0" in results["data"]["attribution"]
+    (out / "table.md").unlink()
+    again = bench.main(_argv(tiny_backbone, setup, out))  # every row from the cache
+    assert again["rows"] == results["rows"]
+
+
+def test_pal_rows_answer_the_same_whatever_the_gold(tiny_backbone, setup, tmp_path):
+    bench = _load()
+    args = bench.parse_args(_argv(tiny_backbone, setup, tmp_path / "out"))
+    data = bench.load_data(args)
+    from persona_sdk.config import RuntimeConfig
+
+    engine = bench.ENGINES["pal"](args, RuntimeConfig(variant="fp32"))
+    honest = bench.run_row("pal", bench.ROWS["pal"], engine, data, args)
+    scrambled = dataclasses.replace(
+        data, decode=[dataclasses.replace(ex, reply="zzz " + ex.reply[::-1]) for ex in data.decode],
+        selection=[dataclasses.replace(it, label=(it.label + 1) % len(it.example.persona)) for it in data.selection])
+    leaked = bench.run_row("pal", bench.ROWS["pal"], engine, scrambled, args)
+    assert leaked["replies"] == honest["replies"] and leaked["conditioned_on"] == honest["conditioned_on"]
+    assert leaked["losses"] != honest["losses"]  # the gold reply is only what gets scored
+    # a moved silver label turns every hit into a miss: the prediction itself did not move
+    assert all(not lk for h, lk in zip(honest["selection"], leaked["selection"]) if h)
+
+
+def test_a_cached_row_is_reused_only_when_made_alike(tiny_backbone, setup, tmp_path):
+    bench = _load()
+    argv = _argv(tiny_backbone, setup, tmp_path / "out")
+    args = bench.parse_args(argv)
+    data = bench.load_data(args)
+    stamp = bench.row_stamp("pal", args, data)
+    assert stamp == bench.row_stamp("pal", bench.parse_args(argv + ["--threads", "1"]), data)
+    assert stamp != bench.row_stamp("pal", bench.parse_args(argv + ["--max-new-tokens", "4"]), data)
+    assert stamp != bench.row_stamp("pal", bench.parse_args(argv + ["--pal-adapter", str(setup["stage1"])]), data)
+    assert stamp != bench.row_stamp("pal-stage1", args, data)
