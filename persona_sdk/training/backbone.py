@@ -41,28 +41,6 @@ def torch_module():
     return torch
 
 
-# glibc's malloc raises its mmap threshold each time a big block is freed, after which training
-# tensors of a few MB come from the heap and stay resident, fragmented, after each step. Fixing
-# the threshold keeps every block above it in its own mapping, returned to the system when freed.
-MMAP_THRESHOLD = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
-
-
-def bound_heap() -> bool:
-    """Fix glibc's mmap threshold for this process (see ``MMAP_THRESHOLD``); False where there is no glibc."""
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
-
-
 def load_backbone(path: str | Path | None) -> TrainBackbone:
     """Load a backbone directory (None = the embedded default) for training."""
     from tokenizers import Tokenizer

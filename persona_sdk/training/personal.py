@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import TooLittleDataError
 from ..prefix import Prefix
 from ..split import split_by_conversation
-from .backbone import TrainBackbone, bf16_supported, bound_heap, load_backbone, torch_module
+from .backbone import TrainBackbone, bf16_supported, load_backbone, torch_module
 from .config import TrainConfig
 from .data import batch_backward, encode, epochs_of_batches, mean_loss
 from .loop import Clock, LoopConfig, ProgressFn, Trainable, TrainProgress, backward_step, run
@@ -100,7 +100,6 @@ def train_prefix(
     say = progress or (lambda p: None)
     start = clock()
     say(TrainProgress("load"))
-    bound_heap()  # freed activations go back to the system: the peak stays one step's, not the run's
     bb = backbone if isinstance(backbone, TrainBackbone) else load_backbone(backbone)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
