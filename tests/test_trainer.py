@@ -269,3 +269,21 @@ def test_import_persona_sdk_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
+
+
+def test_batches_pad_to_a_coarse_grid_without_changing_the_loss(bb, monkeypatch):
+    """Lengths on a grid of PAD_MULTIPLE (so kernel shapes repeat); the padded positions add no loss."""
+    import torch
+
+    from persona_sdk.training import data as D
+
+    batch = tr.encode(bb.fmt, quirky_speaker(5), 48, 16)
+    ids, sel, _ = D.collate(batch)
+    assert ids.shape[1] % D.PAD_MULTIPLE == 0 and ids.shape[1] - max(len(e.ids) for e in batch) < D.PAD_MULTIPLE
+    assert not sel[:, max(len(e.ids) for e in batch) - 1:].any()
+    kv = torch.from_numpy(tr.random_prefix(bb, 4, seed=0).astype(np.float32))  # (layers, 2, kv_heads, 4, head_dim)
+    padded, n_padded = D.batch_loss(bb, batch, kv=kv)
+    monkeypatch.setattr(D, "PAD_MULTIPLE", 1)
+    assert D.collate(batch)[0].shape[1] == max(len(e.ids) for e in batch)
+    exact, n_exact = D.batch_loss(bb, batch, kv=kv)
+    assert n_padded == n_exact and float(padded) == pytest.approx(float(exact), rel=1e-5)

@@ -56,10 +56,18 @@ def epochs_of_batches(data: Sequence[Encoded], batch_size: int, rng: np.random.G
         epoch += 1
 
 
+# Batches are padded to a multiple of this many positions: the CPU kernels (oneDNN) build and keep
+# a primitive per tensor shape, so every new length grew an enrollment's memory step after step;
+# with lengths on a coarse grid the shapes repeat. Right padding changes no loss (causal attention,
+# padded positions are never selected).
+PAD_MULTIPLE = 16
+
+
 def collate(batch: Sequence[Encoded]):
-    """input_ids (B, L) right-padded; sel (B, L) positions that predict a reply token; targets (B, L)."""
+    """input_ids (B, L) right-padded to a multiple of PAD_MULTIPLE; sel (B, L) positions that predict a
+    reply token; targets (B, L)."""
     torch = torch_module()
-    length = max(len(e.ids) for e in batch)
+    length = -(-max(len(e.ids) for e in batch) // PAD_MULTIPLE) * PAD_MULTIPLE
     ids = torch.zeros((len(batch), length), dtype=torch.long)
     sel = torch.zeros((len(batch), length), dtype=torch.bool)
     tgt = torch.zeros((len(batch), length), dtype=torch.long)
