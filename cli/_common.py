@@ -122,3 +122,10 @@ def config_option(config: type, name: str, *flags: str, note: str = "") -> Any:
     a command line says None)."""
     spec = next(f for f in fields(config) if f.name == name)
     return typer.Option(spec.default, *flags, help=spec.metadata["help"] + (f"; {note}" if note else ""))
+
+
+def backbone_option(*, export_ok: bool = False, note: str = "") -> Any:
+    """The ``--backbone`` option, one wording for every command (``export_ok``: an ONNX export folder works too)."""
+    what = "Local Hugging Face causal-LM folder" + (" or ONNX export folder" if export_ok else "")
+    return typer.Option(None, "--backbone", help=f"{what} (default: the embedded SmolLM2-135M-Instruct)"
+                        + (f"; {note}" if note else "") + ".")

@@ -12,14 +12,14 @@ from persona_sdk.config import GenerationConfig, RuntimeConfig
 from persona_sdk.errors import ConfigError
 
 from ._app import app
-from ._common import config_option, err, open_vault, profile_key
+from ._common import backbone_option, config_option, err, open_vault, profile_key
 
 
 @app.command()
 def chat(
     message: Optional[str] = typer.Option(None, "--message", "-m", help="Send one message, print the reply to stdout, exit."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Enrolled profile to speak as (see `persona list`)."),
-    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)."),
+    backbone: Optional[Path] = backbone_option(),
     device: str = config_option(RuntimeConfig, "device", "--device"),
     spin: bool = config_option(RuntimeConfig, "spin", "--spin"),
     variant: Optional[str] = config_option(RuntimeConfig, "variant", "--variant"),

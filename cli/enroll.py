@@ -12,7 +12,7 @@ from persona_sdk.enrollment import SOURCE_DEFAULT
 from persona_sdk.training.config import DPConfig, TrainConfig
 
 from ._app import app
-from ._common import config_option, err, prompt_passphrase
+from ._common import backbone_option, config_option, err, prompt_passphrase
 
 
 @app.command()
@@ -27,7 +27,7 @@ def enroll(
     epochs: int = config_option(TrainConfig, "epochs", "--epochs"),
     lr: Optional[float] = config_option(TrainConfig, "lr", "--lr"),
     seed: int = config_option(TrainConfig, "seed", "--seed"),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)"),
+    backbone: Optional[str] = backbone_option(),
     source: str = typer.Option(SOURCE_DEFAULT, "--source", help="source prefix: default (shipped), a FILE, or none"),
     force: bool = typer.Option(False, "--force", help="replace an existing profile of the same name"),
     private: bool = typer.Option(False, "--private", help="train with differential privacy (DP-SGD with Opacus: the dp extra of persona-sdk)"),

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import err, open_vault, profile_key
+from ._common import backbone_option, err, open_vault, profile_key
 
 
 @app.command("eval")
@@ -26,7 +26,7 @@ def eval_(
     voice: int = typer.Option(40, "--voice", help="Held-out contexts the persona, the source prefix and the backbone each answer (chat defaults, fixed seeds) for the style/topic/attribution comparison; 0 = skip."),
     attribution_k: int = typer.Option(20, "--attribution-k", help="Attribution classes: you + K-1 chitchat source speakers (chance 1/K); 0 = skip attribution."),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON (never any chat text)."),
-    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder or ONNX export (default: embedded SmolLM2-135M-Instruct)."),
+    backbone: Optional[Path] = backbone_option(export_ok=True),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8, int4 or fp16."),
 ) -> None:
