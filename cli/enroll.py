@@ -12,7 +12,7 @@ from persona_sdk.enrollment import SOURCE_DEFAULT
 from persona_sdk.training.config import DPConfig, TrainConfig
 
 from ._app import app
-from ._common import backbone_option, config_option, err, prompt_passphrase
+from ._common import backbone_option, config_option, err, interrupt_flag, prompt_passphrase
 
 
 @app.command()
@@ -55,8 +55,10 @@ def enroll(
     config = TrainConfig(method=method, prefix_len=prefix_len, epochs=epochs, lr=lr, seed=seed,
                          max_minutes=max_minutes or None, dp=dp)  # --max-minutes 0 = no limit
     try:
-        result = run_enroll(chats, me=me, name=name, fmt=fmt, backbone=backbone, source=source,
-                            passphrase=passphrase, force=force, progress=TrainBar("enrolling"), config=config)
+        with interrupt_flag() as interrupted:
+            result = run_enroll(chats, me=me, name=name, fmt=fmt, backbone=backbone, source=source,
+                                passphrase=passphrase, force=force, progress=TrainBar("enrolling"), config=config,
+                                should_stop=interrupted)
     except EnrollmentCancelled as exc:
         sys.stderr.write("\n")
         if exc.best is not None and exc.profile and sys.stdin.isatty() and typer.confirm(
