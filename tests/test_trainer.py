@@ -4,6 +4,8 @@ bad settings."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -287,3 +289,14 @@ def test_batches_pad_to_a_coarse_grid_without_changing_the_loss(bb, monkeypatch)
     assert D.collate(batch)[0].shape[1] == max(len(e.ids) for e in batch)
     exact, n_exact = D.batch_loss(bb, batch, kv=kv)
     assert n_padded == n_exact and float(padded) == pytest.approx(float(exact), rel=1e-5)
+
+
+def test_torch_module_caps_onednn_primitive_cache_unless_the_user_chose(monkeypatch):
+    from persona_sdk.training import backbone as tb
+
+    monkeypatch.delenv(tb.ONEDNN_CACHE_ENV, raising=False)
+    tb.torch_module()
+    assert os.environ[tb.ONEDNN_CACHE_ENV] == tb.ONEDNN_CACHE_CAPACITY == "16"
+    monkeypatch.setenv(tb.ONEDNN_CACHE_ENV, "64")
+    tb.torch_module()
+    assert os.environ[tb.ONEDNN_CACHE_ENV] == "64"
