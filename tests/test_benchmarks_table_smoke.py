@@ -325,3 +325,18 @@ def test_voice_bars_say_how_far_each_misses():
     assert at_k3["identification"]["holds"] is None and at_k3["identification"]["value"] == 0.7
     assert at_k3["identification"]["miss"] is None  # a miss at K = 3 says nothing about K = 20
     assert at_k3["attribution"]["holds"] is None and "not the bar's K = 20" in at_k3["attribution"]["note"]
+
+
+def test_voice_noise_floor_smoke(tmp_path, tiny_backbone, capsys):
+    """benchmarks/voice_noise_floor.py on the made-up corpus: probabilities per speaker, their means in [0, 1]."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "voice_noise_floor.py"
+    spec = importlib.util.spec_from_file_location("voice_noise_floor", path)
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    out = floor.main(["--corpus", str(_voice_corpus(tmp_path / "dataset.json")), "--backbone", str(tiny_backbone),
+                      "--n-b", "3", "--n-c", "0", "--b-min", "10", "--draws", "20"])
+    assert out["speakers"] >= 2 and out["sample"] == 16
+    for row in out["rows"]:
+        assert 0 <= row["p_length"] <= 1 and 0 <= row["p_lowercase"] <= 1 and row["held_out"] > 0
+    assert 0 <= out["length_share"] <= 1 and 0 <= out["lowercase_share"] <= 1
+    assert "expected share" in capsys.readouterr().out
