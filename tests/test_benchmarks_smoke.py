@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_speed.py"
+from bench_helpers import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("decode_speed", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("decode_speed")
 
 
 def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
@@ -58,9 +53,7 @@ def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
 
 def test_serve_load_smoke(tiny_onnx, tmp_path, capsys):
     """benchmarks/serve_load.py drives a real server process with streaming clients for a bounded time."""
-    spec = importlib.util.spec_from_file_location("serve_load", BENCH.parent / "serve_load.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("serve_load")
     out = tmp_path / "load.json"
     results = bench.main(["--backbone", str(tiny_onnx), "--clients", "3", "--duration", "2", "--personas", "2",
                           "--rows", "4", "--max-tokens", "8", "--threads", "1", "--json", str(out)])
@@ -73,9 +66,7 @@ def test_serve_load_smoke(tiny_onnx, tmp_path, capsys):
 
 def test_profile_decode_smoke(tiny_onnx, tmp_path):
     """benchmarks/profile_decode.py: CPU-time A/B (shared KV vs the copying loop), op census, prefill."""
-    spec = importlib.util.spec_from_file_location("profile_decode", BENCH.parent / "profile_decode.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("profile_decode")
     ab = bench.main(["ab", str(tiny_onnx), f"{tiny_onnx}:legacy", "--past", "20", "--steps", "6", "--rounds", "2"])
     assert ab[f"{tiny_onnx}:legacy"]["same_greedy_as_first"] == 6  # the same tokens either way
     assert all(row["cpu_ms_per_token"] > 0 for row in ab.values())
@@ -94,9 +85,7 @@ def test_voice_sweep_smoke(tiny_backbone, tiny_onnx, tmp_path):
 
     from enroll_helpers import quirky_speaker
 
-    spec = importlib.util.spec_from_file_location("voice_sweep", BENCH.with_name("voice_sweep.py"))
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load_benchmark("voice_sweep")
     assert sweep.parse_setting("lr=1e-2,bf16=off") == {"lr": 0.01, "bf16": "off"}
     data = quirky_speaker(60)
     person = dict(train=data[:40], val=data[40:50], test=data[50:])

@@ -4,25 +4,20 @@ from its cache."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "personapkt_table.py"
+from bench_helpers import load_benchmark
+
 WORDS = "hey back from the trip yes still jetlagged what do you on weekends mostly hiking and cooking pizza music".split()
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("personapkt_table", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("personapkt_table")
 
 
 def _corpus(path: Path) -> Path:
@@ -329,10 +324,7 @@ def test_voice_bars_say_how_far_each_misses():
 
 def test_voice_noise_floor_smoke(tmp_path, tiny_backbone, capsys):
     """benchmarks/voice_noise_floor.py on the made-up corpus: probabilities per speaker, their means in [0, 1]."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "voice_noise_floor.py"
-    spec = importlib.util.spec_from_file_location("voice_noise_floor", path)
-    floor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floor)
+    floor = load_benchmark("voice_noise_floor")
     out = floor.main(["--corpus", str(_voice_corpus(tmp_path / "dataset.json")), "--backbone", str(tiny_backbone),
                       "--n-b", "3", "--n-c", "0", "--b-min", "10", "--draws", "20"])
     assert out["speakers"] >= 2 and out["sample"] == 16

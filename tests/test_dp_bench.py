@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
+
+from bench_helpers import load_benchmark
 
 pytest.importorskip("opacus", reason="the [dp] extra (opacus) is part of setup.sh's install")
 pytest.importorskip("chitchat_dataset", reason="the [train] extra's corpus")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "dp_bench.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("dp_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("dp_bench")
 
 
 def test_canaries_have_one_shape():

@@ -3,11 +3,9 @@ fingerprint (digests), the shipped background table and its builder."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from persona_sdk.errors import MetricError
 from persona_sdk.reply_examples import Example
 from persona_sdk.prefix import Prefix
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_helpers import load_benchmark
 
 
 def _numbers_only(obj) -> bool:
@@ -309,10 +307,7 @@ def test_background_build_write_load_and_tamper(tmp_path):
 
 def test_build_background_script_on_a_hand_made_corpus(tmp_path):
     """benchmarks/build_background.py end to end on a tiny chitchat-format corpus (smoke test)."""
-    spec = importlib.util.spec_from_file_location("build_background", ROOT / "benchmarks" / "build_background.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("build_background")
     data = {}
     for n in range(6):  # one conversation per pair of speakers: everyone lands in part A
         a, b = f"s{n}", f"t{n}"
