@@ -9,8 +9,11 @@ time and the kernel time per op type (top 6). Needs a quiet machine for the TTFT
 """
 import collections
 import json
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import persona_sdk  # noqa: F401  (before onnxruntime: turns its telemetry off)
@@ -40,12 +43,13 @@ for _ in range(2): ttft(None); ttft(persona)
 a = [ttft(None) for _ in range(5)]; b = [ttft(persona) for _ in range(5)]
 print(variant, "ttft no persona %.3f  persona %.3f" % (np.median(a), np.median(b)))
 opts.enable_profiling = True
-opts.profile_file_prefix = f"/tmp/prof_{variant}"
+opts.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="persona-prefill-profile-")) / variant)
 engine.session = ort.InferenceSession(str(engine.export_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
 for p, label in ((None, "none"), (persona, "persona")):
     for _ in range(3): ttft(p)
 path = engine.session.end_profiling()
-events = json.load(open(path))
+events = json.loads(Path(path).read_text())
+shutil.rmtree(Path(path).parent, ignore_errors=True)  # op timings only, but leave nothing behind
 # runs in order: 3 no-persona then 3 persona; split node events by model_run events
 runs = [e for e in events if e.get("name") == "model_run"]
 nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
