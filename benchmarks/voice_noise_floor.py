@@ -9,6 +9,11 @@ speaker's real held-out replies and compares each sample's median words and lowe
 with those of all the held-out replies (the table's reference). Prints per-speaker probabilities
 (numbers only) and their means: the share of speakers a perfect persona is expected to get within
 ±35% length and within 0.15 lowercase. Seconds on any machine.
+
+A persona can only know its owner from the *training* conversations, and people write longer or
+shorter in different conversations. So it also prints the share of speakers whose median
+*training* reply is within ±35% of their held-out median: what a persona that copied its owner's
+training length exactly (the target of the chat-time length pull) would get with unlimited replies.
 """
 
 from __future__ import annotations
@@ -58,16 +63,23 @@ def main(argv=None) -> dict:
             sample = [real[i] for i in rng.choice(len(real), size=n, replace=False)]
             length_in += median > 0 and abs(median_words(sample) / median - 1) <= LENGTH_BAND
             lower_in += abs(float(np.mean([starts_lowercase(r) for r in sample])) - lower) <= LOWERCASE_BAND
+        train_ratio = median_words([ex.reply for ex in p.train]) / median if median > 0 else float("nan")
         rows.append({"speaker": p.sid, "held_out": len(real), "median_words": median,
-                     "p_length": length_in / args.draws, "p_lowercase": lower_in / args.draws})
+                     "p_length": length_in / args.draws, "p_lowercase": lower_in / args.draws,
+                     "train_ratio": train_ratio})
         print(f"{p.sid}  held-out {len(real):4d}  median words {median:5.1f}  "
-              f"P(length within) {length_in / args.draws:.2f}  P(lowercase within) {lower_in / args.draws:.2f}")
+              f"P(length within) {length_in / args.draws:.2f}  P(lowercase within) {lower_in / args.draws:.2f}  "
+              f"train median / held-out median {train_ratio:.2f}")
     out = {"speakers": len(rows), "sample": size.voice_contexts,
            "length_share": float(np.mean([r["p_length"] for r in rows])) if rows else float("nan"),
            "lowercase_share": float(np.mean([r["p_lowercase"] for r in rows])) if rows else float("nan"),
+           "train_median_share": (float(np.mean([abs(r["train_ratio"] - 1) <= LENGTH_BAND for r in rows]))
+                                  if rows else float("nan")),
            "rows": rows}
     print(f"a perfect persona, {size.voice_contexts} replies per speaker, {len(rows)} speakers: expected share "
           f"within ±35% length {out['length_share']:.3f}, within 0.15 lowercase {out['lowercase_share']:.3f}")
+    print(f"the owner's training median as the prediction: share within ±35% of the held-out median "
+          f"{out['train_median_share']:.3f}")
     return out
 
 

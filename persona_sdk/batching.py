@@ -301,7 +301,7 @@ class Batcher:
             if not self._waiting:
                 break
             reply = self._waiting.popleft()
-            self.rows[slot] = _Row(reply, Sampler(reply.gen, self.engine.vocab_size, reply.prompt_ids),
+            self.rows[slot] = _Row(reply, self.engine.sampler(reply.gen, reply.prompt_ids, reply.prefix),
                                    list(reply.prompt_ids))
             out.append((slot, reply))
         return out

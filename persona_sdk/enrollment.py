@@ -174,7 +174,8 @@ def enroll(
         check_delta(len(examples.train), cfg.dp)
     from .voice import enrollment_meta
 
-    voice_meta = enrollment_meta(examples.train, examples.val)  # topic words + salted digests: for `persona eval`
+    # topic words + salted digests (for `persona eval`), median reply tokens (the chat-time length pull)
+    voice_meta = enrollment_meta(examples.train, examples.val, count_tokens=count_tokens_fn(fmt_))
     fingerprint = bb_mod.fingerprint(model_dir)
     init, source_label = (None, SOURCE_NONE)
     if cfg.method == "prefix":

@@ -17,7 +17,7 @@ def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
     results = bench.main(["--backbone", str(tiny_backbone), "--variants", "fp32", "int4", "--prompt-tokens", "40",
                           "--new-tokens", "8", "--threads", "1", "--optimum-variants", "fp32", "--json", str(out),
                           "--batch-variant", "int4", "--batch-rows", "1", "3", "--batch-prompt-tokens", "16",
-                          "--batch-new-tokens", "4"])
+                          "--batch-new-tokens", "4", "--rounds", "3"])
     engines = results["engines"]
     assert set(engines) == {"torch eager (generate)", "ORT fp32 (runtime)", "ORT int4 (runtime)", "ORT fp32 (numpy loop)",
                             "ORT fp32 (runtime, spinning off)", "ORT int4 (runtime, spinning off)",
@@ -43,12 +43,20 @@ def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
         assert row["batched"]["tokens"] == row["sequential"]["tokens"] == int(n) * 4
         assert row["batched"]["latency_p95_s"] >= row["batched"]["latency_p50_s"] > 0
     assert batched["3"]["batched"]["mean_rows_per_step"] > 1  # the three replies shared decode steps
+    assert len(batched["3"]["speedup_rounds"]) == 3 and batched["3"]["speedup"] == sorted(batched["3"]["speedup_rounds"])[1]
+    h2h = results["head_to_head"]  # no llama.cpp here: the chat default's variant against ORT fp32, interleaved
+    assert h2h["rounds"] == 3 and h2h["reference"] == "ORT fp32 (runtime)"
+    ours = h2h["engines"]["ORT int4 (chat default)"]
+    assert len(ours["decode_tok_s_rounds"]) == 3 and ours["decode_tok_s"] == sorted(ours["decode_tok_s_rounds"])[1]
+    lo, hi = ours["vs_reference_range"]
+    assert 0 < lo <= ours["vs_reference_median"] <= hi
+    assert "vs_reference_median" not in h2h["engines"]["ORT fp32 (runtime)"]
     ttft = results["ttft"]
     assert ttft["second_turn_new_tokens"] < ttft["second_turn_tokens"] / 2  # the first turn's KV was reused
     assert min(ttft["fresh_ttft_s"], ttft["second_turn_ttft_reuse_s"], ttft["second_turn_ttft_refeed_s"]) > 0
     table = capsys.readouterr().out
     assert "| ORT int4 (runtime) |" in table and "held-out perplexity" in table
-    assert "| 3 |" in table and "reusing the first turn's KV" in table
+    assert "| 3 |" in table and "reusing the first turn's KV" in table and "3 interleaved rounds" in table
 
 
 def test_serve_load_smoke(tiny_onnx, tmp_path, capsys):

@@ -256,6 +256,28 @@ def test_voice_preset_end_to_end(tiny_backbone, tiny_onnx, tmp_path, capsys, mon
         assert bench.SETTINGS[key] in table
     assert "ceiling" in table and "## Per speaker" in table
 
+    # the chat-time length pull, measured on the same profiles (benchmarks/length_control.py)
+    from persona_sdk.config import LENGTH_PULL
+    from persona_sdk.voice import profile_reply_tokens
+
+    vault = bench._Home((out / "cache" / "persona-home").resolve()).vault()
+    kept = [profile_reply_tokens(vault.load(n, bench.VOICE_PASSPHRASE).meta) for n in vault.list()]
+    assert len(kept) == 2 and all(isinstance(n, int) and n >= 1 for n in kept)  # persona enroll kept the length
+    lc = load_benchmark("length_control").main(
+        ["--table-out", str(out), "--out", str(tmp_path / "lc"), "--backbone", str(tiny_backbone), "--export",
+         str(tiny_onnx), "--corpus", str(corpus), "--pulls", f"0,{LENGTH_PULL:g}", "--threads", "1"])
+    assert lc["variants"] == ["before", "pull=0", f"pull={LENGTH_PULL:g}"] and lc["speakers"] == 2
+    units = list((tmp_path / "lc" / "seed-0" / "cache" / f"pull={LENGTH_PULL:g}").glob("*.json"))
+    assert len(units) == 2
+    for f in units:  # the chat defaults' variant is what the table generated
+        table_unit = json.loads((out / "cache" / "voice" / "generate" / "enroll" / f.name).read_text())
+        assert json.loads(f.read_text())["replies"] == table_unit["replies"]
+    for v in lc["variants"]:
+        assert 0 <= lc["mean"][v]["length_within_tolerance"] <= 1
+        assert lc["mean"][v] == pytest.approx({k: x for k, x in lc["per_seed"][0]["aggregate"][v].items()
+                                               if isinstance(x, float)})  # one seed: its mean is itself
+    assert "lol" not in (tmp_path / "lc" / "results.json").read_text()
+
     # resumable: a second run enrolls nothing and gives the same numbers
     again = bench.main(argv)
     err = capsys.readouterr().err
@@ -331,4 +353,7 @@ def test_voice_noise_floor_smoke(tmp_path, tiny_backbone, capsys):
     for row in out["rows"]:
         assert 0 <= row["p_length"] <= 1 and 0 <= row["p_lowercase"] <= 1 and row["held_out"] > 0
     assert 0 <= out["length_share"] <= 1 and 0 <= out["lowercase_share"] <= 1
-    assert "expected share" in capsys.readouterr().out
+    within = [abs(r["train_ratio"] - 1) <= floor.LENGTH_BAND for r in out["rows"]]
+    assert all(r["train_ratio"] > 0 for r in out["rows"]) and out["train_median_share"] == sum(within) / len(within)
+    printed = capsys.readouterr().out
+    assert "expected share" in printed and "training median as the prediction" in printed

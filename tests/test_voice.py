@@ -278,6 +278,21 @@ def test_enrollment_meta_fits_the_prefix_header_and_roundtrips():
     assert digests.total == 9001 and len(digests.digests) == vm.MAX_DIGESTS
     assert digests.overlap([vm.example_pair(e) for e in train[:200]]).estimated == 200.0
     assert vm.profile_digests({}) is None and vm.profile_topic_words({"source": "none"}) is None
+    assert vm.REPLY_TOKENS_KEY not in v and vm.profile_reply_tokens(back.meta) is None  # no token counter given
+
+
+def test_enrollment_meta_keeps_the_median_reply_length_in_tokens():
+    train = [_ex("hi?", " ".join(["w"] * n)) for n in (1, 2, 3, 10, 40)]
+    meta = vm.enrollment_meta(train, background=vm.Background({"the": 10}, 100), count_tokens=lambda t: 2 * len(t.split()))
+    assert meta[vm.META_KEY][vm.REPLY_TOKENS_KEY] == 6  # median words 3, two tokens each
+    back = Prefix.from_bytes(Prefix(np.zeros((1, 2, 1, 1, 4), np.float32), "f" * 64, meta=meta).to_bytes())
+    assert vm.profile_reply_tokens(back.meta) == 6
+    assert vm.median_reply_tokens(["a", "a b"], lambda t: 0) == 1  # at least one token
+    with pytest.raises(MetricError):
+        vm.median_reply_tokens([], len)
+    for bad in ({"voice": {"reply_tokens": 0}}, {"voice": {"reply_tokens": "12"}}, {"voice": {"reply_tokens": True}},
+                {"voice": []}, None):
+        assert vm.profile_reply_tokens(bad) is None
 
 
 # --- the background table ------------------------------------------------------------
