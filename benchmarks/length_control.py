@@ -13,8 +13,8 @@ metrics (``voice.speakers_voice``, K = the speakers). Variants:
   no length pull;
 * ``pull=X`` -- the end-of-turn token exempt from the repetition penalty and
   ``GenerationConfig(length_pull=X)``, the target being the speaker's median *training* reply in
-  tokens (what ``persona enroll`` now keeps in the profile; computed here the same way for
-  profiles enrolled before it did). ``pull=0`` is the exemption alone.
+  tokens (what ``persona enroll`` now keeps in the profile; rebuilt here the way enrollment
+  builds it for profiles enrolled before it did). ``pull=0`` is the exemption alone.
 
 Each speaker's figure comes from 16 replies, so one seed's table moves by several points from
 seed to seed (``--seeds``: one table per seed and their mean). Generated replies are cached per
@@ -67,6 +67,29 @@ def generate(engine, prefix, context, gen, old_sampler: bool) -> tuple[str, int]
     return engine.format.decode(out).rstrip("\ufffd").strip(), len(out)
 
 
+def enrollment_target(table, chats, person, fmt) -> int:
+    """The reply length ``persona enroll`` now keeps for ``person``: its training examples rebuilt the
+    way enrollment builds them (its chats.json, the default TrainConfig: validation share held out)."""
+    import tempfile
+
+    from persona_sdk.chats import load_chats, resolve_me
+    from persona_sdk.conversation import count_tokens_fn
+    from persona_sdk.reply_examples import MIN_REPLIES, build_examples
+    from persona_sdk.training.config import TrainConfig
+    from persona_sdk.voice import median_reply_tokens
+
+    cfg = TrainConfig()
+    with tempfile.TemporaryDirectory(prefix="length-control-") as tmp:  # public dataset text, removed after
+        path = Path(tmp) / "chats.json"
+        table.write_chats_json(chats, person.train_conversations, path)
+        loaded = load_chats(path)
+    examples = build_examples(loaded, resolve_me(loaded, person.speaker),
+                              count_tokens=count_tokens_fn(fmt, at_most=cfg.context_budget),
+                              context_budget=cfg.context_budget, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                              min_replies=max(MIN_REPLIES, cfg.min_examples))
+    return median_reply_tokens([e.reply for e in examples.train], count_tokens_fn(fmt))
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table-out", default="benchmarks/out/personapkt",
@@ -74,6 +97,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="benchmarks/out/length_control", help="output folder (and resume cache)")
     ap.add_argument("--pulls", default="0,1,2,4", help="length_pull values to run, comma-separated")
     ap.add_argument("--no-before", action="store_true", help="skip the 'before' variant")
+    ap.add_argument("--write-targets", action="store_true",
+                    help="store each speaker's reply length in its profile in --table-out where it has none "
+                         "(profiles enrolled before `persona enroll` kept it), so a table run on that cache "
+                         "decodes with the length pull as a fresh enrollment would")
     ap.add_argument("--speakers", type=int, default=None, help="only the first N speakers (a smoke run)")
     ap.add_argument("--contexts", type=int, default=None, help="only the first N voice contexts per speaker")
     ap.add_argument("--corpus", default=None, help="chitchat JSON (default: the installed chitchat-dataset)")
@@ -102,14 +129,14 @@ def main(argv=None) -> dict:
     from persona_sdk.engines import find_export
     from persona_sdk.runtime import Engine
     from persona_sdk.split import SplitConfig
-    from persona_sdk.voice import SpeakerTexts, median_reply_tokens, profile_reply_tokens, speakers_voice
+    from persona_sdk.voice import META_KEY, REPLY_TOKENS_KEY, SpeakerTexts, profile_reply_tokens, speakers_voice
 
     t_start = time.monotonic()
     backbone_dir = Path(bbmod.resolve(args.backbone, table.say))
     fmt = ChatFormat(Tokenizer.from_file(str(backbone_dir / "tokenizer.json")))
     run = json.loads((Path(args.table_out) / "cache" / "run.json").read_text())
     size = table.VoiceSize(**run["size"])
-    _, people, _ = table.load_voice_people(args.corpus, SplitConfig(**run["split"]), size, lambda t: len(fmt.encode(t)))
+    chats, people, _ = table.load_voice_people(args.corpus, SplitConfig(**run["split"]), size, lambda t: len(fmt.encode(t)))
     people = people[: args.speakers] if args.speakers else people
     fingerprint = bbmod.fingerprint(backbone_dir)
     vault = table._Home((Path(args.table_out) / "cache" / "persona-home").resolve()).vault()
@@ -122,9 +149,12 @@ def main(argv=None) -> dict:
         if not vault.exists(p.profile):
             table.say(f"speaker {n}: no enrolled profile in {args.table_out}; skipped")
             continue
-        prefixes[p.sid] = vault.load(p.profile, table.VOICE_PASSPHRASE, fingerprint=fingerprint)
-        targets[p.sid] = profile_reply_tokens(prefixes[p.sid].meta) or median_reply_tokens(
-            [e.reply for e in p.train], fmt.count_tokens)
+        prefix = prefixes[p.sid] = vault.load(p.profile, table.VOICE_PASSPHRASE, fingerprint=fingerprint)
+        targets[p.sid] = profile_reply_tokens(prefix.meta) or enrollment_target(table, chats, p, fmt)
+        if args.write_targets and profile_reply_tokens(prefix.meta) is None:
+            prefix.meta.setdefault(META_KEY, {})[REPLY_TOKENS_KEY] = targets[p.sid]
+            vault.save(p.profile, prefix, table.VOICE_PASSPHRASE, force=True)
+            table.say(f"speaker {n}: wrote its reply length ({targets[p.sid]} tokens) into its profile")
     per_seed = {}
     for seed in seeds:
         cache = table.Cache(out / f"seed-{seed}" / "cache")

@@ -263,7 +263,20 @@ def test_voice_preset_end_to_end(tiny_backbone, tiny_onnx, tmp_path, capsys, mon
     vault = bench._Home((out / "cache" / "persona-home").resolve()).vault()
     kept = [profile_reply_tokens(vault.load(n, bench.VOICE_PASSPHRASE).meta) for n in vault.list()]
     assert len(kept) == 2 and all(isinstance(n, int) and n >= 1 for n in kept)  # persona enroll kept the length
-    lc = load_benchmark("length_control").main(
+    lc_mod = load_benchmark("length_control")
+    from persona_sdk.conversation import ChatFormat
+    from persona_sdk.split import SplitConfig
+    from tokenizers import Tokenizer
+
+    run = json.loads((out / "cache" / "run.json").read_text())
+    fmt = ChatFormat(Tokenizer.from_file(str(tiny_backbone / "tokenizer.json")))
+    chats, people, _ = bench.load_voice_people(str(corpus), SplitConfig(**run["split"]), bench.VoiceSize(**run["size"]),
+                                               lambda t: len(fmt.encode(t)))
+    for person in people:  # the length a profile enrolled before it was kept gets is what enrollment keeps
+        if vault.exists(person.profile):
+            kept_now = profile_reply_tokens(vault.load(person.profile, bench.VOICE_PASSPHRASE).meta)
+            assert lc_mod.enrollment_target(bench, chats, person, fmt) == kept_now
+    lc = lc_mod.main(
         ["--table-out", str(out), "--out", str(tmp_path / "lc"), "--backbone", str(tiny_backbone), "--export",
          str(tiny_onnx), "--corpus", str(corpus), "--pulls", f"0,{LENGTH_PULL:g}", "--threads", "1"])
     assert lc["variants"] == ["before", "pull=0", f"pull={LENGTH_PULL:g}"] and lc["speakers"] == 2
