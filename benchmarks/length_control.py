@@ -11,6 +11,8 @@ metrics (``voice.speakers_voice``, K = the speakers). Variants:
 
 * ``before`` -- the sampler as the table ran it: the end-of-turn token is penalised as a repeat,
   no length pull;
+* ``--variants pull=X,temperature=T``: any generation settings (``pull`` = ``length_pull``; what
+  a variant does not set is the chat default, except ``length_pull``, which is 0 unless set);
 * ``pull=X`` -- the end-of-turn token exempt from the repetition penalty and
   ``GenerationConfig(length_pull=X)``, the target being the speaker's median *training* reply in
   tokens (what ``persona enroll`` now keeps in the profile; rebuilt here the way enrollment
@@ -33,6 +35,22 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def parse_setting(text: str) -> dict:
+    """``pull=5,temperature=0.5`` -> GenerationConfig changes (``pull`` is ``length_pull``)."""
+    from persona_sdk import GenerationConfig
+
+    changes: dict = {}
+    for part in (x for x in text.split(",") if x.strip()):
+        key, _, value = part.partition("=")
+        key = "length_pull" if key.strip() == "pull" else key.strip()
+        try:
+            changes[key] = int(value) if key in ("top_k", "max_new_tokens") else float(value)
+        except ValueError:
+            raise SystemExit(f"--variants: {part!r} is not NAME=NUMBER") from None
+    GenerationConfig().replace(**changes)  # unknown or bad settings fail here, naming the allowed ones
+    return changes
 
 
 def parse_pulls(text: str) -> list[float]:
@@ -96,6 +114,9 @@ def main(argv=None) -> dict:
                     help="the --out folder of a personapkt_table.py --size voice20 run (its enrolled profiles)")
     ap.add_argument("--out", default="benchmarks/out/length_control", help="output folder (and resume cache)")
     ap.add_argument("--pulls", default="0,1,2,4", help="length_pull values to run, comma-separated")
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="more variants, each a comma-separated list of generation settings, e.g. "
+                         "pull=5,temperature=0.5 (pull = length_pull)")
     ap.add_argument("--no-before", action="store_true", help="skip the 'before' variant")
     ap.add_argument("--write-targets", action="store_true",
                     help="store each speaker's reply length in its profile in --table-out where it has none "
@@ -143,6 +164,8 @@ def main(argv=None) -> dict:
     engine = Engine(find_export(args.export or backbone_dir, args.variant, table.say, build=True),
                     RuntimeConfig(device="cpu", threads=args.threads))
     variants = ([] if args.no_before else ["before"]) + [f"pull={p:g}" for p in pulls]
+    variants += [v for v in args.variants if v not in variants]
+    settings = {v: ({} if v == "before" else parse_setting(v)) for v in variants}
     out = Path(args.out)
     prefixes, targets = {}, {}
     for n, p in enumerate(people, start=1):
@@ -171,9 +194,9 @@ def main(argv=None) -> dict:
             for v in variants:
                 def run_variant(v=v) -> dict:
                     replies, tokens = [], []
-                    pull = 0.0 if v == "before" else float(v.split("=")[1])
                     for i in contexts:
-                        gen = GenerationConfig(seed=seed + i, length_pull=pull, target_tokens=target)
+                        gen = GenerationConfig(seed=seed + i, length_pull=0.0, target_tokens=target)
+                        gen = gen.replace(**settings[v])
                         text, k = generate(engine, prefix, p.test[i].context, gen, old_sampler=v == "before")
                         replies.append(text)
                         tokens.append(k)
