@@ -370,3 +370,20 @@ def test_voice_noise_floor_smoke(tmp_path, tiny_backbone, capsys):
     assert all(r["train_ratio"] > 0 for r in out["rows"]) and out["train_median_share"] == sum(within) / len(within)
     printed = capsys.readouterr().out
     assert "expected share" in printed and "training median as the prediction" in printed
+
+
+def test_length_control_variants_are_generation_settings():
+    from persona_sdk.errors import ConfigError
+
+    lc = load_benchmark("length_control")
+    assert lc.parse_setting("pull=5,temperature=0.5") == {"length_pull": 5.0, "temperature": 0.5}
+    assert lc.parse_setting("top_k=20") == {"top_k": 20}
+    with pytest.raises(SystemExit):
+        lc.parse_setting("pull=lots")
+    with pytest.raises(ConfigError, match="allowed"):
+        lc.parse_setting("warmth=2")
+    with pytest.raises(ConfigError, match="length_pull"):
+        lc.parse_setting("pull=-1")
+    assert lc.parse_pulls("0, 3,5") == [0.0, 3.0, 5.0]
+    with pytest.raises(SystemExit):
+        lc.parse_pulls("-1")
