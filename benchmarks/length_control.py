@@ -179,6 +179,7 @@ def main(argv=None) -> dict:
             vault.save(p.profile, prefix, table.VOICE_PASSPHRASE, force=True)
             table.say(f"speaker {n}: wrote its reply length ({targets[p.sid]} tokens) into its profile")
     per_seed = {}
+    pooled: dict[str, dict[str, list[str]]] = {}  # speaker -> variant -> replies over every seed
     for seed in seeds:
         cache = table.Cache(out / f"seed-{seed}" / "cache")
         identity = {"table_run": run, "seed": seed, "variant": args.variant, "backbone": fingerprint}
@@ -211,6 +212,8 @@ def main(argv=None) -> dict:
                               f"{np.median(got['tokens']):.0f} tokens (target {target}) in {time.monotonic() - t0:.0f} s")
             texts[p.sid] = SpeakerTexts(train=[e.reply for e in p.train], real=[e.reply for e in p.test],
                                         generated=generated)
+            for v, replies in generated.items():
+                pooled.setdefault(p.sid, {}).setdefault(v, []).extend(replies)
         voice = speakers_voice(texts, seed=0)  # the table's classifier; only the generation seeds differ
         per_seed[seed] = {"aggregate": {v: voice["aggregate"]["settings"][v] for v in ["real", *variants]},
                           "per_speaker": {sid: {v: {k: r[v].get(k) for k in ("length_ratio", "lowercase_gap",
@@ -225,7 +228,17 @@ def main(argv=None) -> dict:
     if len(seeds) > 1:
         print(f"\nmean over the {len(seeds)} seeds {', '.join(map(str, seeds))}:\n")
         print(table_md)
+    pooled_agg = None
+    if len(seeds) > 1:  # each speaker's figures from all seeds' replies at once (len(seeds) x 16 replies)
+        by_sid = {p.sid: p for p in people}
+        voice = speakers_voice({sid: SpeakerTexts(train=[e.reply for e in by_sid[sid].train],
+                                                  real=[e.reply for e in by_sid[sid].test], generated=g)
+                                for sid, g in pooled.items()}, seed=0)
+        pooled_agg = {v: voice["aggregate"]["settings"][v] for v in ["real", *variants]}
+        print(f"\npooled: each speaker's replies of all {len(seeds)} seeds together:\n")
+        print(markdown(pooled_agg, variants))
     result = {"variants": variants, "seeds": seeds, "speakers": len(prefixes), "per_seed": per_seed, "mean": mean,
+              "pooled": pooled_agg,
               "targets": targets, "table_run": run, "seconds": time.monotonic() - t_start,
               "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "command": " ".join(sys.argv)}
     out.mkdir(parents=True, exist_ok=True)
@@ -236,15 +249,17 @@ def main(argv=None) -> dict:
 
 def markdown(agg: dict, variants: list[str]) -> str:
     """The voice figures of each variant (numbers only)."""
-    lines = ["| variant | median words (median) | length ratio (median) | within ±35% length | "
-             "within 0.15 lowercase | topic share | attribution top-1 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | median words (median) | length ratio (median) | within ±35% length | length KS "
+             "(median) | length spread ratio (median) | within 0.15 lowercase | topic share | attribution top-1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     real = agg["real"]
-    lines.append(f"| real held-out replies | {real['median_words_median']:.1f} | 1 | — | — | "
+    lines.append(f"| real held-out replies | {real['median_words_median']:.1f} | 1 | — | 0 | 1 | — | "
                  f"{real['topic_share_median']:.1%} | {real.get('attribution_macro', float('nan')):.1%} (ceiling) |")
     for v in variants:
         a = agg[v]
         lines.append(f"| {v} | {a['median_words_median']:.1f} | {a['length_ratio_median']:.2f} | "
-                     f"{a['length_within_tolerance']:.0%} | {a['lowercase_within_tolerance']:.0%} | "
+                     f"{a['length_within_tolerance']:.0%} | {a['length_ks_median']:.2f} | "
+                     f"{a['length_spread_ratio_median']:.2f} | {a['lowercase_within_tolerance']:.0%} | "
                      f"{a['topic_share_median']:.1%} | {a.get('attribution_macro', float('nan')):.1%} |")
     return "\n".join(lines)
 

@@ -12,8 +12,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # is smaller still but loses more quality (the measurements are in BENCHMARKS.md).
 DEFAULT_VARIANT = "int8"
 GPU_VARIANT = "fp16"
-# the pull toward a persona's usual reply length (BENCHMARKS.md, "length control")
-LENGTH_PULL = 5.0
+# the pull toward a persona's usual reply length: off by default, it narrows the spread of reply
+# lengths (BENCHMARKS.md, "length control"); 5 is the strength measured best when it is on
+LENGTH_PULL = 0.0
 
 
 def _meta(help: str) -> dict:
@@ -38,7 +39,7 @@ class GenerationConfig:
     length_pull: float = field(default=LENGTH_PULL, metadata=_meta(
         "How strongly a reply is pulled toward its target length (the persona's usual reply length, kept in "
         "its profile): end-of-turn logits get length_pull * log((n + 1) / (target + 1)) after n tokens; "
-        "0 turns it off."))
+        "0 (default) turns it off; 5 keeps replies near the target, at the cost of their natural spread."))
     target_tokens: int | None = field(default=None, metadata=_meta(
         "Target reply length in tokens for length_pull; default: the persona's own (none for the bare backbone)."))
 

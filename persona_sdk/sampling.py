@@ -5,14 +5,19 @@ Per token this touches the whole vocabulary only a few times (penalty on
 the tokens seen, one max or a top-k preselection); sorting happens among the
 top k candidates only, never over the 49k-token vocabulary.
 
-Length: a persona's profile keeps its owner's median reply length in tokens
-(``voice.profile_reply_tokens``). After ``n`` reply tokens the end-of-turn
-logits get ``length_pull * log((n + 1) / (target + 1))``: ending is
-discouraged before the target and encouraged after it, more the further
-away, and only the stop tokens' logits move (a sentence is still ended where
-the model would end one). The end-of-turn tokens are also exempt from the
-repetition penalty: every earlier turn ends with one, and penalising it made
-every reply longer.
+Length (opt-in, ``GenerationConfig.length_pull > 0``): a persona's profile
+keeps its owner's median reply length in tokens (``voice.profile_reply_tokens``).
+After ``n`` reply tokens the end-of-turn logits get
+``length_pull * log((n + 1) / (target + 1))``: ending is discouraged before the
+target and encouraged after it, more the further away, and only the stop
+tokens' logits move (a sentence is still ended where the model would end one);
+with the pull on, the end-of-turn tokens are exempt from the repetition
+penalty, so the target is where replies end. It is off by default: it brings
+each persona's median length closer to the target but narrows the spread of
+reply lengths to half of a person's (BENCHMARKS.md, "length control"). Without
+it the end-of-turn token is penalised like any token already in the
+conversation (as in transformers), which measured closest to people's own
+reply-length distributions.
 """
 
 from __future__ import annotations
@@ -67,12 +72,13 @@ class Sampler:
         ids = ids[(ids >= 0) & (ids < vocab_size)]
         self._seen[ids] = True
         stops = np.asarray(sorted(int(i) for i in stop_ids if 0 <= int(i) < vocab_size), dtype=np.int64)
-        self._stops = stops  # (n_stop,): never penalised as repeats, moved by the length pull
-        self._never_seen = np.zeros(vocab_size, dtype=bool)
-        self._never_seen[stops] = True
-        self._seen &= ~self._never_seen
-        self._seen_ids = np.flatnonzero(self._seen)  # (n_seen,) sorted, unique
+        self._stops = stops  # (n_stop,): moved by the length pull
         self.target = target_tokens if gen.length_pull > 0 and stops.size else None
+        self._never_seen = np.zeros(vocab_size, dtype=bool)
+        if self.target is not None:  # the pull alone decides where a reply ends: no repeat penalty on ending
+            self._never_seen[stops] = True
+            self._seen &= ~self._never_seen
+        self._seen_ids = np.flatnonzero(self._seen)  # (n_seen,) sorted, unique
         self.generated = 0  # reply tokens observed so far
 
     def observe(self, token: int) -> None:

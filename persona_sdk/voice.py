@@ -4,7 +4,9 @@ Perplexity can fall while generated replies still read like the backbone. These
 metrics compare *generated* replies with a person's *real* held-out replies the
 way a reader would:
 
-* **length** -- median words per reply, and generated / real;
+* **length** -- median words per reply, and generated / real; and the whole distribution: the
+  Kolmogorov-Smirnov distance between generated and real words per reply, and the ratio of
+  their interquartile ranges (replies that all have one length match a median, not a person);
 * **surface style** -- share of replies starting lowercase, ending without
   punctuation, containing an emoji, containing ``!`` or ``?``, and
   multi-message turns (several messages joined by newlines);
@@ -74,6 +76,31 @@ def length_ratio(generated: Sequence[str], real: Sequence[str]) -> float | None:
     """median words of ``generated`` / median words of ``real`` (None when the real median is 0)."""
     real_median = median_words(real)
     return None if real_median == 0 else median_words(generated) / real_median
+
+
+def length_ks(generated: Sequence[str], real: Sequence[str]) -> float:
+    """Kolmogorov-Smirnov distance between the words-per-reply distributions of ``generated`` and
+    ``real``, in [0, 1]: 0 when they match, 1 when every generated reply is longer (or shorter) than
+    every real one. The median can match while every reply has the same length; this cannot."""
+    if not generated or not real:
+        raise MetricError("length_ks needs at least one generated and one real reply")
+    a = np.sort([word_count(t) for t in generated])
+    b = np.sort([word_count(t) for t in real])
+    xs = np.union1d(a, b)
+    cdf_a = np.searchsorted(a, xs, side="right") / a.size
+    cdf_b = np.searchsorted(b, xs, side="right") / b.size
+    return float(np.max(np.abs(cdf_a - cdf_b)))
+
+
+def length_spread_ratio(generated: Sequence[str], real: Sequence[str]) -> float:
+    """Interquartile range of words per reply, generated / real (each + 1 word): 1 when replies vary
+    in length as much as the person's do, near 0 when they all have one length."""
+    if not generated or not real:
+        raise MetricError("length_spread_ratio needs at least one generated and one real reply")
+    def iqr(texts):
+        n = [word_count(t) for t in texts]
+        return float(np.percentile(n, 75) - np.percentile(n, 25)) + 1.0
+    return iqr(generated) / iqr(real)
 
 
 def starts_lowercase(text: str) -> bool:
@@ -609,7 +636,8 @@ def speakers_voice(
                 continue
             st = style_stats(texts)
             ratio = None if real_st.median_words == 0 else st.median_words / real_st.median_words
-            row[s] = {**st.to_dict(), "length_ratio": ratio,
+            row[s] = {**st.to_dict(), "length_ratio": ratio, "length_ks": length_ks(texts, sp.real),
+                      "length_spread_ratio": length_spread_ratio(texts, sp.real),
                       "lowercase_gap": st.lowercase_start - real_st.lowercase_start,
                       "topic_share": topic_share(texts, topics)}
         if model is not None and name in model.labels:
@@ -635,6 +663,8 @@ def speakers_voice(
             a["length_ratio_median"] = float(np.median(ratios)) if ratios else None
             a["length_within_tolerance"] = (float(np.mean([abs(x - 1) <= length_tolerance for x in ratios]))
                                             if ratios else None)
+            a["length_ks_median"] = float(np.median([r["length_ks"] for r in rows]))
+            a["length_spread_ratio_median"] = float(np.median([r["length_spread_ratio"] for r in rows]))
             a["lowercase_within_tolerance"] = float(np.mean([abs(r["lowercase_gap"]) <= lowercase_tolerance + 1e-12
                                                              for r in rows]))
         att = [r["attribution"] for r in rows if "attribution" in r]

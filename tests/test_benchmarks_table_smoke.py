@@ -278,13 +278,15 @@ def test_voice_preset_end_to_end(tiny_backbone, tiny_onnx, tmp_path, capsys, mon
             assert lc_mod.enrollment_target(bench, chats, person, fmt) == kept_now
     lc = lc_mod.main(
         ["--table-out", str(out), "--out", str(tmp_path / "lc"), "--backbone", str(tiny_backbone), "--export",
-         str(tiny_onnx), "--corpus", str(corpus), "--pulls", f"0,{LENGTH_PULL:g}", "--threads", "1"])
-    assert lc["variants"] == ["before", "pull=0", f"pull={LENGTH_PULL:g}"] and lc["speakers"] == 2
-    units = list((tmp_path / "lc" / "seed-0" / "cache" / f"pull={LENGTH_PULL:g}").glob("*.json"))
-    assert len(units) == 2
-    for f in units:  # the chat defaults' variant is what the table generated
+         str(tiny_onnx), "--corpus", str(corpus), "--pulls", "0,4", "--threads", "1"])
+    assert lc["variants"] == ["before", "pull=0", "pull=4"] and lc["speakers"] == 2
+    default = f"pull={LENGTH_PULL:g}"
+    units = {v: sorted((tmp_path / "lc" / "seed-0" / "cache" / v).glob("*.json")) for v in ("before", default)}
+    assert len(units["before"]) == len(units[default]) == 2
+    for f, g in zip(units["before"], units[default]):  # the chat defaults' variant is what the table generated,
         table_unit = json.loads((out / "cache" / "voice" / "generate" / "enroll" / f.name).read_text())
-        assert json.loads(f.read_text())["replies"] == table_unit["replies"]
+        assert json.loads(f.read_text())["replies"] == table_unit["replies"]  # and so is the old sampler's
+        assert json.loads(g.read_text())["replies"] == table_unit["replies"]
     for v in lc["variants"]:
         assert 0 <= lc["mean"][v]["length_within_tolerance"] <= 1
         assert lc["mean"][v] == pytest.approx({k: x for k, x in lc["per_seed"][0]["aggregate"][v].items()

@@ -364,16 +364,19 @@ def test_the_repetition_penalty_applies_to_seen_tokens_only():
     assert sampler.pick(logits) == 0 and logits[0] == 2.0  # the caller's logits are untouched
 
 
-def test_end_of_turn_tokens_are_never_penalised_as_repeats():
+def test_end_of_turn_tokens_are_exempt_from_the_penalty_only_under_the_length_pull():
     from persona_sdk.sampling import Sampler
 
     logits = np.array([2.0, 1.9, -1.0, -1.1], dtype=np.float32)  # token 0 ends the turn
     greedy = GenerationConfig(do_sample=False, repetition_penalty=2.0)
-    assert Sampler(greedy, 4, context_ids=[0]).pick(logits) == 1  # without stop ids: penalised
-    sampler = Sampler(greedy, 4, context_ids=[0, 1], stop_ids={0})  # every earlier turn ended with it
-    assert sampler.pick(logits) == 0
+    # no pull: ending is penalised like any token already in the conversation (as in transformers)
+    assert Sampler(greedy, 4, context_ids=[0], stop_ids={0}, target_tokens=5).pick(logits) == 1
+    pulled = greedy.replace(length_pull=1.0)
+    sampler = Sampler(pulled, 4, context_ids=[0, 1], stop_ids={0}, target_tokens=1)
+    sampler.observe(3)  # one reply token: at the target, the pull adds nothing
+    assert sampler.stop_bias() == 0.0 and sampler.pick(logits) == 0  # 2.0 unpenalised > 1.9 / 2
     sampler.observe(0)
-    assert sampler.pick(logits) == 0 and sampler.generated == 1
+    assert sampler.generated == 2 and 0 not in sampler._seen_ids
 
 
 def test_the_length_pull_moves_only_the_stop_logits_toward_the_target():

@@ -374,3 +374,17 @@ def test_runtime_side_stays_torch_free(tiny_onnx):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"light": True, "heavy": []}
+
+
+def test_length_distribution_metrics():
+    real = ["a", "a b", "a b c", "a b c d", "a b c d e"]  # 1..5 words
+    assert vm.length_ks(real, real) == 0.0
+    assert vm.length_ks(["a b c d e f g"] * 3, real) == 1.0  # every generated reply longer than every real one
+    same = ["a b c"] * 5  # the real median, every time
+    assert vm.median_words(same) == vm.median_words(real) and vm.length_ks(same, real) == pytest.approx(0.4)
+    assert vm.length_spread_ratio(real, real) == 1.0
+    assert vm.length_spread_ratio(same, real) == pytest.approx(1 / 3)  # IQR 0 (+1) against IQR 2 (+1)
+    with pytest.raises(MetricError):
+        vm.length_ks([], real)
+    with pytest.raises(MetricError):
+        vm.length_spread_ratio(real, [])
