@@ -43,7 +43,9 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -61,6 +63,13 @@ def _rates(stamps: list[float], start: float) -> dict:
     return {"ttft_s": stamps[0] - start, "decode_tok_s": decode,
             "median_ms_per_token": 1000 * float(np.median(gaps)) if len(gaps) else float("nan"),
             "new_tokens": len(stamps)}
+
+
+def _median(values: list):
+    """The median, kept an int when every value is the same int (token and reply counts)."""
+    if all(isinstance(v, int) for v in values) and len(set(values)) == 1:
+        return values[0]
+    return float(np.median(values))
 
 
 def bench_torch(backbone: Path, prompt: list[int], new: int, threads: int) -> dict:
@@ -86,29 +95,60 @@ def bench_torch(backbone: Path, prompt: list[int], new: int, threads: int) -> di
     return {**_rates(stamps, start), "tokens": out[0, len(prompt):].tolist()}
 
 
-def bench_runtime(export_dir: Path, prompt: list[int], new: int, threads: int, spin: bool = True,
-                  sampling: bool = False) -> dict:
-    """Through ``persona_sdk.runtime.Engine.generate_ids`` as shipped (greedy; ``sampling``: the chat's
-    default settings, seeded). ``spin=False``: ORT intra-op spinning off."""
+def runtime_runner(export_dir: Path, prompt: list[int], new: int, threads: int, spin: bool | None = None,
+                   sampling: bool = False) -> Callable[[], dict]:
+    """Loads the engine once and warms it up; each call decodes ``new`` tokens through
+    ``persona_sdk.runtime.Engine.generate_ids`` as shipped (greedy; ``sampling``: the chat's default
+    settings, seeded). ``spin``: ORT intra-op spinning (None: the chat default, ``RuntimeConfig.spin``)."""
     from persona_sdk.config import GenerationConfig, RuntimeConfig
     from persona_sdk.runtime import Engine
 
-    engine = Engine(export_dir, RuntimeConfig(device="cpu", variant=_variant(export_dir), threads=threads, spin=spin))
+    config = RuntimeConfig(device="cpu", variant=_variant(export_dir), threads=threads)
+    engine = Engine(export_dir, config if spin is None else replace(config, spin=spin))
     engine.stop_ids = set()  # exactly `new` tokens
     gen = (GenerationConfig(seed=0, max_new_tokens=new) if sampling
            else GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_tokens=new))
 
-    def run(n: int) -> tuple[list[int], list[float], float]:
+    def run(n: int = new) -> dict:
         tokens, stamps = [], []
         start = time.perf_counter()
         for token in engine.generate_ids(prompt, None, gen.replace(max_new_tokens=n)):
             stamps.append(time.perf_counter())
             tokens.append(token)
-        return tokens, stamps, start
+        return {**_rates(stamps, start), "tokens": tokens}
 
     run(4)  # warm-up
-    tokens, stamps, start = run(new)
-    return {**_rates(stamps, start), "tokens": tokens}
+    return run
+
+
+def bench_runtime(export_dir: Path, prompt: list[int], new: int, threads: int, spin: bool | None = None,
+                  sampling: bool = False) -> dict:
+    """One run of :func:`runtime_runner`."""
+    return runtime_runner(export_dir, prompt, new, threads, spin, sampling)()
+
+
+def interleaved(runners: dict[str, Callable[[], dict]], rounds: int, reference: str | None = None) -> dict:
+    """Each runner once per round, the order rotated every round (so a drifting machine speed hits
+    every runner alike); per runner the median of every figure over the rounds, and against
+    ``reference`` the median of the per-round decode tok/s ratios with their range."""
+    names = list(runners)
+    per: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            per[name].append(runners[name]())
+    out: dict = {"rounds": rounds, "engines": {}}
+    for name, runs in per.items():
+        row = {k: float(np.median([x[k] for x in runs])) for k in ("ttft_s", "decode_tok_s", "median_ms_per_token")}
+        row["decode_tok_s_rounds"] = [x["decode_tok_s"] for x in runs]
+        row["new_tokens"] = runs[0]["new_tokens"]
+        row["tokens"] = runs[0]["tokens"]
+        if reference is not None and name != reference:
+            ratios = [x["decode_tok_s"] / y["decode_tok_s"] for x, y in zip(runs, per[reference])]
+            row["vs_reference_median"] = float(np.median(ratios))
+            row["vs_reference_range"] = [float(min(ratios)), float(max(ratios))]
+        out["engines"][name] = row
+    out["reference"] = reference
+    return out
 
 
 def _random_persona(engine, length: int, seed: int):
@@ -120,8 +160,9 @@ def _random_persona(engine, length: int, seed: int):
 
 
 def bench_batched(export_dir: Path, prompt: list[int], new: int, threads: int, rows: list[int],
-                  persona_len: int = 16) -> dict:
-    """N concurrent replies, N different personas, one Batcher; vs the same N replies one at a time."""
+                  persona_len: int = 16, rounds: int = 1) -> dict:
+    """N concurrent replies, N different personas, one Batcher; vs the same N replies one at a time
+    (``rounds`` pairs, alternating which goes first; medians, and the median of the per-pair speed-ups)."""
     from persona_sdk.batching import Batcher
     from persona_sdk.config import GenerationConfig, RuntimeConfig
     from persona_sdk.runtime import Engine
@@ -148,9 +189,20 @@ def bench_batched(export_dir: Path, prompt: list[int], new: int, threads: int, r
     run(2, 2)  # warm-up
     out = {}
     for n in rows:
-        batched, sequential = run(n, n), run(n, 1)
-        out[str(n)] = {"batched": batched, "sequential": sequential,
-                       "speedup": batched["tok_s"] / sequential["tok_s"]}
+        pairs = []
+        for r in range(rounds):  # batched and one-at-a-time alternate, first one then the other
+            if r % 2 == 0:
+                a = run(n, n)
+                b = run(n, 1)
+            else:
+                b = run(n, 1)
+                a = run(n, n)
+            pairs.append((a, b))
+        batched = {k: _median([a[k] for a, _ in pairs]) for k in pairs[0][0]}
+        sequential = {k: _median([b[k] for _, b in pairs]) for k in pairs[0][1]}
+        ratios = [a["tok_s"] / b["tok_s"] for a, b in pairs]
+        out[str(n)] = {"batched": batched, "sequential": sequential, "speedup": float(np.median(ratios)),
+                       "speedup_rounds": ratios, "rounds": rounds}
     return out
 
 
@@ -230,20 +282,31 @@ def bench_numpy_loop(export_dir: Path, prompt: list[int], new: int, threads: int
     return {**_rates(stamps, start), "tokens": tokens}
 
 
-def bench_llama_cpp(gguf: Path, prompt: list[int], new: int, threads: int) -> dict:
+def llama_runner(gguf: Path, prompt: list[int], new: int, threads: int) -> Callable[[], dict]:
+    """Loads the GGUF once with llama-cpp-python; each call prefills ``prompt`` afresh and decodes ``new``
+    greedy tokens (argmax over the logits in Python, as our runtime's greedy path does)."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
     llm.eval(prompt[:8])  # warm-up
-    llm.reset()
-    start = time.perf_counter()
-    llm.eval(prompt)
-    tokens, stamps = [], []
-    for _ in range(new):
-        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-        stamps.append(time.perf_counter())
-        llm.eval([tokens[-1]])
-    return {**_rates(stamps, start), "tokens": tokens}
+
+    def run() -> dict:
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(prompt)
+        tokens, stamps = [], []
+        for _ in range(new):
+            tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            stamps.append(time.perf_counter())
+            llm.eval([tokens[-1]])
+        return {**_rates(stamps, start), "tokens": tokens}
+
+    return run
+
+
+def bench_llama_cpp(gguf: Path, prompt: list[int], new: int, threads: int) -> dict:
+    """One run of :func:`llama_runner`."""
+    return llama_runner(gguf, prompt, new, threads)()
 
 
 def perplexity(export_dir: Path, ids: list[int], threads: int) -> float:
@@ -336,6 +399,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-variant", default="int8", help="the variant the batched / TTFT rows run on")
     ap.add_argument("--batch-prompt-tokens", type=int, default=32, help="a short chat message")
     ap.add_argument("--batch-new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="head to head: interleaved rounds of the chat default (ORT --batch-variant) and llama.cpp "
+                         "(else ORT fp32), medians and the median per-round ratio; also the batched rows' pairs; "
+                         "0 skips the head to head")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
 
@@ -380,6 +447,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                           args.new_tokens, args.threads)
         except ImportError:
             say("llama-cpp-python is not installed: skipping llama.cpp")
+    if args.rounds > 0 and timing:
+        results["head_to_head"] = head_to_head(args, model_dir, exports, prompt, say)
     ref = engines.get("ORT fp32 (runtime)", {}).get("tokens")
     for row in engines.values():
         toks = row.pop("tokens")
@@ -391,7 +460,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["batched"] = {"variant": _variant(batch_dir), "prompt_tokens": args.batch_prompt_tokens,
                               "new_tokens": args.batch_new_tokens,
                               "rows": bench_batched(batch_dir, prompt[: args.batch_prompt_tokens], args.batch_new_tokens,
-                                                    args.threads, args.batch_rows)}
+                                                    args.threads, args.batch_rows,
+                                                    rounds=max(args.rounds, 1))}
     if not args.rss_only and not args.skip_ttft:
         say(f"TTFT with a persona on {_variant(batch_dir)} ...")
         results["ttft"] = {"variant": _variant(batch_dir), **bench_ttft(batch_dir, prompt, args.threads)}
@@ -418,6 +488,32 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def head_to_head(args, model_dir: Path, exports: dict, prompt: list[int], say) -> dict:
+    """The chat default (ORT ``--batch-variant``, RuntimeConfig's defaults) against llama.cpp (else ORT fp32),
+    ``--rounds`` interleaved rounds on engines loaded once."""
+    default = args.batch_variant if args.batch_variant in exports else next(iter(exports))
+    ours = f"ORT {default} (chat default)"
+    runners = {ours: runtime_runner(exports[default], prompt, args.new_tokens, args.threads)}
+    reference = None
+    if not args.skip_llama and args.backbone is None and importlib.util.find_spec("llama_cpp"):
+        reference = "llama.cpp Q4_1 (llama-cpp-python)"
+        runners[reference] = llama_runner(bb_default_gguf(), prompt, args.new_tokens, args.threads)
+    elif "fp32" in exports and default != "fp32":
+        reference = "ORT fp32 (runtime)"
+        runners[reference] = runtime_runner(exports["fp32"], prompt, args.new_tokens, args.threads)
+    say(f"head to head, {args.rounds} interleaved rounds: {', '.join(runners)} ...")
+    out = interleaved(runners, args.rounds, reference)
+    for row in out["engines"].values():
+        row.pop("tokens")
+    return out
+
+
+def bb_default_gguf() -> Path:
+    from persona_sdk import backbone as bb
+
+    return bb._default_gguf()
+
+
 def report(results: dict) -> None:
     engines = results["engines"]
     torch_rate = engines.get("torch eager (generate)", {}).get("decode_tok_s")
@@ -429,6 +525,15 @@ def report(results: dict) -> None:
         vs_l = f"{row['decode_tok_s'] / llama_rate:.2f}" if llama_rate else "-"
         same = row.get("same_greedy_tokens_as_ort_fp32", "-")
         print(f"| {name} | {row['ttft_s']:.3f} | {row['decode_tok_s']:.1f} | {row['median_ms_per_token']:.1f} | {vs_t} | {vs_l} | {same}/{row['new_tokens']} |")
+    if results.get("head_to_head"):
+        h = results["head_to_head"]
+        print(f"\nhead to head, {h['rounds']} interleaved rounds (medians; ratio = median of the per-round ratios "
+              f"to {h['reference']}):\n\n| engine | TTFT (s) | decode tok/s | per round | ratio (range) |\n|---|---|---|---|---|")
+        for name, row in h["engines"].items():
+            ratio = (f"{row['vs_reference_median']:.2f} ({row['vs_reference_range'][0]:.2f}–"
+                     f"{row['vs_reference_range'][1]:.2f})" if "vs_reference_median" in row else "1")
+            rounds = ", ".join(f"{x:.1f}" for x in row["decode_tok_s_rounds"])
+            print(f"| {name} | {row['ttft_s']:.3f} | {row['decode_tok_s']:.1f} | {rounds} | {ratio} |")
     if results.get("batched"):
         b = results["batched"]
         print(f"\n| concurrent replies ({b['variant']}, {b['prompt_tokens']}-token prompts, {b['new_tokens']} new tokens, "

@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replies", type=int, default=300, help="target number of the speaker's train replies")
     ap.add_argument("--max-minutes", type=float, default=5.0, help="enroll time budget (--max-minutes)")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=None, help="persona enroll --epochs (default: the library's)")
     ap.add_argument("--source", default="default", help="default | none | FILE")
     ap.add_argument("--max-test", type=int, default=64, help="test replies scored for perplexity")
     args = ap.parse_args()
@@ -64,8 +64,8 @@ def main() -> None:
     chats_file = work / "chats.json"
     chats_file.write_text(json.dumps({"me": speaker.speaker, "conversations": convs}))
     cmd = [sys.executable, "-m", "persona_sdk", "enroll", str(chats_file), "--name", "bench",
-           "--backbone", str(backbone_dir), "--source", args.source, "--max-minutes", str(args.max_minutes),
-           "--epochs", str(args.epochs)]
+           "--backbone", str(backbone_dir), "--source", args.source, "--max-minutes", str(args.max_minutes)]
+    cmd += ["--epochs", str(args.epochs)] if args.epochs is not None else []
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0

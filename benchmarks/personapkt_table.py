@@ -6,6 +6,9 @@
     .venv/bin/python benchmarks/personapkt_table.py --size k20 --out benchmarks/out/personapkt-k20
     # the whole protocol (30 B + 42 usable C speakers, all replies, 3 epochs; estimated 131 h):
     .venv/bin/python benchmarks/personapkt_table.py --size full --out benchmarks/out/personapkt-full
+    # what users get: 20 part-B speakers enrolled by `persona enroll --max-minutes 5` (defaults otherwise),
+    # voice metrics, attribution and identification at K = 20, each acceptance bar (estimated 2h22m):
+    .venv/bin/python benchmarks/personapkt_table.py --size voice20 --out benchmarks/out/voice20
     # any size: print the plan and its estimated wall time without running it
     .venv/bin/python benchmarks/personapkt_table.py --quick --estimate-only
 
@@ -36,6 +39,18 @@ runtime* (``persona_sdk.runtime.Engine``, the product path). The full
 fine-tuning reference changes the backbone weights, which the one shared ONNX
 graph cannot take without a per-speaker export, so it is scored and decoded
 with torch (HF ``generate``; the same prompt ids, same decoding settings).
+
+The voice preset (``--size voice20``, ``VoiceSize``) is a table of its own: rows backbone only, the
+shipped source prefix alone, and the persona the real ``persona enroll`` CLI makes (one process per
+speaker, the speaker's train conversations written to a temporary chats.json, ``PERSONA_HOME`` in
+the cache, wall time and the process's own peak RSS measured). All enrollments run first, alone;
+then perplexity and identification are scored with the fp32 export (its prefill is faster than
+int8's on a 2-core CPU) and replies are generated with the chat defaults on int8 (what ``persona
+chat`` runs). Batching the scoring through onnxruntime did not pay: the fused graph refuses
+batch > 1 for a multi-token input after a past (every persona is a past), and the optimum graph
+batched over personas took 1.25x the CPU time per sequence of single calls at ~115 tokens (the
+(B, T, vocab) logits dominate), so the budget is met with fewer scored replies
+(``test_replies``, ``ident_replies``) instead. Outputs: ``table.md`` and ``results.json``.
 
 Outputs in ``--out``: ``table.md``, ``results.json``, ``quality_vs_epochs.png``
 (median validation perplexity vs training epochs per setting: PersonaPKT
@@ -73,7 +88,9 @@ SETTINGS: dict[str, str] = {  # key -> row label, in table order
     "ppreptile": "PersonaPKT PPReptile",
     "prompt": "prompt-tuning",
     "reptile-full": "Reptile + full fine-tuning",
+    "enroll": "persona enroll (defaults)",  # the voice preset's row: the real CLI enrollment
 }
+PKT_ROWS = tuple(k for k in SETTINGS if k != "enroll")  # the rows of the quick / k20 / full sizes
 PERSONAL = ("rand", "base", "temperature", "ppreptile", "prompt")  # a KV block trained per speaker
 SOURCE_OF = {"base": "plain", "temperature": "temperature", "ppreptile": "ppreptile"}
 METHOD_OF = {"rand": "rand-prefix", "base": "prefix", "temperature": "prefix", "ppreptile": "prefix",
@@ -751,19 +768,695 @@ def _commit() -> str:
         return "unknown"
 
 
+# --- the voice preset: part-B speakers enrolled by `persona enroll` --------------------------------
+# Rows: backbone only, the shipped source prefix alone, and the persona `persona enroll` makes with its
+# defaults. Every enrollment is the real CLI in its own process (chats.json of the speaker's train
+# conversations, --max-minutes, the default settings otherwise); scoring runs through the ONNX runtime.
+VOICE_ROWS = ("backbone", "source", "enroll")
+VOICE_PASSPHRASE = "personapkt-voice-table"  # encrypts the benchmark's own profiles (public data only)
+GB = 1e9
+
+# Per-unit costs of the voice preset on a quiet 2-core machine (SmolLM2-135M): the decode step and the
+# prompt forwards are BENCHMARKS.md's quiet run-D figures (int8 24.7 ms/token, spinning off; fp32 and
+# int8 time to first token on 200 tokens) scaled by this preset's token counts with CPU-time ratios
+# measured here; reply lengths are the backbone's and the shipped source prefix's on part-B contexts
+# (means of 107-118 and 29-44 tokens over 8-18 replies; the backbone often runs into the 128-token
+# cap), the enrolled persona's is a guess. results.json
+# records the measured seconds of every stage and the generated tokens per row.
+VOICE_COST = {
+    "enroll_overhead": 10.0,  # per enrollment beyond --max-minutes: interpreter + CLI start, chats.json
+    "forward": 0.27,  # one fp32 scoring forward (~115 tokens: context <= 112, reply <= 48)
+    "prefill": 0.5,  # the int8 prompt forward of one generated reply (~110 tokens)
+    "token": 0.028,  # one int8 decode step + sampling
+    "setup": 60.0,  # corpus and split, engines, profiles
+    "voice": 60.0,  # style and topic shares, the attribution classifier over the speakers' training replies
+}
+VOICE_REPLY_TOKENS = {"backbone": 120, "source": 45, "enroll": 40}  # expected generated tokens per reply
+
+
+@dataclass(frozen=True)
+class VoiceSize:
+    """How much of the voice preset is run (``--size voice20``; every field can be overridden)."""
+
+    b_speakers: int = 20  # part-B speakers enrolled (hash order): the K of attribution and identification
+    max_minutes: float = 5.0  # persona enroll --max-minutes (the budget of the whole enrollment)
+    test_replies: int = 12  # held-out replies scored per speaker and row (perplexity), evenly spread
+    ident_replies: int = 8  # of those, scored under every enrolled persona (identification at K)
+    voice_contexts: int = 16  # held-out contexts the enrolled persona answers (chat defaults, seed + index)
+    reference_contexts: int = 6  # of those, answered by the backbone and the source prefix too
+    context_budget: int = 112  # context tokens in front of a scored / answered reply (enrollment's budget)
+    reply_budget: int = 48  # reply tokens scored (enrollment's budget)
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if name == "max_minutes":
+                if not isinstance(value, (int, float)) or not value > 0:
+                    raise ValueError(f"VoiceSize.max_minutes must be > 0, got {value!r}")
+                continue
+            low = 2 if name == "b_speakers" else 1
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"VoiceSize.{name} must be an integer >= {low}, got {value!r}")
+        if self.ident_replies > self.test_replies:
+            raise ValueError("VoiceSize.ident_replies must be <= test_replies (identification reuses scored replies)")
+        if self.reference_contexts > self.voice_contexts:
+            raise ValueError("VoiceSize.reference_contexts must be <= voice_contexts (a subset of the same contexts)")
+
+
+VOICE20 = VoiceSize()
+VOICE_SIZES = {"voice20": VOICE20}
+
+
+@dataclass
+class Speaker:
+    """One part-B speaker of the voice preset: examples and which held-out ones each stage uses."""
+
+    speaker: str
+    train_conversations: tuple  # conversation ids written to the speaker's chats.json
+    train: list  # every training reply example (topic words, attribution classes)
+    test: list  # every held-out test example (the real replies)
+    scored: list  # indices into test: perplexity
+    ident: list  # positions in ``scored``: identification
+    voice: list  # indices into test: contexts the enrolled persona answers
+    reference: list  # indices into test (a subset of voice): contexts backbone and source answer
+
+    @property
+    def sid(self) -> str:
+        return short_id(self.speaker)
+
+    @property
+    def profile(self) -> str:
+        return f"b-{self.sid}"
+
+
+def load_voice_people(corpus: str | None, split_config, size: VoiceSize, count: Callable[[str], int]):
+    """(chats, the first ``b_speakers`` part-B speakers with train and test replies, split summary)."""
+    from persona_sdk.split import chitchat_split
+
+    chats, split = chitchat_split(corpus, split_config)
+    ctx = size.context_budget
+    people: list[Speaker] = []
+    for s in split.part("B"):
+        if len(people) >= size.b_speakers:
+            break
+        train = examples_of(chats, s.train, s.speaker, count, ctx)
+        test = examples_of(chats, s.test, s.speaker, count, ctx)
+        if len(train) < 2 or not test:
+            continue  # nothing to learn from or nothing to score: take the next speaker
+        scored = spread(len(test), size.test_replies)
+        voice = spread(len(test), size.voice_contexts)
+        people.append(Speaker(s.speaker, tuple(s.train), train, test, scored,
+                              spread(len(scored), size.ident_replies),
+                              voice, [voice[i] for i in spread(len(voice), size.reference_contexts)]))
+    return chats, people, split.summary()
+
+
+def voice_estimate(people: Sequence[Speaker], size: VoiceSize) -> dict[str, float]:
+    """Planned seconds per stage from ``VOICE_COST`` (quiet machine)."""
+    c, n = VOICE_COST, len(people)
+    per_reply = {row: c["prefill"] + VOICE_REPLY_TOKENS[row] * c["token"] for row in VOICE_ROWS}
+    out = {
+        "enroll": n * (60 * size.max_minutes + c["enroll_overhead"]),
+        "score": len(VOICE_ROWS) * sum(len(p.scored) for p in people) * c["forward"],
+        "identification": max(n - 1, 0) * sum(len(p.ident) for p in people) * c["forward"],
+        "generate": sum(len(p.voice) * per_reply["enroll"]
+                        + len(p.reference) * (per_reply["backbone"] + per_reply["source"]) for p in people),
+        "setup": c["setup"],
+        "voice": c["voice"],
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def write_chats_json(chats, conversation_ids: Sequence[str], path: Path) -> int:
+    """The conversations ``conversation_ids`` of ``chats`` as a chats.json (the documented format);
+    returns the number of conversations written."""
+    from persona_sdk.split import select
+
+    convs = []
+    for conv in select(chats, conversation_ids).conversations:
+        msgs = []
+        for m in conv.messages:
+            msg = {"sender": m.sender, "text": m.text, "kind": m.kind}
+            if m.time is not None:
+                msg["time"] = m.time.isoformat()
+            msgs.append(msg)
+        convs.append({"id": conv.id, "messages": msgs})
+    path.write_text(json.dumps({"conversations": convs}))
+    return len(convs)
+
+
+def enroll_command(chats_file: Path, person: Speaker, size: VoiceSize, backbone_dir: Path,
+                   source_file: str | None) -> list[str]:
+    """``persona enroll FILE --me SPEAKER --name NAME --max-minutes M --backbone DIR`` (the console
+    script next to this interpreter, else ``python -m persona_sdk``); ``--source FILE`` only when a
+    source prefix other than the shipped one is asked for."""
+    script = Path(sys.executable).with_name("persona")
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "persona_sdk"]
+    cmd += ["enroll", str(chats_file), "--me", person.speaker, "--name", person.profile,
+            "--max-minutes", f"{size.max_minutes:g}", "--backbone", str(backbone_dir)]
+    if source_file is not None:
+        cmd += ["--source", str(source_file)]
+    return cmd
+
+
+def run_measured(cmd: Sequence[str], env: dict, out, timeout: float) -> dict:
+    """Run ``cmd`` to its end: wall seconds, exit code, and the peak RSS of that child alone
+    (``os.wait4``'s rusage of its pid, not the cumulative RUSAGE_CHILDREN). Killed after ``timeout``."""
+    import threading
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:  # Ctrl-C: do not leave the enrollment running
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+        raise
+    timer.cancel()
+    wall = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes (Linux reports KiB)
+    return {"returncode": proc.returncode, "wall_seconds": wall, "peak_rss_bytes": int(rss),
+            "timed_out": timed_out.is_set()}
+
+
+class _Home:
+    """``PERSONA_HOME`` pointed at the run's own folder while a :class:`Vault` is opened there."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def vault(self):
+        from persona_sdk.vault import Vault
+
+        before = os.environ.get("PERSONA_HOME")
+        os.environ["PERSONA_HOME"] = str(self.home)
+        try:
+            return Vault()  # its root is fixed when it is made
+        finally:
+            if before is None:
+                os.environ.pop("PERSONA_HOME", None)
+            else:
+                os.environ["PERSONA_HOME"] = before
+
+
+PROFILE_META = ("method", "source", "train_examples", "val_examples", "steps", "epochs", "init_val_loss",
+                "best_val_loss", "best_step", "wall_seconds", "stopped", "bf16", "prefix_len", "lr")
+
+
+def enroll_speaker(chats, person: Speaker, size: VoiceSize, backbone_dir: Path, source_file: str | None,
+                   home: _Home, log_dir: Path, fingerprint: str) -> dict:
+    """Enroll one speaker with the real CLI; the record (numbers, no chat text) of that enrollment."""
+    import tempfile
+
+    vault = home.vault()
+    if vault.exists(person.profile):  # left by an interrupted run before its record was written
+        vault.delete(person.profile)
+    env = {**os.environ, "PERSONA_HOME": str(home.home), "PERSONA_PASSPHRASE": VOICE_PASSPHRASE}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{person.sid}.log"
+    with tempfile.TemporaryDirectory(prefix="personapkt-enroll-") as tmp:  # public dataset text, removed after
+        chats_file = Path(tmp) / "chats.json"
+        n_conv = write_chats_json(chats, person.train_conversations, chats_file)
+        cmd = enroll_command(chats_file, person, size, backbone_dir, source_file)
+        with open(log, "wb") as fh:
+            run = run_measured(cmd, env, fh, timeout=3 * 60 * size.max_minutes + 300)
+    record: dict[str, Any] = {**run, "ok": False, "train_conversations": n_conv, "train_replies": len(person.train)}
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    if run["returncode"] != 0 or not vault.exists(person.profile):
+        record["reason"] = ("timed out" if run["timed_out"] else (lines[-1][:300] if lines else "no output"))
+        return record
+    prefix = vault.load(person.profile, VOICE_PASSPHRASE, fingerprint=fingerprint)
+    record["ok"] = True
+    record["profile"] = {k: prefix.meta[k] for k in PROFILE_META if k in prefix.meta}
+    return record
+
+
+def score_unit(engine, prefix, examples: Sequence, size: VoiceSize) -> dict:
+    """Per-reply loss sums and reply-token counts of ``examples`` under ``prefix`` (ORT)."""
+    from persona_sdk.evaluate import reply_token_losses
+
+    sums, counts = [], []
+    for ex in examples:
+        losses = reply_token_losses(engine, prefix, ex.context, ex.reply, size.context_budget,
+                                    size.reply_budget)  # (n_reply_tokens,)
+        sums.append(float(losses.sum()))
+        counts.append(int(losses.size))
+    return {"loss_sums": sums, "token_counts": counts}
+
+
+def generate_unit(engine, prefix, person: Speaker, indices: Sequence[int], seed: int) -> dict:
+    """Replies to the held-out contexts ``indices`` with the chat defaults; context i uses seed + i (the
+    same seed for every row: only the prefix differs)."""
+    from persona_sdk import GenerationConfig
+
+    replies, tokens = [], []
+    for i in indices:
+        gen = GenerationConfig().replace(seed=seed + i)
+        ids = engine.prompt_ids(list(person.test[i].context), prefix, gen)
+        out = list(engine.generate_ids(ids, prefix, gen))
+        replies.append(engine.format.decode(out).rstrip("\ufffd").strip())
+        tokens.append(len(out))
+    return {"replies": replies, "tokens": tokens}
+
+
+def _ppl(unit: dict) -> float:
+    return math.exp(sum(unit["loss_sums"]) / max(sum(unit["token_counts"]), 1))
+
+
+VOICE_BARS = (  # key, what, target (the acceptance bars of the voice work)
+    ("length", "generated median length within ±35% of the speaker's own", ">= 75% of speakers"),
+    ("lowercase", "lowercase-start share within 0.15 of the speaker's own", ">= 75% of speakers"),
+    ("attribution", "attribution top-1 at K = 20 (chance 5%)", ">= 35%"),
+    ("identification", "perplexity identification top-1 at K = 20 (chance 5%)", ">= 60%"),
+    ("gain", "median perplexity gain over the source prefix", ">= 10%"),
+    ("enrolled", "speakers `persona enroll` enrolled (no error)", "all of them"),
+    ("enroll_wall", "each enrollment's wall time", "<= 5 min"),
+    ("enroll_rss", "enrollment peak RSS (max over speakers)", "<= 3 GB"),
+)
+
+
+def voice_bars(rows: dict, enrollments: dict, k_attr: int | None, k_ident: int) -> list[dict]:
+    """Each bar: measured value, whether it holds (None: not measured at the bar's K), and by how much
+    it misses (in the bar's unit; 0 when it holds)."""
+    enroll = rows.get("enroll", {})
+    real = rows.get("real", {})
+    attempts = list(enrollments.values())
+    out = []
+
+    def bar(key: str, value, target: float, higher: bool, note: str = "", measured: bool = True) -> None:
+        what, goal = next((w, g) for k, w, g in VOICE_BARS if k == key)
+        holds = None if value is None or not measured else (value >= target if higher else value <= target)
+        miss = None if holds is None else max(0.0, (target - value) if higher else (value - target))
+        out.append({"key": key, "bar": what, "target": goal, "value": value, "holds": holds, "miss": miss,
+                    "note": note})
+
+    bar("length", enroll.get("length_within_tolerance"), 0.75, True)
+    bar("lowercase", enroll.get("lowercase_within_tolerance"), 0.75, True)
+    bar("attribution", enroll.get("attribution"), 0.35, True,
+        f"K = {k_attr}; ceiling on the real held-out replies {_f(real.get('attribution'), pct=True)}"
+        + ("" if k_attr == 20 else "; not the bar's K = 20"), measured=k_attr == 20)
+    ident_value = enroll.get("ident_k20") if k_ident >= 20 else enroll.get("ident_all")
+    bar("identification", ident_value, 0.60, True,
+        "K = 20" if k_ident >= 20 else f"K = {k_ident}; not the bar's K = 20", measured=k_ident >= 20)
+    bar("gain", enroll.get("gain_vs_source_median"), 0.10, True)
+    ok = sum(e["ok"] for e in attempts)
+    bar("enrolled", ok / len(attempts) if attempts else None, 1.0, True, f"{ok} of {len(attempts)}")
+    walls = [e["wall_seconds"] for e in attempts]
+    bar("enroll_wall", max(walls) / 60 if walls else None, 5.0, False,
+        "minutes, max over every enrollment (failed ones included)")
+    rss = [e["peak_rss_bytes"] for e in attempts]
+    bar("enroll_rss", max(rss) / GB if rss else None, 3.0, False, "GB (10^9 bytes), max over enrollments")
+    return out
+
+
+def voice_rows(people: Sequence[Speaker], units: dict, voice: dict, ident: dict, enrollments: dict) -> dict:
+    """One row per setting (and the real replies): perplexity, voice aggregates, identification, cost."""
+    agg = voice["aggregate"]["settings"]
+    rows: dict[str, dict] = {}
+    real = agg.get("real", {})
+    rows["real"] = {"speakers": real.get("speakers"), "median_words_median": real.get("median_words_median"),
+                    "topic_share_median": real.get("topic_share_median"),
+                    "attribution": real.get("attribution_macro"), "attribution_micro": real.get("attribution_micro")}
+    for row in VOICE_ROWS:
+        got = units.get(row, {})
+        ppl = [_ppl(u) for u in got.values()]
+        a = agg.get(row, {})
+        r = {"speakers": len(got), "perplexity_median": float(np.median(ppl)) if ppl else None,
+             "median_words_median": a.get("median_words_median"), "length_ratio_median": a.get("length_ratio_median"),
+             "length_within_tolerance": a.get("length_within_tolerance"),
+             "lowercase_within_tolerance": a.get("lowercase_within_tolerance"),
+             "topic_share_median": a.get("topic_share_median"), "attribution": a.get("attribution_macro"),
+             "attribution_micro": a.get("attribution_micro")}
+        rows[row] = r
+    gains = [(_ppl(units["source"][s]) - _ppl(u)) / _ppl(units["source"][s]) for s, u in units["enroll"].items()]
+    rows["enroll"]["gain_vs_source_median"] = float(np.median(gains)) if gains else None
+    rows["enroll"].update(ident)
+    ok = [e for e in enrollments.values() if e["ok"]]
+    rows["enroll"]["enroll_wall_median"] = float(np.median([e["wall_seconds"] for e in ok])) if ok else None
+    rows["enroll"]["enroll_wall_max"] = max((e["wall_seconds"] for e in enrollments.values()), default=None)
+    rows["enroll"]["enroll_rss_max"] = max((e["peak_rss_bytes"] for e in enrollments.values()), default=None)
+    rows["enroll"]["enrolled"] = len(ok)
+    return rows
+
+
+def voice_markdown(results: dict) -> str:
+    meta, rows = results["meta"], results["rows"]
+    size = meta["size"]
+    k_attr, k_id = results["voice"]["k"], results["identification"]["k"]
+    lines = ["# Voice table: part-B speakers enrolled by `persona enroll` (chitchat-dataset)", "",
+             f"- command: `{meta['command']}`", f"- commit: `{meta['commit']}`", f"- date (UTC): {meta['date']}",
+             f"- backbone: `{meta['backbone']}`; scoring (perplexity, identification): ONNX runtime "
+             f"`{meta['score_variant']}`; generation: ONNX runtime `{meta['generate_variant']}` with the chat "
+             "defaults (`GenerationConfig()`, seed + context index, the same for every row)",
+             f"- enrollment: `{' '.join(meta['enroll_command'])}` in its own process per speaker (the speaker's "
+             "train conversations as chats.json; the library's default training settings); "
+             f"{rows['enroll'].get('enrolled')} of {len(results['enrollments'])} enrolled",
+             f"- source prefix: {meta['source_prefix']}",
+             f"- size: {meta['size_name']} — " + ", ".join(f"{k}={v}" for k, v in size.items()),
+             f"- wall time: {_hms(meta['wall_seconds_all_runs'])} over every run that filled the cache (this run "
+             f"{_hms(meta['wall_seconds'])}; estimated beforehand: {_hms(meta['estimate']['total'])} on a quiet "
+             "machine); per stage: " + ", ".join(
+                 f"{k} {_hms(v)} (est. {_hms(meta['estimate'].get(k, 0))})"
+                 for k, v in meta["stage_seconds_all_runs"].items()),
+             "- generated tokens per reply (mean): " + ", ".join(
+                 f"{k} {_f(rows[k].get('generated_tokens_mean'), 1)} (assumed {meta['reply_tokens_assumed'][k]})"
+                 for k in VOICE_ROWS), "",
+             "## Acceptance bars", "", "| bar | target | measured | holds | misses by | note |", "|---|---|---|---|---|---|"]
+    for b in results["bars"]:
+        unit = {"enroll_wall": " min", "enroll_rss": " GB"}.get(b["key"])
+        val = "—" if b["value"] is None else (f"{b['value']:.2f}{unit}" if unit else _f(b["value"], pct=True))
+        miss = ("—" if b["miss"] is None else "0" if b["holds"] else
+                (f"{b['miss']:.2f}{unit}" if unit else f"{100 * b['miss']:.1f} points"))
+        holds = ("not measured" if b["value"] is None else
+                 {True: "yes", False: "**no**", None: "not judged: not at the bar's K"}[b["holds"]])
+        lines.append(f"| {b['bar']} | {b['target']} | {val} | {holds} | {miss} | {b['note']} |")
+    lines += ["", f"## Rows ({meta['speakers']} speakers; attribution K = {k_attr}, identification K = {k_id})", "",
+              "| setting | ppl (median) | gain vs source (median) | median words (median) | length ratio (median) "
+              "| within ±35% length | within 0.15 lowercase | topic share (median) | attribution top-1 "
+              "| identification top-1 | enroll wall (median / max) | enroll peak RSS (max) |",
+              "|---" * 12 + "|"]
+    r = rows["real"]
+    lines.append(f"| real held-out replies | — | — | {_f(r.get('median_words_median'), 1)} | 1 | — | — | "
+                 f"{_f(r.get('topic_share_median'), pct=True)} | {_f(r.get('attribution'), pct=True)} (ceiling) "
+                 "| — | — | — |")
+    for key in VOICE_ROWS:
+        r = rows[key]
+        ident = ("—" if key != "enroll" else
+                 _f(r.get("ident_k20") if k_id >= 20 else r.get("ident_all"), pct=True))
+        wall = ("—" if key != "enroll" or r.get("enroll_wall_max") is None else
+                f"{_f(r.get('enroll_wall_median'), 0)} s / {_f(r.get('enroll_wall_max'), 0)} s")
+        rss = "—" if key != "enroll" or r.get("enroll_rss_max") is None else f"{r['enroll_rss_max'] / GB:.2f} GB"
+        lines.append(f"| {SETTINGS[key]} | {_f(r.get('perplexity_median'), 2)} | "
+                     f"{_f(r.get('gain_vs_source_median'), pct=True)} | {_f(r.get('median_words_median'), 1)} | "
+                     f"{_f(r.get('length_ratio_median'), 2)} | {_f(r.get('length_within_tolerance'), pct=True)} | "
+                     f"{_f(r.get('lowercase_within_tolerance'), pct=True)} | {_f(r.get('topic_share_median'), pct=True)} "
+                     f"| {_f(r.get('attribution'), pct=True)} | {ident} | {wall} | {rss} |")
+    lines += ["", "## Per speaker (enrolled persona vs the speaker's real held-out replies)", "",
+              "| speaker | train replies | steps | stopped | enroll wall | peak RSS | ppl source → enroll | gain "
+              "| median words real / gen | lowercase real / gen | topic share real / gen | attributed |",
+              "|---" * 12 + "|"]
+    for sid, sp in results["speakers"].items():
+        e, v = sp["enrollment"], sp.get("voice", {})
+        prof = e.get("profile", {})
+        vr, ve = v.get("real", {}), v.get("enroll", {})
+        ppl = sp.get("perplexity", {})
+        status = prof.get("stopped", "—") if e["ok"] else f"failed: {e.get('reason', '')[:60]}"
+        lines.append(
+            f"| {sid} | {e['train_replies']} | {prof.get('steps', '—')} | {status} | {e['wall_seconds']:.0f} s | "
+            f"{e['peak_rss_bytes'] / GB:.2f} GB | {_f(ppl.get('source'), 1)} → {_f(ppl.get('enroll'), 1)} | "
+            f"{_f(sp.get('gain'), pct=True)} | {_f(vr.get('median_words'), 1)} / {_f(ve.get('median_words'), 1)} | "
+            f"{_f(vr.get('lowercase_start'), pct=True)} / {_f(ve.get('lowercase_start'), pct=True)} | "
+            f"{_f(vr.get('topic_share'), pct=True)} / {_f(ve.get('topic_share'), pct=True)} | "
+            f"{_f(ve.get('attribution'), pct=True)} |")
+    lines += ["", "Notes: perplexity is over reply tokens (≤ reply_budget) of the scored held-out test replies "
+              "(median over speakers); gain = (source − enroll) / source per speaker, then the median. "
+              "Generated replies answer held-out contexts (voice_contexts for the enrolled persona, "
+              "reference_contexts of the same ones for the backbone and the source prefix) and are compared "
+              "with all of the speaker's real held-out replies (persona_sdk.voice.speakers_voice): topic words "
+              "come from the speaker's training replies; the attribution classifier is trained on the K speakers' "
+              "training replies and its accuracy on their real held-out replies is the ceiling. Identification: "
+              "each enrolled persona scores ident_replies held-out replies of every enrolled speaker; a reply is "
+              "identified when its speaker's persona gives it strictly the lowest loss. Enrollment wall time is "
+              "the `persona enroll` process from start to exit; peak RSS is that process's (os.wait4).", ""]
+    return "\n".join(lines)
+
+
+class StageTimes:
+    """Seconds per stage: this run's, and the sum over every run that filled the cache (a resumed run
+    redoes only what is not cached, so the sum is what the whole table cost)."""
+
+    def __init__(self) -> None:
+        self.run: dict[str, float] = {}
+        self.all: dict[str, float] = {}
+        self.path: Path | None = None
+
+    def attach(self, path: Path) -> None:
+        self.path = path
+        self.all = json.loads(path.read_text()) if path.is_file() else {}
+        for stage, seconds in self.run.items():
+            self._add_all(stage, seconds)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.run[stage] = self.run.get(stage, 0.0) + seconds
+        if self.path is not None:
+            self._add_all(stage, seconds)
+
+    def _add_all(self, stage: str, seconds: float) -> None:
+        self.all[stage] = self.all.get(stage, 0.0) + seconds
+        write_atomic(self.path, json.dumps(self.all).encode())
+
+
+def main_voice(args: argparse.Namespace, argv: Sequence[str] | None, overrides: dict, commit: str,
+               t_start: float) -> dict:
+    """The voice preset: enroll, then score and generate through the ONNX runtime, then the table."""
+    from persona_sdk import backbone as bbmod
+    from persona_sdk.conversation import ChatFormat
+    from persona_sdk.split import SplitConfig
+    from tokenizers import Tokenizer
+
+    size = replace(VOICE_SIZES[args.size], **overrides)
+    split_over = {k: getattr(args, "split_" + k) for k in ("n_b", "n_c", "b_min") if getattr(args, "split_" + k) is not None}
+    split_config = SplitConfig(**split_over)
+    out = Path(args.out)
+    cache = Cache(out / "cache")
+    backbone_dir = Path(bbmod.resolve(args.backbone, say))
+    fmt = ChatFormat(Tokenizer.from_file(str(backbone_dir / "tokenizer.json")))
+    say("loading the corpus and the split...")
+    times = StageTimes()
+    t0 = time.monotonic()
+    chats, people, split_summary = load_voice_people(args.corpus, split_config, size, lambda t: len(fmt.encode(t)))
+    times.add("setup", time.monotonic() - t0)
+    plan = voice_estimate(people, size)
+    say(f"plan: {len(people)} part-B speakers, rows {', '.join(VOICE_ROWS)}; estimated {_hms(plan['total'])} on a "
+        "quiet 2-core machine (" + ", ".join(f"{k} {_hms(v)}" for k, v in plan.items() if k != "total" and v) + ")")
+    if args.estimate_only:
+        return {"estimate": plan, "speakers": {"B": len(people)}, "cost_model": VOICE_COST,
+                "reply_tokens": VOICE_REPLY_TOKENS,
+                "train_replies": [len(p.train) for p in people], "test_replies": [len(p.test) for p in people]}
+    if len(people) < 2:
+        raise SystemExit(f"only {len(people)} part-B speaker(s) with train and test replies; need at least 2")
+
+    from persona_sdk import source as src
+    from persona_sdk.config import RuntimeConfig
+    from persona_sdk.engines import find_export
+    from persona_sdk.runtime import Engine
+    from persona_sdk.voice import SpeakerTexts, speakers_voice
+
+    fingerprint = bbmod.fingerprint(backbone_dir)
+    source_file = str(Path(args.source_prefix).resolve()) if args.source_prefix else None
+    source = src.load_source(source_file)
+    if source.backbone != fingerprint:
+        raise SystemExit("the source prefix was trained for another backbone; give one for this backbone "
+                         "with --source-prefix FILE")
+    identity = {"preset": "voice", "size": asdict(size), "split": asdict(split_config), "seed": args.seed,
+                "backbone": fingerprint, "corpus": args.corpus, "source": hashlib.sha256(source.kv.tobytes()).hexdigest(),
+                "score_variant": args.score_variant, "generate_variant": args.variant, "export": args.export}
+    stamp = cache.json("run", lambda: identity)
+    if stamp != json.loads(json.dumps(identity)):
+        raise SystemExit(f"{out} holds a cache of a different configuration; use another --out (or delete it)")
+    times.attach(cache.root / "stage_seconds.json")
+    progress = Progress(plan["total"])
+    home = _Home((cache.root / "persona-home").resolve())
+
+    # 1. enrollment: one `persona enroll` process per speaker, nothing else running (cached)
+    t0 = time.monotonic()
+    enrollments: dict[str, dict] = {}
+    vault = home.vault()
+    for n, p in enumerate(people, start=1):
+        name = f"voice/enroll/{p.sid}"
+        if cache.has(name) and cache.load(name)["ok"] and not vault.exists(p.profile):
+            (cache.root / f"{name}.json").unlink()  # the profile went missing: enroll again
+        if not cache.has(name):
+            progress.step(f"speaker {n}/{len(people)}: enrolling with `persona enroll` ({len(p.train)} train "
+                          f"replies, --max-minutes {size.max_minutes:g})",
+                          60 * size.max_minutes + VOICE_COST["enroll_overhead"])
+        enrollments[p.sid] = cache.json(name, lambda: enroll_speaker(
+            chats, p, size, backbone_dir, source_file, home, cache.root / "voice" / "enroll-logs", fingerprint))
+        e = enrollments[p.sid]
+        say(f"  speaker {n}: " + (f"enrolled in {e['wall_seconds']:.0f} s, {e['profile'].get('steps')} steps, "
+                                  f"stopped: {e['profile'].get('stopped')}" if e["ok"] else f"failed: {e['reason']}")
+            + f"; peak RSS {e['peak_rss_bytes'] / GB:.2f} GB")
+    times.add("enroll", time.monotonic() - t0)
+    del chats
+
+    # 2. engines and personas
+    t0 = time.monotonic()
+    export_of = {v: find_export(args.export or backbone_dir, v, say, build=True)
+                 for v in dict.fromkeys([args.score_variant, args.variant])}
+    engines = {v: Engine(d, RuntimeConfig(device="cpu", threads=args.threads)) for v, d in export_of.items()}
+    for e in engines.values():
+        if e.fingerprint != fingerprint:
+            raise SystemExit("the ONNX export is not of the enrollment backbone (fingerprints differ)")
+    scorer, generator = engines[args.score_variant], engines[args.variant]
+    prefixes: dict[str, dict[str, Any]] = {"backbone": {}, "source": {}, "enroll": {}}
+    for p in people:
+        prefixes["backbone"][p.sid] = None
+        prefixes["source"][p.sid] = source
+        if enrollments[p.sid]["ok"]:
+            prefixes["enroll"][p.sid] = vault.load(p.profile, VOICE_PASSPHRASE, fingerprint=fingerprint)
+    enrolled = [p for p in people if p.sid in prefixes["enroll"]]
+    times.add("setup", time.monotonic() - t0)
+
+    # 3. perplexity of every row on the scored held-out replies (ORT, cached)
+    t0 = time.monotonic()
+    units: dict[str, dict[str, dict]] = {row: {} for row in VOICE_ROWS}
+    for row in VOICE_ROWS:
+        for n, p in enumerate(people, start=1):
+            if p.sid not in prefixes[row]:
+                continue
+            name = f"voice/score/{row}/{p.sid}"
+            if not cache.has(name):
+                progress.step(f"{SETTINGS[row]} · speaker {n}/{len(people)}: scoring {len(p.scored)} held-out "
+                              f"replies ({args.score_variant})", len(p.scored) * VOICE_COST["forward"])
+            units[row][p.sid] = cache.json(name, lambda: score_unit(
+                scorer, prefixes[row][p.sid], [p.test[i] for i in p.scored], size))
+    times.add("score", time.monotonic() - t0)
+
+    # 4. persona identification among the enrolled speakers
+    t0 = time.monotonic()
+    ident_people = [Person(p.sid, "B", [], [], [p.test[p.scored[j]] for j in p.ident]) for p in enrolled]
+    rows_by_owner: dict[str, list] = {}
+    for n, p in enumerate(enrolled, start=1):
+        name = f"voice/ident/{p.sid}"
+        if len(enrolled) < 2:
+            break
+        if not cache.has(name):
+            progress.step(f"identification: persona {n}/{len(enrolled)} on the other speakers' replies",
+                          sum(len(q.ident) for q in enrolled if q is not p) * VOICE_COST["forward"])
+
+        def row_of(p=p) -> list:
+            own = units["enroll"][p.sid]
+            row: list = []
+            for q in enrolled:
+                if q is p:
+                    row += [own["loss_sums"][j] / max(own["token_counts"][j], 1) for j in p.ident]
+                else:
+                    u = score_unit(scorer, prefixes["enroll"][p.sid], [q.test[q.scored[j]] for j in q.ident], size)
+                    row += [s / max(c, 1) for s, c in zip(u["loss_sums"], u["token_counts"])]
+            return row
+
+        rows_by_owner[p.sid] = cache.json(name, row_of)
+    ident = identification(rows_by_owner, ident_people)
+    times.add("identification", time.monotonic() - t0)
+
+    # 5. generated replies (chat defaults) for held-out contexts
+    t0 = time.monotonic()
+    generated: dict[str, dict[str, dict]] = {row: {} for row in VOICE_ROWS}
+    for row in ("enroll", "source", "backbone"):
+        for n, p in enumerate(people, start=1):
+            if p.sid not in prefixes[row]:
+                continue
+            which = p.voice if row == "enroll" else p.reference
+            name = f"voice/generate/{row}/{p.sid}"
+            if not cache.has(name):
+                progress.step(f"{SETTINGS[row]} · speaker {n}/{len(people)}: answering {len(which)} held-out "
+                              f"contexts ({args.variant}, chat defaults)",
+                              len(which) * (VOICE_COST["prefill"] + VOICE_REPLY_TOKENS[row] * VOICE_COST["token"]))
+            generated[row][p.sid] = cache.json(name, lambda: generate_unit(generator, prefixes[row][p.sid], p, which,
+                                                                           args.seed))
+    times.add("generate", time.monotonic() - t0)
+
+    # 6. what a reader notices, at K = the speakers of the run (numbers only)
+    t0 = time.monotonic()
+    progress.step("voice metrics: style, topics, attribution", 0.0)
+    texts = {p.sid: SpeakerTexts(train=[e.reply for e in p.train], real=[e.reply for e in p.test],
+                                 generated={row: generated[row][p.sid]["replies"] for row in VOICE_ROWS
+                                            if p.sid in generated[row]}) for p in people}
+    voice = speakers_voice(texts, seed=args.seed)
+    times.add("voice", time.monotonic() - t0)
+
+    rows = voice_rows(people, units, voice, ident, enrollments)
+    for row in VOICE_ROWS:
+        toks = [t for u in generated[row].values() for t in u["tokens"]]
+        rows[row]["generated_replies"] = len(toks)
+        rows[row]["generated_tokens_mean"] = float(np.mean(toks)) if toks else None
+    k_attr = voice["aggregate"]["k"]
+    bars = voice_bars(rows, enrollments, k_attr, len(enrolled))
+    speakers_out = {}
+    for p in people:
+        ppl = {row: _ppl(units[row][p.sid]) for row in VOICE_ROWS if p.sid in units[row]}
+        gain = (ppl["source"] - ppl["enroll"]) / ppl["source"] if "enroll" in ppl else None
+        speakers_out[p.sid] = {"enrollment": enrollments[p.sid], "perplexity": ppl, "gain": gain,
+                               "test_replies": len(p.test), "scored": len(p.scored),
+                               "voice": voice["per_speaker"][p.sid]}
+    wall = time.monotonic() - t_start
+    enroll_cmd = ["persona", "enroll", "chats.json", "--me", "SPEAKER", "--name", "NAME", "--max-minutes",
+                  f"{size.max_minutes:g}", "--backbone", "DIR"] + (["--source", "FILE"] if source_file else [])
+    results = {
+        "preset": "voice",
+        "bars": bars,
+        "rows": rows,
+        "identification": {**ident, "k": len(enrolled)},
+        "voice": {"k": k_attr, "chance": voice["aggregate"]["chance"],
+                  "length_tolerance": voice["aggregate"]["length_tolerance"],
+                  "lowercase_tolerance": voice["aggregate"]["lowercase_tolerance"],
+                  "settings": voice["aggregate"]["settings"]},
+        "speakers": speakers_out,
+        "enrollments": enrollments,
+        "meta": {
+            "command": "python benchmarks/personapkt_table.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "backbone": backbone_dir.name, "backbone_fingerprint": fingerprint,
+            "score_variant": json.loads((Path(export_of[args.score_variant]) / "manifest.json").read_text()).get("variant"),
+            "generate_variant": json.loads((Path(export_of[args.variant]) / "manifest.json").read_text()).get("variant"),
+            "source_prefix": f"`{source_file}`" if source_file else "the shipped one (persona enroll's default)",
+            "enroll_command": enroll_cmd, "speakers": len(people),
+            "size_name": args.size + (" (with overrides: " + ", ".join(overrides) + ")" if overrides else ""),
+            "size": asdict(size), "split": {**asdict(split_config), "summary": split_summary},
+            "seed": args.seed, "threads": args.threads, "estimate": plan, "stage_seconds": times.run,
+            "stage_seconds_all_runs": times.all, "wall_seconds": wall,
+            "wall_seconds_all_runs": sum(times.all.values()), "cost_model": VOICE_COST, "reply_tokens_assumed": VOICE_REPLY_TOKENS,
+            "generation": asdict_generation(),
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "results.json", json.dumps(results, indent=2).encode())
+    write_atomic(out / "table.md", voice_markdown(results).encode())
+    say(f"done in {_hms(wall)}: {out / 'table.md'}, {out / 'results.json'}")
+    print(voice_markdown(results))
+    return results
+
+
+def asdict_generation() -> dict:
+    from persona_sdk import GenerationConfig
+
+    g = GenerationConfig()
+    return {f: getattr(g, f) for f in ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
+                                       "repetition_penalty", "num_beams", "context_budget")}
+
+
 # --- main ----------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/out/personapkt", help="output folder (also the resume cache)")
-    ap.add_argument("--size", choices=list(SIZES), default="full",
-                    help="quick (< 1 h), k20 (identification at K = 20) or full (the whole protocol; days)")
+    ap.add_argument("--size", choices=[*SIZES, *VOICE_SIZES], default="full",
+                    help="quick (< 1 h), k20 (identification at K = 20), full (the whole protocol; days), or "
+                         "voice20 (20 part-B speakers enrolled by `persona enroll`: style, topics, attribution, "
+                         "identification at K = 20; ~2.5 h)")
     ap.add_argument("--quick", action="store_const", const="quick", dest="size", help="same as --size quick")
     ap.add_argument("--backbone", default=None, help="HF backbone folder to train on (default: the embedded SmolLM2)")
     ap.add_argument("--export", default=None, help="ONNX export folder for scoring/decoding (default: the backbone's "
                                                    "cached export of --variant, built if missing)")
-    ap.add_argument("--variant", default="int8", help="ONNX variant for scoring/decoding (int8 = the chat default)")
+    ap.add_argument("--variant", default="int8", help="ONNX variant for scoring/decoding (int8 = the chat default); "
+                                                      "voice20: generation only")
+    ap.add_argument("--score-variant", default="fp32",
+                    help="voice20: ONNX variant for perplexity and identification (fp32 prefills faster than int8)")
+    ap.add_argument("--source-prefix", default=None,
+                    help="voice20: a source prefix FILE for the source row and `persona enroll --source FILE` "
+                         "(default: the shipped one, enroll's default)")
     ap.add_argument("--corpus", default=None, help="chitchat-format dataset.json (default: the chitchat-dataset package)")
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="rows to run")
+    ap.add_argument("--settings", nargs="+", default=None, choices=list(PKT_ROWS),
+                    help="rows to run (quick / k20 / full; voice20 always runs backbone, source and enroll)")
     ap.add_argument("--parts", nargs="+", default=["B", "C"], choices=["B", "C"])
     ap.add_argument("--base-source", choices=["plain", "shipped"], default="plain",
                     help="source of PersonaPKT base / source-only: a plain-mixing source trained here, or the shipped one")
@@ -774,7 +1467,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--estimate-only", action="store_true", help="print the plan and its estimated wall time, then exit")
     for f in Size.__dataclass_fields__:  # every size knob can be overridden: --b-speakers 6 ...
         ap.add_argument("--" + f.replace("_", "-"), type=int, default=None, dest="size_" + f,
-                        help=f"override Size.{f}")
+                        help=f"override Size.{f}" + (" / VoiceSize." + f if f in VoiceSize.__dataclass_fields__ else ""))
+    for f in VoiceSize.__dataclass_fields__:
+        if f not in Size.__dataclass_fields__:
+            ap.add_argument("--" + f.replace("_", "-"), type=float if f == "max_minutes" else int, default=None,
+                            dest="size_" + f, help=f"override VoiceSize.{f} (voice20)")
     # split protocol (changing it is a different protocol; recorded in results.json)
     ap.add_argument("--split-n-b", type=int, default=None, help="SplitConfig.n_b")
     ap.add_argument("--split-n-c", type=int, default=None, help="SplitConfig.n_c")
@@ -791,12 +1488,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     t_start = time.monotonic()
     commit = _commit()  # the code that runs, not whatever HEAD is when a long run ends
-    size = SIZES[args.size]
-    overrides = {f: getattr(args, "size_" + f) for f in Size.__dataclass_fields__ if getattr(args, "size_" + f) is not None}
-    size = replace(size, **overrides)
+    fields = VoiceSize.__dataclass_fields__ if args.size in VOICE_SIZES else Size.__dataclass_fields__
+    given = {f[len("size_"):] for f, v in vars(args).items() if f.startswith("size_") and v is not None}
+    if given - set(fields):
+        raise SystemExit(f"--size {args.size} has no " + ", ".join("--" + f.replace("_", "-") for f in sorted(given - set(fields))))
+    overrides = {f: getattr(args, "size_" + f) for f in fields if getattr(args, "size_" + f) is not None}
+    if args.size in VOICE_SIZES:
+        if args.settings is not None:
+            raise SystemExit("--settings does not apply to --size voice20 (its rows are backbone, source and enroll)")
+        return main_voice(args, argv, overrides, commit, t_start)
+    size = replace(SIZES[args.size], **overrides)
     split_over = {k: getattr(args, "split_" + k) for k in ("n_b", "n_c", "b_min") if getattr(args, "split_" + k) is not None}
     split_config = SplitConfig(**split_over)
-    settings = [s for s in SETTINGS if s in args.settings]
+    settings = [s for s in PKT_ROWS if s in (args.settings or PKT_ROWS)]
     out = Path(args.out)
     cache = Cache(out / "cache")
 

@@ -3,11 +3,14 @@ options that take their default and help from the library's config dataclasses."
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import typer
 
@@ -116,8 +119,40 @@ def new_key(env_var: str, use_keyring: bool, label: str) -> Any:
     return prompt_passphrase(env_var, confirm=True, label=label)
 
 
-def config_option(config: type, name: str, *flags: str) -> Any:
+def config_option(config: type, name: str, *flags: str, note: str = "") -> Any:
     """A typer option whose default and help are field ``name`` of the library's dataclass ``config``
-    (the library owns defaults and policies; the CLI only parses)."""
+    (the library owns defaults and policies; the CLI only parses). ``note``: what the CLI adds (e.g. how
+    a command line says None)."""
     spec = next(f for f in fields(config) if f.name == name)
-    return typer.Option(spec.default, *flags, help=spec.metadata["help"])
+    return typer.Option(spec.default, *flags, help=spec.metadata["help"] + (f"; {note}" if note else ""))
+
+
+def backbone_option(*, export_ok: bool = False, note: str = "") -> Any:
+    """The ``--backbone`` option, one wording for every command (``export_ok``: an ONNX export folder works too)."""
+    what = "Local Hugging Face causal-LM folder" + (" or ONNX export folder" if export_ok else "")
+    return typer.Option(None, "--backbone", help=f"{what} (default: the embedded SmolLM2-135M-Instruct)"
+                        + (f"; {note}" if note else "") + ".")
+
+
+@contextlib.contextmanager
+def interrupt_flag() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C raises KeyboardInterrupt as usual and also sets a flag; yields the flag's getter.
+
+    A long loop passes the getter as ``should_stop``: an interrupt that lands in a finalizer or a
+    callback (where Python prints and drops the KeyboardInterrupt) still stops it at the next step.
+    """
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+
+    def handler(signum, frame):
+        hit.set()
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)

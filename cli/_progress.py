@@ -33,11 +33,13 @@ class TrainBar:
             sys.stderr.write(f"Validation loss before training: {p.val_loss:.3f}\n")
             return
         total = max(p.total_steps, 1)
-        done = min(p.step / total, 1.0)
+        # how far along: the step count, or the time when a budget ends the run first (the ETA says which)
+        by_time = p.elapsed / (p.elapsed + p.eta) if p.eta is not None and p.elapsed + p.eta > 0 else 0.0
+        done = min(max(p.step / total, by_time), 1.0) if p.phase != "done" else 1.0
         bar = "#" * int(done * self.width) + "-" * (self.width - int(done * self.width))
         tl = f"{p.train_loss:.3f}" if p.train_loss is not None else "-"
         vl = f"{self.last_val:.3f}" if self.last_val is not None else "-"
-        line = (f"{self.label} [{bar}] {p.step}/{total} steps  train {tl}  val {vl}  "
+        line = (f"{self.label} [{bar}] {100 * done:3.0f}%  step {p.step}  train {tl}  val {vl}  "
                 f"elapsed {_fmt_time(p.elapsed)}  eta {_fmt_time(p.eta)}")
         now = time.monotonic()
         if self.tty:

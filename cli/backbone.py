@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import err
+from ._common import backbone_option, err
 
 backbone_app = typer.Typer(help="Export the backbone to ONNX (fp32, int8, int4, fp16) and inspect it.",
                            no_args_is_help=True)
@@ -19,7 +19,7 @@ app.add_typer(backbone_app, name="backbone")
 def export(
     quant: Optional[str] = typer.Option(None, "--quant", help="Quantised CPU variant: int8 or int4."),
     fp16: bool = typer.Option(False, "--fp16", help="Also build the fp16 variant for GPUs."),
-    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder (default: embedded)."),
+    backbone: Optional[Path] = backbone_option(),
 ) -> None:
     """Export (once) and validate the backbone against the torch model, with a persona prefix injected.
 
@@ -41,7 +41,7 @@ def export(
 
 @backbone_app.command("info")
 def info(
-    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder (default: embedded)."),
+    backbone: Optional[Path] = backbone_option(),
 ) -> None:
     """Show the backbone, its fingerprint and the cached ONNX variants with their validation.
 

@@ -12,14 +12,14 @@ from persona_sdk.config import GenerationConfig, RuntimeConfig
 from persona_sdk.errors import ConfigError
 
 from ._app import app
-from ._common import config_option, err, open_vault, profile_key
+from ._common import backbone_option, config_option, err, open_vault, profile_key
 
 
 @app.command()
 def chat(
     message: Optional[str] = typer.Option(None, "--message", "-m", help="Send one message, print the reply to stdout, exit."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Enrolled profile to speak as (see `persona list`)."),
-    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)."),
+    backbone: Optional[Path] = backbone_option(),
     device: str = config_option(RuntimeConfig, "device", "--device"),
     spin: bool = config_option(RuntimeConfig, "spin", "--spin"),
     variant: Optional[str] = config_option(RuntimeConfig, "variant", "--variant"),
@@ -29,6 +29,7 @@ def chat(
     top_k: int = config_option(GenerationConfig, "top_k", "--top-k"),
     repetition_penalty: float = config_option(GenerationConfig, "repetition_penalty", "--repetition-penalty"),
     beams: int = config_option(GenerationConfig, "num_beams", "--beams"),
+    length_pull: float = config_option(GenerationConfig, "length_pull", "--length-pull"),
     seed: Optional[int] = config_option(GenerationConfig, "seed", "--seed"),
     persona: Optional[List[str]] = typer.Option(None, "--persona", help="A persona sentence to speak as "
                                                 "(repeat for several), instead of an enrolled profile."),
@@ -50,7 +51,7 @@ def chat(
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                            repetition_penalty=repetition_penalty, num_beams=beams, seed=seed,
-                           do_sample=temperature > 0 and beams == 1)
+                           length_pull=length_pull, do_sample=temperature > 0 and beams == 1)
     # the first run builds the ONNX export: announced on stderr before it starts
     kwargs = dict(backbone=backbone, device=device, variant=variant, spin=spin, generation=gen, progress=err,
                   build=True)

@@ -9,10 +9,10 @@ from typing import Optional
 import typer
 
 from persona_sdk.enrollment import SOURCE_DEFAULT
-from persona_sdk.training.config import TrainConfig
+from persona_sdk.training.config import DPConfig, TrainConfig
 
 from ._app import app
-from ._common import config_option, err, prompt_passphrase
+from ._common import backbone_option, config_option, err, interrupt_flag, prompt_passphrase
 
 
 @app.command()
@@ -23,17 +23,21 @@ def enroll(
     fmt: str = typer.Option("auto", "--format", help="auto, chats, whatsapp, telegram, discord or chitchat"),
     method: str = config_option(TrainConfig, "method", "--method"),
     prefix_len: int = config_option(TrainConfig, "prefix_len", "--prefix-len"),
-    max_minutes: Optional[float] = config_option(TrainConfig, "max_minutes", "--max-minutes"),
+    max_minutes: float = config_option(TrainConfig, "max_minutes", "--max-minutes", note="0 = no limit"),
     epochs: int = config_option(TrainConfig, "epochs", "--epochs"),
     lr: Optional[float] = config_option(TrainConfig, "lr", "--lr"),
     seed: int = config_option(TrainConfig, "seed", "--seed"),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="local Hugging Face causal-LM folder (default: embedded SmolLM2-135M-Instruct)"),
+    backbone: Optional[str] = backbone_option(),
     source: str = typer.Option(SOURCE_DEFAULT, "--source", help="source prefix: default (shipped), a FILE, or none"),
     force: bool = typer.Option(False, "--force", help="replace an existing profile of the same name"),
+    private: bool = typer.Option(False, "--private", help="train with differential privacy (DP-SGD with Opacus: the dp extra of persona-sdk)"),
+    epsilon: float = config_option(DPConfig, "epsilon", "--epsilon"),
+    delta: float = config_option(DPConfig, "delta", "--delta"),
 ) -> None:
     """Learn your implicit persona from your own chats; store it encrypted on this machine.
 
     Example: persona enroll chats.json --me Ana --name ana --max-minutes 5
+    Private: persona enroll chats.json --me Ana --private --epsilon 8
     """
     from persona_sdk.enrollment import enroll as run_enroll
     from persona_sdk.errors import EnrollmentCancelled
@@ -41,12 +45,20 @@ def enroll(
 
     from ._progress import TrainBar
 
+    dp = None
+    if private:
+        from persona_sdk.training.methods.dp import require_opacus
+
+        require_opacus()
+        dp = DPConfig(epsilon=epsilon, delta=delta, **({"lr": lr} if lr is not None else {}))
     passphrase = prompt_passphrase(ENV_PASSPHRASE, confirm=True, label="Passphrase for the new profile")
     config = TrainConfig(method=method, prefix_len=prefix_len, epochs=epochs, lr=lr, seed=seed,
-                         max_minutes=max_minutes)
+                         max_minutes=max_minutes or None, dp=dp)  # --max-minutes 0 = no limit
     try:
-        result = run_enroll(chats, me=me, name=name, fmt=fmt, backbone=backbone, source=source,
-                            passphrase=passphrase, force=force, progress=TrainBar("enrolling"), config=config)
+        with interrupt_flag() as interrupted:
+            result = run_enroll(chats, me=me, name=name, fmt=fmt, backbone=backbone, source=source,
+                                passphrase=passphrase, force=force, progress=TrainBar("enrolling"), config=config,
+                                should_stop=interrupted)
     except EnrollmentCancelled as exc:
         sys.stderr.write("\n")
         if exc.best is not None and exc.profile and sys.stdin.isatty() and typer.confirm(
@@ -66,6 +78,12 @@ def enroll(
     err(f"Validation loss {s.best_val_loss:.3f} (perplexity {_ppl(s.best_val_loss):.1f}) vs {s.init_val_loss:.3f} "
         f"({_ppl(s.init_val_loss):.1f}) for the {start_label}; {s.steps} steps, {s.epochs:g} epochs, "
         f"stopped: {s.stopped}, {result.wall_seconds / 60:.1f} min.")
+    if dp is not None:
+        m = result.prefix.meta
+        err(f"Private: ({m['dp_epsilon']:g}, {m['dp_delta']:g})-DP per training reply; spent epsilon "
+            f"{m['dp_epsilon_spent']:g} in {s.steps} of {m['dp_steps_planned']} planned steps (clip "
+            f"{m['dp_max_grad_norm']:g}, noise multiplier {m['dp_noise_multiplier']:.3g}, sampling rate "
+            f"{m['dp_sample_rate']:.3g}).")
     err(f"Saved encrypted profile {result.name!r}.")
     err(f"Chat with it:  persona chat --name {result.name}")
     typer.echo(result.name)

@@ -9,8 +9,10 @@ from typing import Optional
 
 import typer
 
+from persona_sdk.config import RuntimeConfig
+
 from ._app import app
-from ._common import err, open_vault, profile_key
+from ._common import backbone_option, config_option, err, open_vault, profile_key
 
 
 @app.command("eval")
@@ -26,9 +28,9 @@ def eval_(
     voice: int = typer.Option(40, "--voice", help="Held-out contexts the persona, the source prefix and the backbone each answer (chat defaults, fixed seeds) for the style/topic/attribution comparison; 0 = skip."),
     attribution_k: int = typer.Option(20, "--attribution-k", help="Attribution classes: you + K-1 chitchat source speakers (chance 1/K); 0 = skip attribution."),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON (never any chat text)."),
-    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder or ONNX export (default: embedded SmolLM2-135M-Instruct)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8, int4 or fp16."),
+    backbone: Optional[Path] = backbone_option(export_ok=True),
+    device: str = config_option(RuntimeConfig, "device", "--device"),
+    variant: Optional[str] = config_option(RuntimeConfig, "variant", "--variant"),
 ) -> None:
     """Measure how much your persona explains your own held-out replies.
 
@@ -45,7 +47,6 @@ def eval_(
     unless you pass --html; --json prints numbers only.
     """
     from persona_sdk.chats import load_chats, resolve_me
-    from persona_sdk.config import RuntimeConfig
     from persona_sdk.evaluate import EvalConfig, evaluate, format_samples, held_out_examples, write_html
     from persona_sdk.engines import open_engine
 

@@ -10,11 +10,12 @@ from typing import Optional
 
 import typer
 
+from persona_sdk.config import RuntimeConfig
 from persona_sdk.errors import ConfigError
 from persona_sdk.training.config import PALConfig
 
 from ._app import app
-from ._common import config_option, err
+from ._common import backbone_option, config_option, err
 
 explicit_app = typer.Typer(help="Explicit-persona modes (chat as a persona described in sentences): "
                            "train and build their parts.", no_args_is_help=True)
@@ -94,10 +95,8 @@ def train(
 def export(
     mode: str = typer.Argument(..., help="the mode whose model to build: pal"),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="adapter folder (default: the shipped one)"),
-    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8, int4 or fp16 "
-                                          "(default: int8 on CPU, fp16 on CUDA)"),
-    backbone: Optional[Path] = typer.Option(None, "--backbone", help="the backbone the adapter was trained on "
-                                            "(default: the embedded SmolLM2-135M-Instruct)"),
+    variant: Optional[str] = config_option(RuntimeConfig, "variant", "--variant"),
+    backbone: Optional[Path] = backbone_option(note="the backbone the adapter was trained on"),
 ) -> None:
     """Build a mode's model now: the adapter merged into the backbone, exported to ONNX and validated.
 
@@ -107,7 +106,6 @@ def export(
     """
     if mode != "pal":
         raise ConfigError("mode must be pal (prompt runs on the backbone's own export)")
-    from persona_sdk.config import RuntimeConfig
     from persona_sdk.explicit.pal import open_pal_engine
 
     engine = open_pal_engine(backbone, RuntimeConfig(variant=variant), err, build=True, adapter=adapter)

@@ -80,6 +80,10 @@ def info(
     typer.echo(f"prefix: {spec.length} virtual tokens x {spec.layers} layers x {spec.kv_heads} KV heads "
                f"x {spec.head_dim} dims ({spec.dtype}, {prefix.kv.nbytes} bytes)")
     typer.echo(f"method: {prefix.method}")
+    if prefix.meta.get("dp"):
+        m = prefix.meta
+        typer.echo(f"privacy: ({m.get('dp_epsilon'):g}, {m.get('dp_delta'):g})-differentially private per training "
+                   f"reply (DP-SGD, {m.get('dp_accountant')} accountant; epsilon spent {m.get('dp_epsilon_spent'):g})")
     for key in sorted(prefix.meta):
         value = prefix.meta[key]
         if isinstance(value, (int, float, bool)) or value is None:  # summary numbers only

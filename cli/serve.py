@@ -8,8 +8,10 @@ from typing import List, Optional
 
 import typer
 
+from persona_sdk.config import RuntimeConfig
+
 from ._app import app
-from ._common import err
+from ._common import backbone_option, config_option, err
 
 
 @app.command()
@@ -22,12 +24,11 @@ def serve(
     port: int = typer.Option(8080, "--port", help="TCP port."),
     rows: int = typer.Option(8, "--rows", help="Most replies decoded together in one batch."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Most tokens one request may ask for."),
-    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local Hugging Face causal-LM folder or ONNX "
-                                            "export folder (default: embedded SmolLM2-135M-Instruct)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant (default: the chat default)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads (default: onnxruntime's choice)."),
-    spin: bool = typer.Option(True, "--spin/--no-spin", help="Busy-waiting threads while decoding."),
+    backbone: Optional[Path] = backbone_option(export_ok=True),
+    device: str = config_option(RuntimeConfig, "device", "--device"),
+    variant: Optional[str] = config_option(RuntimeConfig, "variant", "--variant"),
+    threads: Optional[int] = config_option(RuntimeConfig, "threads", "--threads"),
+    spin: bool = config_option(RuntimeConfig, "spin", "--spin/--no-spin"),
     new_token: bool = typer.Option(False, "--new-token", help="Replace the bearer token with a new random one."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (logs never hold message text)."),
 ) -> None:
@@ -53,7 +54,6 @@ def serve(
 
         raise MissingDependencyError(f"persona serve needs the [serve] extra: {INSTALL_SERVE}") from None
     from persona_sdk.batching import Batcher
-    from persona_sdk.config import RuntimeConfig
     from persona_sdk.engines import open_engine
     from persona_sdk.errors import ConfigError
     from persona_sdk.server import ServeLimits, create_app, ensure_token, model_id, token_path

@@ -39,21 +39,33 @@ def train(
     max_per_speaker: Optional[int] = typer.Option(None, help="cap replies per speaker"),
     max_val: int = typer.Option(64, help="validation replies (sampled from part-A val conversations)"),
     max_minutes: Optional[float] = config_option(SourceConfig, "max_minutes"),
+    eval_every: int = config_option(SourceConfig, "eval_every"),
     seed: int = config_option(SourceConfig, "seed"),
     init_text: Optional[str] = config_option(SourceConfig, "init_text"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
     backbone: Optional[str] = typer.Option(None, help="backbone folder (default: the embedded SmolLM2-135M)"),
+    shards: int = config_option(SourceConfig, "shards"),
+    checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file (written atomically by rank 0)"),
+    checkpoint_every: int = typer.Option(0, help="write the checkpoint every N steps (0 = never)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from --checkpoint if it exists"),
 ) -> None:
     """Train a source prefix over many speakers and write it with its provenance.
 
     Example: persona source train --out persona_sdk/data/source_prefix --method plain --steps 200
+    On 2 processes (gloo on CPU, nccl on CUDA), same result as 1 process with --shards 2:
+      torchrun --nproc-per-node 2 -m persona_sdk.cli source train --out src --method plain --checkpoint src/ckpt.pt
     """
     from persona_sdk import source as src
+    from persona_sdk.training import distributed as dd
+
+    ctx = dd.context()
+    log = err if ctx.main else (lambda message: None)  # rank 0 alone logs and writes
 
     cfg = SourceConfig(method=method, prefix_len=prefix_len, steps=steps, lr=lr, batch_size=batch_size,
-                           temperature=temperature, inner_steps=inner_steps, outer_batch=outer_batch,
-                           outer_lr=outer_lr, alpha=alpha, context_budget=context_budget,
-                           max_minutes=max_minutes, seed=seed, init_text=init_text)
+                       temperature=temperature, inner_steps=inner_steps, outer_batch=outer_batch,
+                       outer_lr=outer_lr, alpha=alpha, context_budget=context_budget,
+                       max_minutes=max_minutes, seed=seed, init_text=init_text, shards=shards,
+                       eval_every=eval_every)
     if threads:
         import torch
 
@@ -66,12 +78,20 @@ def train(
         speakers, val, provenance = src.spc_split(spc_csv, max_speakers, max_val)
     else:
         raise typer.BadParameter("corpus must be chitchat or spc")
-    err(f"{provenance['speakers']} speakers, {sum(len(s.examples) for s in speakers)} replies, "
-        f"{len(val)} validation replies; method {method}, {steps} steps")
+    log(f"{provenance['speakers']} speakers, {sum(len(s.examples) for s in speakers)} replies, "
+        f"{len(val)} validation replies; method {method}, {steps} steps"
+        + (f"; rank 0 of {ctx.world} ({ctx.backend})" if ctx.distributed else ""))
     from ._progress import TrainBar
 
-    prefix, summary = src.train_source(speakers, val, backbone=backbone, config=cfg,
-                                       progress=TrainBar(f"source/{method}"))
+    try:
+        prefix, summary = src.train_source(speakers, val, backbone=backbone, config=cfg,
+                                           progress=TrainBar(f"source/{method}") if ctx.main else None,
+                                           checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
+    finally:
+        dd.barrier(ctx)
+    if not ctx.main:
+        dd.shutdown(ctx)
+        return
     info = {
         "command": "persona source train " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train") + 1:])
         if "train" in sys.argv else None,
@@ -79,8 +99,11 @@ def train(
         "data": provenance,
         "summary": summary.as_meta(),
         "threads": threads,
+        "world_size": ctx.world,
+        "backend": ctx.backend,
     }
     path = src.save_source(prefix, out, info)
-    err(f"val loss {summary.init_val_loss:.3f} -> {summary.best_val_loss:.3f} (best at step {summary.best_step}), "
+    log(f"val loss {summary.init_val_loss:.3f} -> {summary.best_val_loss:.3f} (best at step {summary.best_step}), "
         f"{summary.wall_seconds / 60:.1f} min")
     typer.echo(str(path))
+    dd.shutdown(ctx)

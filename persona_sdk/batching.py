@@ -127,6 +127,11 @@ class Reply:
 
     close = cancel
 
+    def _raise_if_failed(self) -> None:
+        """After the last token: the decoding error that ended this reply, if one did."""
+        if self.finish_reason == ERROR and self.error is not None:
+            raise GenerationError(f"decoding failed ({type(self.error).__name__})") from self.error
+
     def __iter__(self) -> Iterator[int]:
         if self._loop is not None:
             raise GenerationError("this reply was submitted for an event loop: use `async for`")
@@ -138,8 +143,7 @@ class Reply:
                 yield item
         finally:
             self.cancel()
-        if self.finish_reason == ERROR and self.error is not None:
-            raise GenerationError(f"decoding failed ({type(self.error).__name__})") from self.error
+        self._raise_if_failed()
 
     async def __aiter__(self) -> AsyncIterator[int]:
         if self._loop is None:
@@ -152,8 +156,7 @@ class Reply:
                 yield item
         finally:
             self.cancel()
-        if self.finish_reason == ERROR and self.error is not None:
-            raise GenerationError(f"decoding failed ({type(self.error).__name__})") from self.error
+        self._raise_if_failed()
 
 
 @dataclass
@@ -298,7 +301,7 @@ class Batcher:
             if not self._waiting:
                 break
             reply = self._waiting.popleft()
-            self.rows[slot] = _Row(reply, Sampler(reply.gen, self.engine.vocab_size, reply.prompt_ids),
+            self.rows[slot] = _Row(reply, self.engine.sampler(reply.gen, reply.prompt_ids, reply.prefix),
                                    list(reply.prompt_ids))
             out.append((slot, reply))
         return out

@@ -12,6 +12,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # is smaller still but loses more quality (the measurements are in BENCHMARKS.md).
 DEFAULT_VARIANT = "int8"
 GPU_VARIANT = "fp16"
+# the pull toward a persona's usual reply length (BENCHMARKS.md, "length control")
+LENGTH_PULL = 5.0
 
 
 def _meta(help: str) -> dict:
@@ -33,6 +35,12 @@ class GenerationConfig:
     stop: tuple[str, ...] = field(default=(), metadata=_meta("Extra strings that end a reply (not included)."))
     seed: int | None = field(default=None, metadata=_meta("Seed for reproducible sampling; default: fresh randomness."))
     context_budget: int = field(default=1024, metadata=_meta("Most conversation tokens fed to the model; oldest turns drop first."))
+    length_pull: float = field(default=LENGTH_PULL, metadata=_meta(
+        "How strongly a reply is pulled toward its target length (the persona's usual reply length, kept in "
+        "its profile): end-of-turn logits get length_pull * log((n + 1) / (target + 1)) after n tokens; "
+        "0 turns it off."))
+    target_tokens: int | None = field(default=None, metadata=_meta(
+        "Target reply length in tokens for length_pull; default: the persona's own (none for the bare backbone)."))
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -52,6 +60,10 @@ class GenerationConfig:
         self.stop = tuple(s for s in self.stop if s)
         if not isinstance(self.context_budget, int) or self.context_budget < 16:
             raise ConfigError(f"context_budget must be an int >= 16, got {self.context_budget!r}")
+        if not isinstance(self.length_pull, (int, float)) or not 0 <= self.length_pull <= 20:
+            raise ConfigError(f"length_pull must be a number in [0, 20] (0 turns it off), got {self.length_pull!r}")
+        if self.target_tokens is not None and (not isinstance(self.target_tokens, int) or self.target_tokens < 1):
+            raise ConfigError(f"target_tokens must be an int >= 1 or None (the persona's own), got {self.target_tokens!r}")
 
     @property
     def greedy(self) -> bool:

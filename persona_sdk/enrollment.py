@@ -167,9 +167,15 @@ def enroll(
                               val_fraction=cfg.val_fraction, seed=cfg.seed,
                               min_replies=max(MIN_REPLIES, cfg.min_examples))
     check_enough(len(examples.train), cfg)
+    if cfg.dp is not None:  # private: the extra and the delta it can promise, before the model loads
+        from .training.methods.dp import check_delta, require_opacus
+
+        require_opacus()
+        check_delta(len(examples.train), cfg.dp)
     from .voice import enrollment_meta
 
-    voice_meta = enrollment_meta(examples.train, examples.val)  # topic words + salted digests: for `persona eval`
+    # topic words + salted digests (for `persona eval`), median reply tokens (the chat-time length pull)
+    voice_meta = enrollment_meta(examples.train, examples.val, count_tokens=count_tokens_fn(fmt_))
     fingerprint = bb_mod.fingerprint(model_dir)
     init, source_label = (None, SOURCE_NONE)
     if cfg.method == "prefix":
@@ -192,7 +198,8 @@ def enroll(
         exc.profile = name  # where a caller that keeps the best block so far saves it
         raise
     prefix.meta.update(source="none" if init is None else ("shipped" if source_label == "shipped" else "file"))
-    prefix.meta.update(voice_meta)  # kept inside the encrypted profile only; `persona info` prints numbers only
+    if cfg.dp is None:  # private: nothing derived from the replies outside the DP-trained block
+        prefix.meta.update(voice_meta)  # kept inside the encrypted profile only; `persona info` prints numbers only
     if save:
         check_trained(summary, cfg)
     path = vault.save(name, prefix, passphrase, force=force) if save else None

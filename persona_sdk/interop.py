@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BackboneMismatchError, PeftAdapterError, ProfileExistsError
+from .fileio import atomic_write
 from .prefix import Prefix
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -145,8 +145,9 @@ def write_peft(prefix: Prefix, folder: Path | str, *, base_model: str | None = N
         out.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         raise PeftAdapterError(f"cannot create {out} ({exc.strerror or type(exc).__name__})") from None
-    _atomic_write(out / ADAPTER_WEIGHTS, weights)
-    _atomic_write(out / ADAPTER_CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(out / ADAPTER_WEIGHTS, weights, error=PeftAdapterError)
+    atomic_write(out / ADAPTER_CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+                 error=PeftAdapterError)
     return out
 
 
@@ -291,24 +292,3 @@ def _read_bounded(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise PeftAdapterError(f"{path.name} is too large for a PEFT prefix adapter")
     return data
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """A 0600 temp file next to ``path``, fsync, os.replace."""
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(8)}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise PeftAdapterError(f"writing {path} failed ({exc.strerror or type(exc).__name__})") from None

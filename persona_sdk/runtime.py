@@ -52,7 +52,7 @@ from .kvcache import PREFILL_CHUNK, CopyCache, DecodeState, SharedKVCache
 from .manifest import (ATTENTION_MASK, INPUT_IDS, LOGITS, LOGITS_TO_KEEP, MODEL, POSITION_IDS, past_names,
                        present_names, read_manifest)
 from .prefix import Prefix, PrefixSpec
-from .sampling import Sampler
+from .sampling import Sampler, length_target
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class Engine:
         if state is None:
             state = self.new_state(prefix, capacity=len(prompt_ids) + gen.max_new_tokens + 1
                                    + (prefix.length if prefix is not None else 0))
-        sampler = Sampler(gen, self.vocab_size, prompt_ids)
+        sampler = self.sampler(gen, prompt_ids, prefix)
         logits = state.start(prompt_ids, PREFILL_CHUNK)
         for n in range(gen.max_new_tokens):
             token = sampler.pick(logits)
@@ -268,6 +268,11 @@ class Engine:
                 return
             sampler.observe(token)
             logits = state.feed(token)
+
+    def sampler(self, gen: GenerationConfig, prompt_ids: Sequence[int], prefix: Prefix | None = None) -> Sampler:
+        """A reply's token picker: ``gen``'s settings, the prompt as seen tokens, the persona's length target."""
+        return Sampler(gen, self.vocab_size, prompt_ids, stop_ids=self.stop_ids,
+                       target_tokens=length_target(gen, prefix))
 
     def beam_search(self, prompt_ids: Sequence[int], prefix: Prefix | None, gen: GenerationConfig) -> Iterator[int]:
         """Beam search (log-prob / length**length_penalty); yields the best beam's tokens."""

@@ -1,17 +1,29 @@
-"""Picking the next token from last-position logits: greedy, top-k / top-p sampling, repetition penalty.
+"""Picking the next token from last-position logits: greedy, top-k / top-p sampling, repetition penalty,
+and a pull toward the persona's usual reply length.
 
 Per token this touches the whole vocabulary only a few times (penalty on
 the tokens seen, one max or a top-k preselection); sorting happens among the
 top k candidates only, never over the 49k-token vocabulary.
+
+Length: a persona's profile keeps its owner's median reply length in tokens
+(``voice.profile_reply_tokens``). After ``n`` reply tokens the end-of-turn
+logits get ``length_pull * log((n + 1) / (target + 1))``: ending is
+discouraged before the target and encouraged after it, more the further
+away, and only the stop tokens' logits move (a sentence is still ended where
+the model would end one). The end-of-turn tokens are also exempt from the
+repetition penalty: every earlier turn ends with one, and penalising it made
+every reply longer.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
 from .config import GenerationConfig
+from .voice import profile_reply_tokens
 
 _CHUNK = 64  # top-k preselection: maxima of chunks of this many logits
 
@@ -34,31 +46,60 @@ def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(logits, v - k)[v - k:]
 
 
+def length_target(gen: GenerationConfig, prefix: Any = None) -> int | None:
+    """The reply length ``gen`` pulls toward: its ``target_tokens``, else the persona's own, else none."""
+    if gen.length_pull == 0:
+        return None
+    if gen.target_tokens is not None:
+        return gen.target_tokens
+    return profile_reply_tokens(getattr(prefix, "meta", None)) if prefix is not None else None
+
+
 class Sampler:
     """One reply's token picker: its settings, its random stream, the tokens seen so far."""
 
-    def __init__(self, gen: GenerationConfig, vocab_size: int, context_ids: Sequence[int] = ()) -> None:
+    def __init__(self, gen: GenerationConfig, vocab_size: int, context_ids: Sequence[int] = (),
+                 stop_ids: Collection[int] = (), target_tokens: int | None = None) -> None:
         self.gen = gen
         self.rng = np.random.default_rng(gen.seed)
         self._seen = np.zeros(vocab_size, dtype=bool)
         ids = np.asarray(list(context_ids), dtype=np.int64)
         ids = ids[(ids >= 0) & (ids < vocab_size)]
         self._seen[ids] = True
+        stops = np.asarray(sorted(int(i) for i in stop_ids if 0 <= int(i) < vocab_size), dtype=np.int64)
+        self._stops = stops  # (n_stop,): never penalised as repeats, moved by the length pull
+        self._never_seen = np.zeros(vocab_size, dtype=bool)
+        self._never_seen[stops] = True
+        self._seen &= ~self._never_seen
         self._seen_ids = np.flatnonzero(self._seen)  # (n_seen,) sorted, unique
+        self.target = target_tokens if gen.length_pull > 0 and stops.size else None
+        self.generated = 0  # reply tokens observed so far
 
     def observe(self, token: int) -> None:
-        """Count ``token`` as seen (the repetition penalty applies to it from now on)."""
-        if 0 <= token < self._seen.size and not self._seen[token]:
+        """Count ``token`` as generated and seen (the repetition penalty applies to it from now on)."""
+        self.generated += 1
+        if 0 <= token < self._seen.size and not self._seen[token] and not self._never_seen[token]:
             self._seen[token] = True
             self._seen_ids = np.append(self._seen_ids, token)
+
+    def stop_bias(self) -> float:
+        """What the length pull adds to the end-of-turn logits before the next token (0 without a target)."""
+        if self.target is None:
+            return 0.0
+        return self.gen.length_pull * math.log((self.generated + 1) / (self.target + 1))
 
     def pick(self, logits: np.ndarray) -> int:
         """The next token from last-position ``logits`` (vocab,); ``logits`` is not modified."""
         gen = self.gen
-        if gen.repetition_penalty != 1.0 and self._seen_ids.size:
+        penalise = gen.repetition_penalty != 1.0 and self._seen_ids.size
+        bias = self.stop_bias()
+        if penalise or bias:
             logits = np.array(logits, dtype=np.float32)  # a copy: the caller's buffer stays as it was
+        if penalise:
             hit = logits[self._seen_ids]
             logits[self._seen_ids] = np.where(hit > 0, hit / gen.repetition_penalty, hit * gen.repetition_penalty)
+        if bias:
+            logits[self._stops] += bias
         if gen.greedy:
             return int(np.argmax(logits))
         k = gen.top_k if 0 < gen.top_k < logits.size else logits.size

@@ -40,7 +40,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -652,6 +652,7 @@ DIGEST_BYTES = 6  # 48-bit truncated HMAC: ~1e-8 chance of one false match over 
 MAX_DIGESTS = 4096  # 32 KB of base64 in the prefix header; above it a bottom-k sample is kept
 META_KEY = "voice"
 META_FORMAT = 1
+REPLY_TOKENS_KEY = "reply_tokens"  # the owner's median reply length in tokens (the chat-time length pull)
 
 
 def _normalise(text: str) -> str:
@@ -738,14 +739,27 @@ class TrainingDigests:
             raise MetricError("the profile's training fingerprint is malformed") from None
 
 
+def median_reply_tokens(replies: Sequence[str], count_tokens: Callable[[str], int]) -> int:
+    """The median length of ``replies`` in tokens (at least 1): the target of the chat-time length pull."""
+    if not replies:
+        raise MetricError("median reply tokens needs at least one reply")
+    return max(1, int(round(float(np.median([count_tokens(r) for r in replies])))))
+
+
 def enrollment_meta(train: Sequence[Any], val: Sequence[Any] = (), *, background: Background | None = None,
-                    top: int = 30, key: bytes | None = None) -> dict[str, Any]:
-    """What a profile keeps (inside its encrypted file) for ``persona eval``: the distinctive words
+                    top: int = 30, key: bytes | None = None,
+                    count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]:
+    """What a profile keeps (inside its encrypted file): for ``persona eval``, the distinctive words
     of the ``train`` replies and salted digests of every (preceding message, reply) pair enrollment
-    read (train and validation). Returned as ``{"voice": {...}}`` to merge into ``Prefix.meta``."""
+    read (train and validation); for chat, the median ``train`` reply length in tokens (with
+    ``count_tokens``; see ``sampling.length_target``). Returned as ``{"voice": {...}}`` to merge
+    into ``Prefix.meta``."""
     topics = distinctive_words([e.reply for e in train], background, top) if train else []
     digests = TrainingDigests.of([example_pair(e) for e in [*train, *val]], key)
-    return {META_KEY: {"format": META_FORMAT, "topic_words": topics, "digests": digests.to_meta()}}
+    meta: dict[str, Any] = {"format": META_FORMAT, "topic_words": topics, "digests": digests.to_meta()}
+    if count_tokens is not None and train:
+        meta[REPLY_TOKENS_KEY] = median_reply_tokens([e.reply for e in train], count_tokens)
+    return {META_KEY: meta}
 
 
 def profile_topic_words(meta: Mapping[str, Any]) -> list[str] | None:
@@ -754,6 +768,13 @@ def profile_topic_words(meta: Mapping[str, Any]) -> list[str] | None:
     if not isinstance(v, dict) or not isinstance(v.get("topic_words"), list):
         return None
     return [str(w) for w in v["topic_words"]]
+
+
+def profile_reply_tokens(meta: Mapping[str, Any] | None) -> int | None:
+    """The median reply length (tokens) a profile keeps (None: enrolled before it was kept, or with DP)."""
+    v = (meta or {}).get(META_KEY)
+    n = v.get(REPLY_TOKENS_KEY) if isinstance(v, dict) else None
+    return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) and n >= 1 else None
 
 
 def profile_digests(meta: Mapping[str, Any]) -> TrainingDigests | None:

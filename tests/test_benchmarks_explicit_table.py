@@ -5,25 +5,17 @@ the table's PAL rows never see a gold reply or label before they answer."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from explicit_helpers import random_adapter, write_spc_csv
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "explicit_table.py"
+from bench_helpers import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("explicit_table", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("explicit_table")
 
 
 @pytest.fixture(scope="module")

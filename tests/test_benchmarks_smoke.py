@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_speed.py"
+from bench_helpers import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("decode_speed", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("decode_speed")
 
 
 def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
@@ -22,7 +17,7 @@ def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
     results = bench.main(["--backbone", str(tiny_backbone), "--variants", "fp32", "int4", "--prompt-tokens", "40",
                           "--new-tokens", "8", "--threads", "1", "--optimum-variants", "fp32", "--json", str(out),
                           "--batch-variant", "int4", "--batch-rows", "1", "3", "--batch-prompt-tokens", "16",
-                          "--batch-new-tokens", "4"])
+                          "--batch-new-tokens", "4", "--rounds", "3"])
     engines = results["engines"]
     assert set(engines) == {"torch eager (generate)", "ORT fp32 (runtime)", "ORT int4 (runtime)", "ORT fp32 (numpy loop)",
                             "ORT fp32 (runtime, spinning off)", "ORT int4 (runtime, spinning off)",
@@ -48,19 +43,25 @@ def test_decode_speed_smoke(tiny_backbone, tmp_path, capsys):
         assert row["batched"]["tokens"] == row["sequential"]["tokens"] == int(n) * 4
         assert row["batched"]["latency_p95_s"] >= row["batched"]["latency_p50_s"] > 0
     assert batched["3"]["batched"]["mean_rows_per_step"] > 1  # the three replies shared decode steps
+    assert len(batched["3"]["speedup_rounds"]) == 3 and batched["3"]["speedup"] == sorted(batched["3"]["speedup_rounds"])[1]
+    h2h = results["head_to_head"]  # no llama.cpp here: the chat default's variant against ORT fp32, interleaved
+    assert h2h["rounds"] == 3 and h2h["reference"] == "ORT fp32 (runtime)"
+    ours = h2h["engines"]["ORT int4 (chat default)"]
+    assert len(ours["decode_tok_s_rounds"]) == 3 and ours["decode_tok_s"] == sorted(ours["decode_tok_s_rounds"])[1]
+    lo, hi = ours["vs_reference_range"]
+    assert 0 < lo <= ours["vs_reference_median"] <= hi
+    assert "vs_reference_median" not in h2h["engines"]["ORT fp32 (runtime)"]
     ttft = results["ttft"]
     assert ttft["second_turn_new_tokens"] < ttft["second_turn_tokens"] / 2  # the first turn's KV was reused
     assert min(ttft["fresh_ttft_s"], ttft["second_turn_ttft_reuse_s"], ttft["second_turn_ttft_refeed_s"]) > 0
     table = capsys.readouterr().out
     assert "| ORT int4 (runtime) |" in table and "held-out perplexity" in table
-    assert "| 3 |" in table and "reusing the first turn's KV" in table
+    assert "| 3 |" in table and "reusing the first turn's KV" in table and "3 interleaved rounds" in table
 
 
 def test_serve_load_smoke(tiny_onnx, tmp_path, capsys):
     """benchmarks/serve_load.py drives a real server process with streaming clients for a bounded time."""
-    spec = importlib.util.spec_from_file_location("serve_load", BENCH.parent / "serve_load.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("serve_load")
     out = tmp_path / "load.json"
     results = bench.main(["--backbone", str(tiny_onnx), "--clients", "3", "--duration", "2", "--personas", "2",
                           "--rows", "4", "--max-tokens", "8", "--threads", "1", "--json", str(out)])
@@ -73,9 +74,7 @@ def test_serve_load_smoke(tiny_onnx, tmp_path, capsys):
 
 def test_profile_decode_smoke(tiny_onnx, tmp_path):
     """benchmarks/profile_decode.py: CPU-time A/B (shared KV vs the copying loop), op census, prefill."""
-    spec = importlib.util.spec_from_file_location("profile_decode", BENCH.parent / "profile_decode.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("profile_decode")
     ab = bench.main(["ab", str(tiny_onnx), f"{tiny_onnx}:legacy", "--past", "20", "--steps", "6", "--rounds", "2"])
     assert ab[f"{tiny_onnx}:legacy"]["same_greedy_as_first"] == 6  # the same tokens either way
     assert all(row["cpu_ms_per_token"] > 0 for row in ab.values())
@@ -83,3 +82,25 @@ def test_profile_decode_smoke(tiny_onnx, tmp_path):
     assert census["ops"]["GroupQueryAttention"]["nodes"] == 2  # one per layer of the tiny backbone
     prefill = bench.main(["prefill", str(tiny_onnx), "--prompt", "30", "--rounds", "2"])
     assert prefill[str(tiny_onnx)] > 0
+
+
+def test_voice_sweep_smoke(tiny_backbone, tiny_onnx, tmp_path):
+    """The sweep trains, answers and scores per (setting, speaker); trained rows really trained."""
+    import io
+    import json
+
+    from persona_sdk.runtime import Engine
+
+    from enroll_helpers import quirky_speaker
+
+    sweep = load_benchmark("voice_sweep")
+    assert sweep.parse_setting("lr=1e-2,bf16=off") == {"lr": 0.01, "bf16": "off"}
+    data = quirky_speaker(60)
+    person = dict(train=data[:40], val=data[40:50], test=data[50:])
+    out = io.StringIO()
+    rows = sweep.sweep([person], ["backbone", "lr=1e-2,min_examples=8,batch_size=4"], steps=3, n_gen=3, n_ppl=4,
+                       backbone=str(tiny_backbone), engine=Engine(tiny_onnx), out=out)
+    assert [r["setting"] for r in rows] == ["backbone", "lr=1e-2,min_examples=8,batch_size=4"]
+    assert rows[0]["steps"] == 0 and rows[1]["steps"] == 3
+    assert all(r["perplexity"] > 1 and r["median_words"]["real"] == 2 for r in rows)  # mostly "lol yes!"
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == rows

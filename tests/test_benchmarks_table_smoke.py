@@ -4,25 +4,20 @@ from its cache."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "personapkt_table.py"
+from bench_helpers import load_benchmark
+
 WORDS = "hey back from the trip yes still jetlagged what do you on weekends mostly hiking and cooking pizza music".split()
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("personapkt_table", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("personapkt_table")
 
 
 def _corpus(path: Path) -> Path:
@@ -67,7 +62,7 @@ def test_personapkt_table_smoke(tiny_backbone, tiny_onnx, tmp_path, capsys):
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["parts"]) == {"B", "C"}
     for part, pr in saved["parts"].items():
-        assert set(pr["settings"]) == set(bench.SETTINGS), part
+        assert set(pr["settings"]) == set(bench.PKT_ROWS), part
         for key, row in pr["settings"].items():
             assert row["speakers"] >= 1, (part, key)
             assert math.isfinite(row["perplexity_median"]) and row["perplexity_median"] > 1
@@ -85,7 +80,7 @@ def test_personapkt_table_smoke(tiny_backbone, tiny_onnx, tmp_path, capsys):
     table = (out / "table.md").read_text()
     for column in bench.COLUMNS:
         assert column in table
-    for label in bench.SETTINGS.values():
+    for label in (bench.SETTINGS[k] for k in bench.PKT_ROWS):
         assert label in table
     assert "## Part B — decoding: beam 5" in table and "## Part C — decoding: chat defaults" in table
     assert results["parts"]["B"]["speakers"] == 3
@@ -131,3 +126,234 @@ def test_spread_picks_evenly_and_all_when_asked():
     bench = _load()
     assert bench.spread(10, 3) == [0, 4, 9]  # numpy rounds 4.5 to even
     assert bench.spread(5, 0) == list(range(5)) and bench.spread(3, 8) == [0, 1, 2]
+
+
+# --- the voice preset: real `persona enroll` processes on the tiny backbone ------------------------
+VOICE_STYLES = {  # speaker -> (how a reply starts, its words, how it ends, conversations, replies in each)
+    "ana": ("", "lol yeah my cat zebra naps all day and i knit".split(), "", 14, 8),
+    "bo": ("Well, ", "The hiking trail near the river was Great this Weekend".split(), "!", 14, 8),
+    # 9 train conversations x 4 replies: fewer than enrollment's minimum, so `persona enroll` refuses
+    "cy": ("Hmm ", "pizza music guitar band concert tonight maybe".split(), " :)", 11, 4),
+}
+PARTNER_WORDS = "hey how was your week what did you do anything fun planned".split()
+
+
+def _voice_corpus(path: Path) -> Path:
+    """Chitchat-format conversations: three regular speakers, each with a style of their own, talking
+    to six partners (two with enough replies to enroll, one with too few)."""
+    rng = random.Random(1)
+    partners = [f"p{i}" for i in range(6)]
+    data = {}
+    n = 0
+    for s, (start, words, end, n_conv, per_conv) in VOICE_STYLES.items():
+        for k in range(n_conv):
+            partner = partners[(k + len(s) * 3) % len(partners)]
+            groups = []
+            for t in range(2 * per_conv):
+                who = partner if t % 2 == 0 else s
+                if who == s:
+                    text = start + " ".join(rng.choice(words) for _ in range(rng.randint(2, 7))) + end
+                else:
+                    text = " ".join(rng.choice(PARTNER_WORDS) for _ in range(rng.randint(3, 8))) + "?"
+                groups.append([{"text": text, "timestamp": f"2020-01-{1 + n % 28:02d}T00:00:{t:02d}Z", "sender": who}])
+            data[f"voice-{n}"] = {"messages": groups}
+            n += 1
+    path.write_text(json.dumps(data))
+    return path
+
+
+VOICE_SMOKE = ["--size", "voice20", "--b-speakers", "3", "--max-minutes", "0.75", "--test-replies", "4",
+               "--ident-replies", "2", "--voice-contexts", "3", "--reference-contexts", "2", "--split-n-b", "3",
+               "--split-n-c", "0", "--split-b-min", "10", "--threads", "1"]
+
+
+def _tiny_source(tiny_backbone: Path, out: Path) -> Path:
+    """A source prefix for the tiny backbone (the shipped one is for the default backbone)."""
+    import numpy as np
+
+    from persona_sdk.backbone import fingerprint
+    from persona_sdk.prefix import Prefix
+    from persona_sdk.source import save_source
+
+    kv = np.random.default_rng(0).normal(size=(2, 2, 2, 16, 16)).astype(np.float32) * 0.1  # (layers, 2, kv, P, hd)
+    return save_source(Prefix(kv, fingerprint(tiny_backbone), "prefix"), out, {"command": "test"})
+
+
+def test_voice_preset_end_to_end(tiny_backbone, tiny_onnx, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    bench = _load()
+    corpus = _voice_corpus(tmp_path / "dataset.json")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # where the speakers' chats.json files go
+    out = tmp_path / "out"
+    argv = ["--backbone", str(tiny_backbone), "--export", str(tiny_onnx), "--corpus", str(corpus), "--out", str(out),
+            "--source-prefix", str(_tiny_source(tiny_backbone, tmp_path / "source")), *VOICE_SMOKE]
+    results = bench.main(argv)
+    err = capsys.readouterr().err
+
+    # every enrollment was a real `persona enroll` process, measured on its own
+    assert err.count(": enrolling with `persona enroll`") == 3, err
+    assert set(results["enrollments"]) == set(results["speakers"]) and len(results["speakers"]) == 3
+    records = list(results["enrollments"].values())
+    enrolled = [e for e in records if e["ok"]]
+    assert len(enrolled) == 2
+    for e in enrolled:
+        assert e["returncode"] == 0 and not e["timed_out"] and 0 < e["wall_seconds"] < 300
+        assert 50e6 < e["peak_rss_bytes"] < 8e9  # a python + torch process, in bytes
+        assert e["profile"]["steps"] >= 1 and e["profile"]["source"] == "file"
+        assert e["train_replies"] >= 50
+    refused = next(e for e in records if not e["ok"])  # the speaker with too few replies: a clear error
+    assert refused["returncode"] != 0 and refused["train_replies"] < 50 and "repl" in refused["reason"], refused
+    assert "profile" not in refused and 0 < refused["peak_rss_bytes"]
+    assert results["meta"]["enroll_command"][:3] == ["persona", "enroll", "chats.json"]
+    assert "--max-minutes" in results["meta"]["enroll_command"]
+    assert list(tmp.iterdir()) == []  # the chats.json folders are gone
+    assert not list(out.rglob("chats.json"))
+    profiles = list((out / "cache" / "persona-home").rglob("*.persona"))
+    assert len(profiles) == 2 and all(b"lol" not in p.read_bytes() for p in profiles)  # encrypted
+
+    # rows, identification, voice metrics
+    rows = results["rows"]
+    assert set(rows) == {"real", *bench.VOICE_ROWS}
+    for key in bench.VOICE_ROWS:
+        assert rows[key]["speakers"] == (2 if key == "enroll" else 3), key  # no persona for the refused one
+        assert math.isfinite(rows[key]["perplexity_median"]), key
+        assert 0 <= rows[key]["lowercase_within_tolerance"] <= 1 and rows[key]["median_words_median"] > 0
+        assert rows[key]["attribution"] is not None
+    assert rows["enroll"]["generated_replies"] == 2 * 3 and rows["backbone"]["generated_replies"] == 3 * 2
+    assert rows["enroll"]["enrolled"] == 2
+    assert results["identification"]["k"] == 2 and 0 <= rows["enroll"]["ident_all"] <= 1
+    assert rows["enroll"]["ident_k20"] is None  # K = 2
+    assert results["voice"]["k"] == 3 and rows["real"]["attribution"] is not None  # attribution: every speaker
+    assert math.isfinite(rows["enroll"]["gain_vs_source_median"])
+
+    # the bars: each stated, with whether it holds and by how much it misses
+    bars = {b["key"]: b for b in results["bars"]}
+    assert list(bars) == [k for k, _, _ in bench.VOICE_BARS]
+    for b in bars.values():
+        assert b["value"] is not None and b["holds"] in (True, False, None), b
+        assert (b["miss"] is None) == (b["holds"] is None) and (b["miss"] is None or b["miss"] >= 0), b
+    assert bars["attribution"]["holds"] is None and bars["identification"]["holds"] is None  # K = 2, not 20
+    assert bars["enroll_wall"]["holds"] is True and bars["enroll_wall"]["value"] < 5
+    assert bars["enrolled"]["holds"] is False and bars["enrolled"]["miss"] == pytest.approx(1 / 3)
+    assert bars["enroll_rss"]["value"] == max(e["peak_rss_bytes"] for e in results["enrollments"].values()) / 1e9
+    for b in bars.values():
+        if b["holds"] is not None:
+            assert b["holds"] == (b["miss"] == 0), b
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["bars"] == json.loads(json.dumps(results["bars"]))
+    assert {"command", "commit", "date", "size", "stage_seconds", "stage_seconds_all_runs", "estimate"} <= set(saved["meta"])
+    assert saved["meta"]["stage_seconds_all_runs"]["enroll"] >= sum(e["wall_seconds"] for e in results["enrollments"].values())
+    text = (out / "results.json").read_text()
+    assert "zebra" not in text and "lol" not in text  # numbers only: no reply text
+    table = (out / "table.md").read_text()
+    for _, what, target in bench.VOICE_BARS:
+        assert what in table and target in table
+    for key in bench.VOICE_ROWS:
+        assert bench.SETTINGS[key] in table
+    assert "ceiling" in table and "## Per speaker" in table
+
+    # the chat-time length pull, measured on the same profiles (benchmarks/length_control.py)
+    from persona_sdk.config import LENGTH_PULL
+    from persona_sdk.voice import profile_reply_tokens
+
+    vault = bench._Home((out / "cache" / "persona-home").resolve()).vault()
+    kept = [profile_reply_tokens(vault.load(n, bench.VOICE_PASSPHRASE).meta) for n in vault.list()]
+    assert len(kept) == 2 and all(isinstance(n, int) and n >= 1 for n in kept)  # persona enroll kept the length
+    lc = load_benchmark("length_control").main(
+        ["--table-out", str(out), "--out", str(tmp_path / "lc"), "--backbone", str(tiny_backbone), "--export",
+         str(tiny_onnx), "--corpus", str(corpus), "--pulls", f"0,{LENGTH_PULL:g}", "--threads", "1"])
+    assert lc["variants"] == ["before", "pull=0", f"pull={LENGTH_PULL:g}"] and lc["speakers"] == 2
+    units = list((tmp_path / "lc" / "seed-0" / "cache" / f"pull={LENGTH_PULL:g}").glob("*.json"))
+    assert len(units) == 2
+    for f in units:  # the chat defaults' variant is what the table generated
+        table_unit = json.loads((out / "cache" / "voice" / "generate" / "enroll" / f.name).read_text())
+        assert json.loads(f.read_text())["replies"] == table_unit["replies"]
+    for v in lc["variants"]:
+        assert 0 <= lc["mean"][v]["length_within_tolerance"] <= 1
+        assert lc["mean"][v] == pytest.approx({k: x for k, x in lc["per_seed"][0]["aggregate"][v].items()
+                                               if isinstance(x, float)})  # one seed: its mean is itself
+    assert "lol" not in (tmp_path / "lc" / "results.json").read_text()
+
+    # resumable: a second run enrolls nothing and gives the same numbers
+    again = bench.main(argv)
+    err = capsys.readouterr().err
+    assert "enrolling" not in err and "scoring" not in err and "answering" not in err, err
+    assert again["rows"] == results["rows"] and again["bars"] == results["bars"]
+    assert again["meta"]["stage_seconds_all_runs"]["enroll"] >= results["meta"]["stage_seconds_all_runs"]["enroll"]
+    assert again["meta"]["stage_seconds"]["enroll"] < 5  # nothing enrolled this time
+
+
+def test_voice_estimate_only(tiny_backbone, tmp_path):
+    bench = _load()
+    corpus = _voice_corpus(tmp_path / "dataset.json")
+    plan = bench.main(["--backbone", str(tiny_backbone), "--corpus", str(corpus), "--out", str(tmp_path / "o"),
+                       "--estimate-only", *VOICE_SMOKE, "--max-minutes", "5"])
+    assert plan["speakers"] == {"B": 3}
+    est = plan["estimate"]
+    assert est["enroll"] == 3 * (5 * 60 + bench.VOICE_COST["enroll_overhead"])
+    assert est["identification"] == 2 * 3 * 2 * bench.VOICE_COST["forward"]  # (K-1) x 2 replies x 3 speakers
+    assert est["total"] == sum(v for k, v in est.items() if k != "total")
+    assert not (tmp_path / "o").exists()
+
+
+def test_voice_chats_json_gives_enrollment_the_same_examples(tmp_path):
+    """The chats.json a speaker is enrolled from holds exactly their train conversations: read back,
+    it yields the examples the table treats as that speaker's training replies (and none of the test)."""
+    from persona_sdk.chats import load_chats
+    from persona_sdk.split import SplitConfig, chitchat_split
+
+    bench = _load()
+    chats, split = chitchat_split(str(_voice_corpus(tmp_path / "dataset.json")), SplitConfig(n_b=3, n_c=0, b_min=10))
+    count = lambda t: len(t.split())  # noqa: E731
+    s = max(split.part("B"), key=lambda s: len(s.train))
+    n = bench.write_chats_json(chats, s.train, tmp_path / "chats.json")
+    back = load_chats(tmp_path / "chats.json")
+    assert n == len(s.train) == len(back.conversations) and {c.id for c in back.conversations} == set(s.train)
+    mine = bench.examples_of(back, s.train, s.speaker, count, 112)
+    want = bench.examples_of(chats, s.train, s.speaker, count, 112)
+    assert [(e.context, e.reply) for e in mine] == [(e.context, e.reply) for e in want] and len(want) >= 50
+    test = {e.reply for e in bench.examples_of(chats, s.test, s.speaker, count, 112)}
+    assert not {c.id for c in back.conversations} & set(s.test) and test
+
+
+def test_voice_bars_say_how_far_each_misses():
+    bench = _load()
+    rows = {"real": {"attribution": 0.5},
+            "enroll": {"length_within_tolerance": 0.8, "lowercase_within_tolerance": 0.5, "attribution": 0.30,
+                       "ident_k20": 0.65, "ident_all": 0.7, "gain_vs_source_median": 0.04}}
+    enrollments = {"a": {"ok": True, "wall_seconds": 290.0, "peak_rss_bytes": 2.5e9},
+                   "b": {"ok": True, "wall_seconds": 320.0, "peak_rss_bytes": 3.4e9},
+                   "c": {"ok": False, "wall_seconds": 12.0, "peak_rss_bytes": 0.3e9}}
+    bars = {b["key"]: b for b in bench.voice_bars(rows, enrollments, 20, 20)}
+    assert bars["length"]["holds"] is True and bars["length"]["miss"] == 0
+    assert bars["lowercase"]["holds"] is False and bars["lowercase"]["miss"] == pytest.approx(0.25)
+    assert bars["attribution"]["holds"] is False and bars["attribution"]["miss"] == pytest.approx(0.05)
+    assert "50.0%" in bars["attribution"]["note"]  # the ceiling
+    assert bars["identification"]["holds"] is True and bars["identification"]["value"] == 0.65
+    assert bars["gain"]["holds"] is False and bars["gain"]["miss"] == pytest.approx(0.06)
+    assert bars["enroll_wall"]["holds"] is False and bars["enroll_wall"]["miss"] == pytest.approx(20 / 60)
+    assert bars["enroll_rss"]["holds"] is False and bars["enroll_rss"]["miss"] == pytest.approx(0.4)
+    assert bars["enrolled"]["holds"] is False and bars["enrolled"]["value"] == pytest.approx(2 / 3)
+    at_k3 = {b["key"]: b for b in bench.voice_bars(rows, enrollments, 3, 3)}
+    assert at_k3["identification"]["holds"] is None and at_k3["identification"]["value"] == 0.7
+    assert at_k3["identification"]["miss"] is None  # a miss at K = 3 says nothing about K = 20
+    assert at_k3["attribution"]["holds"] is None and "not the bar's K = 20" in at_k3["attribution"]["note"]
+
+
+def test_voice_noise_floor_smoke(tmp_path, tiny_backbone, capsys):
+    """benchmarks/voice_noise_floor.py on the made-up corpus: probabilities per speaker, their means in [0, 1]."""
+    floor = load_benchmark("voice_noise_floor")
+    out = floor.main(["--corpus", str(_voice_corpus(tmp_path / "dataset.json")), "--backbone", str(tiny_backbone),
+                      "--n-b", "3", "--n-c", "0", "--b-min", "10", "--draws", "20"])
+    assert out["speakers"] >= 2 and out["sample"] == 16
+    for row in out["rows"]:
+        assert 0 <= row["p_length"] <= 1 and 0 <= row["p_lowercase"] <= 1 and row["held_out"] > 0
+    assert 0 <= out["length_share"] <= 1 and 0 <= out["lowercase_share"] <= 1
+    within = [abs(r["train_ratio"] - 1) <= floor.LENGTH_BAND for r in out["rows"]]
+    assert all(r["train_ratio"] > 0 for r in out["rows"]) and out["train_median_share"] == sum(within) / len(within)
+    printed = capsys.readouterr().out
+    assert "expected share" in printed and "training median as the prediction" in printed

@@ -138,3 +138,36 @@ def test_typer_exit_codes_are_passed_through(monkeypatch, capsys):
     assert run_cli(app, ["boom"]) == 130
     assert "Interrupted." in capsys.readouterr().err
     assert run_cli(app, ["other"]) == 3
+
+
+def test_interrupt_flag_sets_the_flag_and_raises_then_restores_the_handler():
+    import signal
+
+    from persona_sdk.cli._common import interrupt_flag
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt_flag() as interrupted:
+            assert not interrupted()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here and raises
+    assert interrupted()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_interrupt_flag_survives_a_keyboard_interrupt_that_python_drops():
+    """Ctrl-C landing in a finalizer: Python prints "Exception ignored" and goes on; the flag still says stop."""
+    import gc
+    import signal
+
+    from persona_sdk.cli._common import interrupt_flag
+
+    class Finalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs inside __del__: its KeyboardInterrupt is dropped
+
+    with interrupt_flag() as interrupted:
+        Finalizer()  # collected at once
+        gc.collect()
+        assert interrupted()  # no KeyboardInterrupt reached here, yet the loop would stop

@@ -197,6 +197,45 @@ def test_without_validation_the_last_state_is_kept():
     assert float(toy.w.detach()) == pytest.approx(1 - 0.8 ** 3)
 
 
+def test_both_schedule_follows_the_time_when_it_runs_out_first():
+    clock = FakeClock()
+    toy = Toy(clock, step_seconds=1.0, eval_seconds=1.0)
+    cfg = loop.LoopConfig(schedule_by="both", total_steps=10_000, max_seconds=101.0, budget_margin=1.0)
+    result = loop.run(toy.trainable(), cfg, clock=clock)
+    assert result.stopped == "max-minutes" and result.steps == 99
+    span = 101.0 - 1.0 - 1.0
+    for n, lr in enumerate(toy.lrs):  # the step fraction (n / 10,000) is never the further one here
+        assert lr / 0.1 == pytest.approx(float(loop.warmup_linear(n / span, (n + 1) / span, 0.0)))
+
+
+def test_both_schedule_follows_the_steps_when_the_data_runs_out_first():
+    clock = FakeClock()
+    toy = Toy(clock, step_seconds=1.0, items=range(20))
+    cfg = loop.LoopConfig(schedule_by="both", total_steps=20, max_seconds=1000.0)
+    result = loop.run(toy.trainable(), cfg, clock=clock)
+    assert result.stopped == "epochs" and result.steps == 20
+    # 20 s of a 1000 s budget used: the steps set the schedule, which still reaches the end
+    assert toy.lrs == pytest.approx([0.1 * float(loop.warmup_linear(n / 20, (n + 1) / 20, 0.0)) for n in range(20)])
+    assert toy.lrs[-1] == pytest.approx(0.1 / 20)
+
+
+def test_evals_are_spread_over_the_time_budget():
+    clock = FakeClock()
+    toy = Toy(clock, step_seconds=1.0)
+    cfg = loop.LoopConfig(schedule_by="time", max_seconds=100.0, budget_margin=1.0, evals=4)
+    result = loop.run(toy.trainable(), cfg, clock=clock)
+    steps = [h[0] for h in result.history]
+    assert steps[0] == 0 and len(steps) == 5  # the first validation, then 4 over the run, the last at its end
+    assert steps[1:] == [25, 50, 75, result.steps]
+
+
+def test_evals_are_spread_over_the_steps_without_a_budget():
+    clock = FakeClock()
+    toy = Toy(clock, items=range(40))
+    result = loop.run(toy.trainable(), loop.LoopConfig(total_steps=40, evals=4), clock=clock)
+    assert [h[0] for h in result.history] == [0, 10, 20, 30, 40]
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(schedule="cosine"), "schedule must be one of"),
     (dict(schedule_by="epochs"), "schedule_by must be one of"),
@@ -205,6 +244,9 @@ def test_without_validation_the_last_state_is_kept():
     (dict(total_steps=5, warmup=1.5), "warmup"),
     (dict(total_steps=5, max_seconds=0), "max_seconds"),
     (dict(total_steps=5, patience=-1), "patience"),
+    (dict(schedule_by="both", max_seconds=10), "needs total_steps"),
+    (dict(schedule_by="both", total_steps=5), "needs max_seconds"),
+    (dict(total_steps=5, eval_every=2, evals=3), "not both"),
 ])
 def test_loop_config_rejects_bad_values(bad, match):
     with pytest.raises(ConfigError, match=match):

@@ -362,3 +362,65 @@ def test_the_repetition_penalty_applies_to_seen_tokens_only():
     assert sampler.pick(logits) == 0  # 1.0 > 0.95
     sampler.observe(3)
     assert sampler.pick(logits) == 0 and logits[0] == 2.0  # the caller's logits are untouched
+
+
+def test_end_of_turn_tokens_are_never_penalised_as_repeats():
+    from persona_sdk.sampling import Sampler
+
+    logits = np.array([2.0, 1.9, -1.0, -1.1], dtype=np.float32)  # token 0 ends the turn
+    greedy = GenerationConfig(do_sample=False, repetition_penalty=2.0)
+    assert Sampler(greedy, 4, context_ids=[0]).pick(logits) == 1  # without stop ids: penalised
+    sampler = Sampler(greedy, 4, context_ids=[0, 1], stop_ids={0})  # every earlier turn ended with it
+    assert sampler.pick(logits) == 0
+    sampler.observe(0)
+    assert sampler.pick(logits) == 0 and sampler.generated == 1
+
+
+def test_the_length_pull_moves_only_the_stop_logits_toward_the_target():
+    import math
+
+    from persona_sdk.sampling import Sampler, length_target
+
+    gen = GenerationConfig(do_sample=False, repetition_penalty=1.0, length_pull=2.0)
+    logits = np.array([0.0, 0.5, -3.0], dtype=np.float32)  # 0 = end of turn, 1 = a word
+    sampler = Sampler(gen, 3, stop_ids={0}, target_tokens=3)
+    picks = []
+    for _ in range(8):
+        assert sampler.stop_bias() == pytest.approx(2.0 * math.log((sampler.generated + 1) / 4))
+        picks.append(sampler.pick(logits))
+        if picks[-1] == 0:
+            break
+        sampler.observe(picks[-1])
+    # bias -2.77, -1.39, -0.58, 0, +0.45 (all < 0.5), then +0.81 > 0.5: ends after 5 words
+    assert picks == [1, 1, 1, 1, 1, 0]
+    assert logits.tolist() == [0.0, 0.5, -3.0]  # the caller's buffer is untouched
+    off = Sampler(gen.replace(length_pull=0.0), 3, stop_ids={0}, target_tokens=3)
+    assert off.target is None and off.stop_bias() == 0.0 and off.pick(logits) == 1
+    # sampling: a short target ends replies sooner than a long one
+    lengths = {}
+    for target in (2, 30):
+        runs = []
+        for seed in range(40):
+            s = Sampler(GenerationConfig(seed=seed, repetition_penalty=1.0, length_pull=4.0, top_k=0,
+                                         temperature=1.0), 3, stop_ids={0}, target_tokens=target)
+            n = 0
+            while n < 200 and s.pick(np.array([-1.0, 0.0, -9.0], dtype=np.float32)) != 0:
+                s.observe(1)
+                n += 1
+            runs.append(n)
+        lengths[target] = float(np.median(runs))
+    assert lengths[2] < 5 < 15 < lengths[30]
+
+    class P:  # a persona whose profile keeps a length
+        meta = {"voice": {"reply_tokens": 7}}
+
+    # where the target comes from: the setting, else the persona's profile, else none
+    assert length_target(gen, P()) == 7 and length_target(gen.replace(target_tokens=4), P()) == 4
+    assert length_target(gen, None) is None and length_target(gen.replace(length_pull=0.0), P()) is None
+
+
+@pytest.mark.parametrize("bad", [{"length_pull": -1.0}, {"length_pull": 21}, {"length_pull": "2"},
+                                 {"target_tokens": 0}, {"target_tokens": 2.5}])
+def test_length_settings_are_checked(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        GenerationConfig(**bad)

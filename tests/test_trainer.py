@@ -4,12 +4,15 @@ bad settings."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from persona_sdk import trainer as tr
 from persona_sdk.errors import ConfigError, EnrollmentCancelled, TooLittleDataError, SourcePrefixError
 from persona_sdk.prefix import Prefix
+from persona_sdk.training.data import batch_backward, micro_batches
 
 from enroll_helpers import make_sharp, quirky_speaker
 
@@ -181,9 +184,9 @@ def test_stop_request_before_any_improvement_carries_nothing(bb):
 
 
 def test_learning_rate_policy_depends_on_the_start(bb):
-    """lr None: gentler from a source prefix than from random / a soft prompt; an explicit lr wins."""
+    """lr None: one rate from a source prefix, another from random / a soft prompt; an explicit lr wins."""
     assert tr.TrainConfig().learning_rate(from_source=True) == tr.LR_FROM_SOURCE
-    assert tr.TrainConfig().learning_rate(from_source=False) == tr.LR_FROM_SCRATCH > tr.LR_FROM_SOURCE
+    assert tr.TrainConfig().learning_rate(from_source=False) == tr.LR_FROM_SCRATCH != tr.LR_FROM_SOURCE
     assert tr.TrainConfig(lr=0.5).learning_rate(from_source=True) == 0.5
     data = quirky_speaker(40)
     source = Prefix(tr.random_prefix(bb, 16, seed=7), bb.fingerprint, method="source")
@@ -219,6 +222,32 @@ def test_length_bucketed_batches_cover_everything_once():
     assert padding < naive / 3
 
 
+def test_micro_batches_bound_padded_tokens_and_keep_every_row_in_order():
+    data = [tr.Encoded(tuple(range(n)), 1, 0) for n in (10, 12, 30, 31, 5, 40, 40, 3)]
+    groups = micro_batches(data, 64)
+    assert [e for g in groups for e in g] == data
+    assert all(len(g) == 1 or max(len(e.ids) for e in g) * len(g) <= 64 for g in groups)
+    assert [len(g) for g in groups] == [2, 2, 1, 1, 1, 1]  # 10,12 | 30,31 | 5 (5,40: 80) | 40 | 40 | 3
+    assert micro_batches(data, 0) == [data]
+    assert [len(g) for g in micro_batches(data, 1)] == [1] * 8  # a row longer than the cap still goes alone
+
+
+def test_micro_batched_gradient_equals_the_one_pass_gradient(bb):
+    import torch
+
+    data = tr.encode(bb.fmt, quirky_speaker(8), 48, 16)
+    kv0 = torch.from_numpy(tr.random_prefix(bb, 4, seed=0).astype(np.float32))  # (layers, 2, kv_heads, 4, head_dim)
+    grads, values = [], []
+    for cap in (0, 40):
+        kv = kv0.clone().requires_grad_(True)
+        assert (len(micro_batches(data, cap)) > 2) == bool(cap)
+        values.append(batch_backward(bb, data, lambda: {"kv": kv}, max_tokens=cap))
+        grads.append(kv.grad.clone())
+    one = tr.batch_mean_loss(bb, data, kv=kv0)
+    assert values[0] == pytest.approx(float(one), rel=1e-6) and values[1] == pytest.approx(values[0], rel=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4) and grads[0].abs().sum() > 0
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(method="lora"), "method must be one of"),
     (dict(prefix_len=0), "prefix_len"),
@@ -227,6 +256,7 @@ def test_length_bucketed_batches_cover_everything_once():
     (dict(bf16="maybe"), "bf16 must be one of"),
     (dict(max_minutes=0), "max_minutes"),
     (dict(batch_size=2.5), "batch_size"),
+    (dict(micro_batch_tokens=-1), "micro_batch_tokens"),
 ])
 def test_config_rejects_bad_values(bad, match):
     with pytest.raises(ConfigError, match=match):
@@ -240,3 +270,33 @@ def test_import_persona_sdk_does_not_import_torch():
     code = "import persona_sdk, persona_sdk.enrollment, persona_sdk.source, persona_sdk.trainer, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+
+def test_batches_pad_to_a_coarse_grid_without_changing_the_loss(bb, monkeypatch):
+    """Lengths on a grid of PAD_MULTIPLE (so kernel shapes repeat); the padded positions add no loss."""
+    import torch
+
+    from persona_sdk.training import data as D
+
+    batch = tr.encode(bb.fmt, quirky_speaker(5), 48, 16)
+    ids, sel, _ = D.collate(batch)
+    assert ids.shape[1] % D.PAD_MULTIPLE == 0 and ids.shape[1] - max(len(e.ids) for e in batch) < D.PAD_MULTIPLE
+    assert not sel[:, max(len(e.ids) for e in batch) - 1:].any()
+    kv = torch.from_numpy(tr.random_prefix(bb, 4, seed=0).astype(np.float32))  # (layers, 2, kv_heads, 4, head_dim)
+    padded, n_padded = D.batch_loss(bb, batch, kv=kv)
+    monkeypatch.setattr(D, "PAD_MULTIPLE", 1)
+    assert D.collate(batch)[0].shape[1] == max(len(e.ids) for e in batch)
+    exact, n_exact = D.batch_loss(bb, batch, kv=kv)
+    assert n_padded == n_exact and float(padded) == pytest.approx(float(exact), rel=1e-5)
+
+
+def test_torch_module_caps_onednn_primitive_cache_unless_the_user_chose(monkeypatch):
+    from persona_sdk.training import backbone as tb
+
+    monkeypatch.delenv(tb.ONEDNN_CACHE_ENV, raising=False)
+    tb.torch_module()
+    assert os.environ[tb.ONEDNN_CACHE_ENV] == tb.ONEDNN_CACHE_CAPACITY == "16"
+    monkeypatch.setenv(tb.ONEDNN_CACHE_ENV, "64")
+    tb.torch_module()
+    assert os.environ[tb.ONEDNN_CACHE_ENV] == "64"

@@ -3,11 +3,9 @@ fingerprint (digests), the shipped background table and its builder."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from persona_sdk.errors import MetricError
 from persona_sdk.reply_examples import Example
 from persona_sdk.prefix import Prefix
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_helpers import load_benchmark
 
 
 def _numbers_only(obj) -> bool:
@@ -280,6 +278,21 @@ def test_enrollment_meta_fits_the_prefix_header_and_roundtrips():
     assert digests.total == 9001 and len(digests.digests) == vm.MAX_DIGESTS
     assert digests.overlap([vm.example_pair(e) for e in train[:200]]).estimated == 200.0
     assert vm.profile_digests({}) is None and vm.profile_topic_words({"source": "none"}) is None
+    assert vm.REPLY_TOKENS_KEY not in v and vm.profile_reply_tokens(back.meta) is None  # no token counter given
+
+
+def test_enrollment_meta_keeps_the_median_reply_length_in_tokens():
+    train = [_ex("hi?", " ".join(["w"] * n)) for n in (1, 2, 3, 10, 40)]
+    meta = vm.enrollment_meta(train, background=vm.Background({"the": 10}, 100), count_tokens=lambda t: 2 * len(t.split()))
+    assert meta[vm.META_KEY][vm.REPLY_TOKENS_KEY] == 6  # median words 3, two tokens each
+    back = Prefix.from_bytes(Prefix(np.zeros((1, 2, 1, 1, 4), np.float32), "f" * 64, meta=meta).to_bytes())
+    assert vm.profile_reply_tokens(back.meta) == 6
+    assert vm.median_reply_tokens(["a", "a b"], lambda t: 0) == 1  # at least one token
+    with pytest.raises(MetricError):
+        vm.median_reply_tokens([], len)
+    for bad in ({"voice": {"reply_tokens": 0}}, {"voice": {"reply_tokens": "12"}}, {"voice": {"reply_tokens": True}},
+                {"voice": []}, None):
+        assert vm.profile_reply_tokens(bad) is None
 
 
 # --- the background table ------------------------------------------------------------
@@ -309,10 +322,7 @@ def test_background_build_write_load_and_tamper(tmp_path):
 
 def test_build_background_script_on_a_hand_made_corpus(tmp_path):
     """benchmarks/build_background.py end to end on a tiny chitchat-format corpus (smoke test)."""
-    spec = importlib.util.spec_from_file_location("build_background", ROOT / "benchmarks" / "build_background.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("build_background")
     data = {}
     for n in range(6):  # one conversation per pair of speakers: everyone lands in part A
         a, b = f"s{n}", f"t{n}"

@@ -7,6 +7,7 @@ are imported inside functions, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,17 @@ class TrainBackbone:
     hidden: int
 
 
+# oneDNN (torch's CPU kernels for bf16) keeps a compiled primitive per tensor shape, 1,024 of them
+# by default; training batches come in many shapes, and the cache grew an enrollment's RSS past 3 GB
+# (BENCHMARKS.md, enrollment memory). 16 entries: -444 MiB peak at the same steps and losses. Read
+# by oneDNN when it makes its first primitive; a value the user set is kept.
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+ONEDNN_CACHE_CAPACITY = "16"
+
+
 def torch_module():
     """``torch``, or a clear error naming the extra that provides it."""
+    os.environ.setdefault(ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY)
     try:
         import torch
     except ImportError:  # pragma: no cover - the [train] extra is missing

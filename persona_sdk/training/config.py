@@ -1,6 +1,6 @@
-"""Training settings: :class:`TrainConfig` (the personal prefix), :class:`SourceConfig`
-(the source prefix) and :class:`PALConfig` (the explicit-persona PAL adapter), with the
-library's defaults and learning-rate policy.
+"""Training settings: :class:`TrainConfig` (the personal prefix, :class:`DPConfig` when it is
+trained privately), :class:`SourceConfig` (the source prefix) and :class:`PALConfig` (the
+explicit-persona PAL adapter), with the library's defaults and learning-rate policy.
 
 Light on purpose (no numpy, no torch): every field carries its help text
 (``field.metadata["help"]``), and the CLI takes its option defaults and help
@@ -11,7 +11,7 @@ train alike.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import ConfigError
@@ -19,10 +19,17 @@ from ..errors import ConfigError
 METHODS = ("prefix", "rand-prefix", "prompt")
 BF16_MODES = ("auto", "on", "off")
 DEFAULT_PROMPT_INIT = "Reply as yourself: in your own words, tone and style, as you always write to friends."
-# The default learning rate: a source prefix is already a good start and is refined gently;
-# a random block or a soft prompt has further to go.
-LR_FROM_SOURCE = 1e-3
+# The default learning rate. From a source prefix the block has to move far enough to change how
+# replies *read* (length, casing, topics), not only their perplexity: a gentle rate refines the
+# likelihood while the generated replies stay the source's (BENCHMARKS.md, enrollment defaults).
+LR_FROM_SOURCE = 1e-2
 LR_FROM_SCRATCH = 3e-3
+# Peak memory of a training step is one forward/backward's activations: bounded by splitting a batch
+# into micro-batches of at most this many padded tokens (BENCHMARKS.md, enrollment memory).
+MICRO_BATCH_TOKENS = 512
+# The default budget: one enrollment fits in this many minutes of a laptop's CPU (the whole
+# budget is used, the learning rate decays over it).
+DEFAULT_MINUTES = 5.0
 
 SOURCE_METHODS = ("plain", "temperature", "ppreptile", "mtml", "amtml")
 META_METHODS = ("ppreptile", "mtml", "amtml")
@@ -33,6 +40,32 @@ def _help(default: Any, text: str) -> Any:
 
 
 @dataclass
+class DPConfig:
+    """Private training's target and DP-SGD's own settings (see :mod:`persona_sdk.training.methods.dp`)."""
+
+    epsilon: float = _help(8.0, "target epsilon of (epsilon, delta)-DP per training reply (inf = clipping, "
+                                "no noise)")
+    delta: float = _help(1e-5, "target delta; must be below 1/n for n training replies")
+    max_grad_norm: float = _help(1e-2, "C: each example's gradient is clipped to this L2 norm")
+    batch_size: int = _help(32, "expected examples per step (Poisson sampling rate q = batch_size / n)")
+    lr: float = _help(3e-3, "AdamW peak learning rate of private training (its own: noise changes what works)")
+    insecure_seed: int | None = _help(None, "seed the sampling and the noise (tests only: a known seed voids "
+                                            "the guarantee)")
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0 and not math.isnan(self.epsilon)):
+            raise ConfigError(f"epsilon must be > 0 (inf = no noise), got {self.epsilon!r}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), got {self.delta!r}")
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+
+
+@dataclass
 class TrainConfig:
     """How the personal prefix is trained (each field's help is in its metadata)."""
 
@@ -40,17 +73,23 @@ class TrainConfig:
     prefix_len: int = _help(16, "P, the number of virtual tokens in the KV block")
     lr: float | None = _help(None, f"AdamW peak learning rate (default: {LR_FROM_SOURCE:g} when training starts from "
                                    f"a source prefix, {LR_FROM_SCRATCH:g} otherwise)")
-    epochs: int = _help(3, "maximum passes over the training replies")
+    epochs: int = _help(20, "maximum passes over the training replies (a time budget usually ends the run first)")
     batch_size: int = _help(8, "examples per optimisation step (length-bucketed)")
+    micro_batch_tokens: int = _help(MICRO_BATCH_TOKENS, "most padded tokens in one forward/backward pass: a "
+                                    "bigger batch is split and its gradients summed (the same step, less memory; "
+                                    "0 = never split)")
     warmup: float = _help(0.06, "fraction of the steps with linear learning-rate warm-up (0..0.5)")
     weight_decay: float = _help(0.0, "AdamW weight decay on the KV block / soft prompt")
     grad_clip: float = _help(1.0, "max gradient L2 norm (0 disables clipping)")
     context_budget: int = _help(112, "max tokens of conversation context in front of a reply (oldest turns dropped)")
     reply_budget: int = _help(48, "max tokens of a reply that are trained on")
-    eval_every: int = _help(0, "validate every N steps (0 = once per epoch)")
-    patience: int = _help(2, "stop after this many validations without improvement")
-    max_minutes: float | None = _help(None, "time budget in minutes; stops at the best checkpoint so far "
-                                            "(default: no limit)")
+    eval_every: int = _help(0, "validate every N steps (0 = `evals` times, spread over the run)")
+    evals: int = _help(4, "validations spread evenly over the run when eval_every is 0 (the last at its end)")
+    max_val: int = _help(48, "validation replies scored each time, evenly spread over the held-out ones (0 = all)")
+    patience: int = _help(0, "stop after this many validations in a row without improvement (0 = never)")
+    max_minutes: float | None = _help(DEFAULT_MINUTES, "time budget in minutes, all of it used for training, the "
+                                                       "learning rate decaying over it; keeps the best checkpoint "
+                                                       "(None = no limit: the epochs end the run)")
     max_steps: int = _help(0, "stop after this many optimisation steps (0 = no limit)")
     min_examples: int = _help(20, "refuse to train (before loading the model) with fewer training replies")
     val_fraction: float = _help(0.1, "share of conversations held out for validation when no split is given")
@@ -58,19 +97,21 @@ class TrainConfig:
     bf16: str = _help("auto", f"bfloat16 autocast, one of {BF16_MODES} (auto = only if the CPU has native bf16)")
     prompt_init: str = _help(DEFAULT_PROMPT_INIT, "text whose token embeddings initialise the soft prompt "
                                                   "(method 'prompt')")
+    dp: DPConfig | None = _help(None, "train privately: DP-SGD with a stated epsilon, delta (its own batch size "
+                                      "and lr; no best-checkpoint selection) -- None = ordinary training")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.bf16 not in BF16_MODES:
             raise ConfigError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
-        positive_ints = ("prefix_len", "epochs", "batch_size", "context_budget", "reply_budget", "patience",
+        positive_ints = ("prefix_len", "epochs", "batch_size", "context_budget", "reply_budget", "evals",
                          "min_examples")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("eval_every", "max_steps", "seed"):
+        for name in ("eval_every", "max_steps", "seed", "patience", "max_val", "micro_batch_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
@@ -86,6 +127,8 @@ class TrainConfig:
             raise ConfigError(f"max_minutes must be > 0 or None, got {self.max_minutes!r}")
         if self.prefix_len > 256:
             raise ConfigError(f"prefix_len must be at most 256, got {self.prefix_len}")
+        if self.dp is not None and not isinstance(self.dp, DPConfig):
+            raise ConfigError(f"dp must be a DPConfig or None, got {type(self.dp).__name__}")
 
     def learning_rate(self, from_source: bool) -> float:
         """``lr``, or the default policy: gentler when training starts from a source prefix."""
@@ -94,7 +137,9 @@ class TrainConfig:
         return LR_FROM_SOURCE if from_source else LR_FROM_SCRATCH
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prompt_init"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prompt_init"}
+        d["dp"] = asdict(self.dp) if self.dp is not None else None
+        return d
 
 
 @dataclass
@@ -119,6 +164,9 @@ class SourceConfig:
     max_minutes: float | None = _help(None, "time budget in minutes; stops at the best checkpoint so far")
     seed: int = _help(0, "random seed (same data + config + seed = same block)")
     init_text: str | None = _help(None, "start from the KV of this text (a hard prompt) instead of P random tokens")
+    shards: int = _help(0, "plain/temperature: speaker shards, each drawing batch_size/shards of every batch from "
+                           "its own stream (0 = one per process); the data order, and so the result, depends on "
+                           "the seed and the shards, not on how many processes run them")
 
     def __post_init__(self) -> None:
         if self.method not in SOURCE_METHODS:
@@ -136,6 +184,8 @@ class SourceConfig:
             raise ConfigError(f"warmup must be in [0, 0.5], got {self.warmup!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError("max_minutes must be > 0 or None")
+        if not isinstance(self.shards, int) or isinstance(self.shards, bool) or self.shards < 0:
+            raise ConfigError(f"shards must be a non-negative integer, got {self.shards!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

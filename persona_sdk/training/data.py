@@ -9,7 +9,7 @@ on reply tokens only, and the LM head runs on those positions only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -56,10 +56,18 @@ def epochs_of_batches(data: Sequence[Encoded], batch_size: int, rng: np.random.G
         epoch += 1
 
 
+# Batches are padded to a multiple of this many positions: the CPU kernels (oneDNN) build and keep
+# a primitive per tensor shape, so every new length grew an enrollment's memory step after step;
+# with lengths on a coarse grid the shapes repeat. Right padding changes no loss (causal attention,
+# padded positions are never selected).
+PAD_MULTIPLE = 16
+
+
 def collate(batch: Sequence[Encoded]):
-    """input_ids (B, L) right-padded; sel (B, L) positions that predict a reply token; targets (B, L)."""
+    """input_ids (B, L) right-padded to a multiple of PAD_MULTIPLE; sel (B, L) positions that predict a
+    reply token; targets (B, L)."""
     torch = torch_module()
-    length = max(len(e.ids) for e in batch)
+    length = -(-max(len(e.ids) for e in batch) // PAD_MULTIPLE) * PAD_MULTIPLE
     ids = torch.zeros((len(batch), length), dtype=torch.long)
     sel = torch.zeros((len(batch), length), dtype=torch.bool)
     tgt = torch.zeros((len(batch), length), dtype=torch.long)
@@ -71,42 +79,58 @@ def collate(batch: Sequence[Encoded]):
     return ids, sel, tgt
 
 
+def model_device(bb: TrainBackbone):
+    """Where the backbone's weights are (CPU, or the rank's GPU in distributed training)."""
+    return bb.model.lm_head.weight.device
+
+
 def cache_from_kv(kv, batch: int):
-    """A DynamicCache holding ``kv`` (layers, 2, kv_heads, P, head_dim) for every batch row."""
+    """A DynamicCache holding ``kv`` (layers, 2, kv_heads, P, head_dim) for every batch row.
+
+    ``kv`` may also hold one block per row, (B, layers, 2, kv_heads, P, head_dim):
+    private training feeds per-row copies to get per-example gradients."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    for layer in range(kv.shape[0]):
-        k = kv[layer, 0].unsqueeze(0).expand(batch, -1, -1, -1)  # (B, kv_heads, P, head_dim)
-        v = kv[layer, 1].unsqueeze(0).expand(batch, -1, -1, -1)
+    rows = kv.dim() == 6
+    for layer in range(kv.shape[1] if rows else kv.shape[0]):
+        if rows:
+            k, v = kv[:, layer, 0], kv[:, layer, 1]  # (B, kv_heads, P, head_dim)
+        else:
+            k = kv[layer, 0].unsqueeze(0).expand(batch, -1, -1, -1)  # (B, kv_heads, P, head_dim)
+            v = kv[layer, 1].unsqueeze(0).expand(batch, -1, -1, -1)
         cache.update(k, v, layer)
     return cache
 
 
 def hidden(bb: TrainBackbone, ids, kv=None, soft=None):
-    """Final hidden states (B, L, hidden) of ``ids`` behind a KV block, a soft prompt, or nothing."""
+    """Final hidden states (B, L, hidden) of ``ids`` behind a KV block, a soft prompt, or nothing.
+
+    ``kv`` / ``soft`` may carry a leading batch dimension (one copy per row)."""
     torch = torch_module()
     B, L = ids.shape
-    if soft is not None:  # soft (P, hidden) at positions 0..P-1, then the conversation
-        P = soft.shape[0]
+    if soft is not None:  # soft (P, hidden) or (B, P, hidden) at positions 0..P-1, then the conversation
+        P = soft.shape[-2]
         emb = bb.model.get_input_embeddings()(ids)  # (B, L, hidden)
-        x = torch.cat([soft.unsqueeze(0).expand(B, -1, -1), emb], dim=1)
-        pos = torch.arange(P + L).unsqueeze(0).expand(B, -1)
-        out = bb.model.model(inputs_embeds=x, position_ids=pos, attention_mask=torch.ones(B, P + L, dtype=torch.long),
+        x = torch.cat([soft if soft.dim() == 3 else soft.unsqueeze(0).expand(B, -1, -1), emb], dim=1)
+        pos = torch.arange(P + L, device=ids.device).unsqueeze(0).expand(B, -1)
+        out = bb.model.model(inputs_embeds=x, position_ids=pos,
+                             attention_mask=torch.ones(B, P + L, dtype=torch.long, device=ids.device),
                              use_cache=False)
         return out.last_hidden_state[:, P:]
-    P = 0 if kv is None else kv.shape[3]
+    P = 0 if kv is None else kv.shape[-2]
     cache = cache_from_kv(kv, B) if kv is not None else None
-    pos = torch.arange(P, P + L).unsqueeze(0).expand(B, -1)
+    pos = torch.arange(P, P + L, device=ids.device).unsqueeze(0).expand(B, -1)
     out = bb.model.model(input_ids=ids, past_key_values=cache, position_ids=pos,
-                         attention_mask=torch.ones(B, P + L, dtype=torch.long), use_cache=kv is not None)
+                         attention_mask=torch.ones(B, P + L, dtype=torch.long, device=ids.device),
+                         use_cache=kv is not None)
     return out.last_hidden_state
 
 
 def batch_loss(bb: TrainBackbone, batch: Sequence[Encoded], kv=None, soft=None, bf16: bool = False):
     """(sum of reply-token NLL, number of reply tokens) for one batch."""
     torch = torch_module()
-    ids, sel, tgt = collate(batch)
+    ids, sel, tgt = (t.to(model_device(bb)) for t in collate(batch))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         h = hidden(bb, ids, kv=kv, soft=soft)[sel]  # (N, hidden) only where a reply token is predicted
         logits = bb.model.lm_head(h)  # (N, vocab)
@@ -114,10 +138,66 @@ def batch_loss(bb: TrainBackbone, batch: Sequence[Encoded], kv=None, soft=None, 
     return loss, int(sel.sum())
 
 
+def example_losses(bb: TrainBackbone, batch: Sequence[Encoded], kv=None, soft=None, bf16: bool = False):
+    """Each example's own mean reply-token NLL, (B,) with its graph.
+
+    An example's loss depends on that example alone (rows are right-padded and
+    attention is causal), which per-example gradients -- private training --
+    rely on."""
+    torch = torch_module()
+    ids, sel, tgt = (t.to(model_device(bb)) for t in collate(batch))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        h = hidden(bb, ids, kv=kv, soft=soft)[sel]  # (N, hidden) only where a reply token is predicted
+        logits = bb.model.lm_head(h)  # (N, vocab)
+    nll = torch.nn.functional.cross_entropy(logits.float(), tgt[sel], reduction="none")  # (N,)
+    row = sel.nonzero()[:, 0]  # (N,) the example each predicted token belongs to
+    sums = torch.zeros(len(batch), dtype=nll.dtype, device=nll.device).index_add(0, row, nll)  # (B,)
+    return sums / sel.sum(1).clamp(min=1)
+
+
 def batch_mean_loss(bb: TrainBackbone, batch: Sequence[Encoded], kv=None, soft=None, bf16: bool = False):
     """Mean reply-token NLL of one batch (a scalar tensor with its graph: what a step minimises)."""
     loss_sum, n = batch_loss(bb, batch, kv=kv, soft=soft, bf16=bf16)
     return loss_sum / max(n, 1)
+
+
+def reply_tokens(e: Encoded) -> int:
+    """How many reply tokens of ``e`` are predicted (the positions ``collate`` selects)."""
+    return len(e.ids) - max(e.n_prompt, 1)
+
+
+def micro_batches(batch: Sequence[Encoded], max_tokens: int) -> list[list[Encoded]]:
+    """``batch`` as consecutive groups of at most ``max_tokens`` padded tokens (rows x longest row),
+    at least one row each; ``max_tokens`` 0 = the whole batch at once."""
+    if not max_tokens:
+        return [list(batch)]
+    groups: list[list[Encoded]] = [[]]
+    for e in batch:
+        group = groups[-1]
+        longest = max([len(x.ids) for x in group] + [len(e.ids)])
+        if group and longest * (len(group) + 1) > max_tokens:
+            groups.append([])
+        groups[-1].append(e)
+    return groups
+
+
+def batch_backward(bb: TrainBackbone, batch: Sequence[Encoded], inputs: Callable[[], dict], bf16: bool = False,
+                   max_tokens: int = 0) -> float:
+    """Backpropagate the mean reply-token NLL of ``batch``; returns it.
+
+    The rows go through the model in micro-batches of at most ``max_tokens`` padded tokens,
+    each scaled by the whole batch's token count, so the summed gradient is the one-pass
+    gradient while only one micro-batch's activations are alive at a time (the peak memory
+    of a step). ``inputs()``: the block's keyword inputs (``kv=`` / ``soft=``), made afresh
+    for every micro-batch (each backward frees its own graph).
+    """
+    total = max(sum(reply_tokens(e) for e in batch), 1)
+    value = 0.0
+    for group in micro_batches(batch, max_tokens):
+        loss_sum, _ = batch_loss(bb, group, bf16=bf16, **inputs())
+        (loss_sum / total).backward()
+        value += float(loss_sum.detach())
+    return value / total
 
 
 def mean_loss(bb: TrainBackbone, data: Sequence[Encoded], kv=None, soft=None, batch_size: int = 8,

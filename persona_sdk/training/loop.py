@@ -8,17 +8,24 @@ everything around the steps:
 
 - the learning-rate schedule (linear warm-up, then linear decay to 0), a
   function of the run's *progress fraction*, which comes from steps done out of
-  ``total_steps`` (``schedule_by="steps"``, the default) or from the time used
-  out of the budget (``schedule_by="time"``);
+  ``total_steps`` (``schedule_by="steps"``, the default), from the time used
+  out of the budget (``schedule_by="time"``), or from whichever of the two is
+  further along (``schedule_by="both"``: a time-budgeted run that may also run
+  out of data still ends with the learning rate at 0);
 - the step budget (``max_steps``) and the end of the data (``"epochs"``);
 - the time budget: a step starts only if it, and the closing validation, are
   expected to finish inside ``max_seconds`` (read from an injectable clock);
-- the validation cadence, best-checkpoint tracking (the parameters are left
+- the validation cadence (every ``eval_every`` steps, or ``evals`` times spread
+  over the progress fraction), best-checkpoint tracking (the parameters are left
   holding the best state) and early stopping (``patience``);
 - cancellation: Ctrl-C or ``should_stop()`` raises :class:`EnrollmentCancelled`
   carrying the best result so far (built by the method's ``export``);
 - the divergence check (a non-finite loss stops the run with a clear error);
-- progress reports (:class:`TrainProgress`, numbers only).
+- progress reports (:class:`TrainProgress`, numbers only);
+- checkpoints: after every step ``checkpoint`` receives the loop's
+  :class:`LoopState`, and ``resume`` starts a run from one (the method restores
+  its parameters, optimiser and data position), so a resumed run ends where an
+  uninterrupted one would.
 
 torch is imported only inside functions.
 """
@@ -35,7 +42,7 @@ from ..errors import ConfigError, EnrollmentCancelled, TrainingError
 from .backbone import torch_module
 
 SCHEDULES = ("warmup-linear", "constant")
-SCHEDULE_BY = ("steps", "time")
+SCHEDULE_BY = ("steps", "time", "both")
 STOP_REASONS = ("epochs", "max-steps", "max-minutes", "early-stop")
 
 
@@ -82,6 +89,7 @@ class LoopConfig:
     steps_per_epoch: int = 0  # epoch numbers in progress reports (0 = not epoch-based)
     epochs: int = 0  # the epoch number the final report carries
     eval_every: int = 0  # validate each time this many more steps are done (0 = only at the end)
+    evals: int = 0  # or: validate this many times, evenly spread over the progress fraction (the last at the end)
     patience: int = 0  # early stop after this many validations in a row without improvement (0 = never)
     min_delta: float = 0.0  # a validation loss must beat the best by more than this to count
     schedule: str = "warmup-linear"  # the learning-rate schedule, one of SCHEDULES
@@ -97,7 +105,7 @@ class LoopConfig:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.schedule_by not in SCHEDULE_BY:
             raise ConfigError(f"schedule_by must be one of {SCHEDULE_BY}, got {self.schedule_by!r}")
-        for name in ("total_steps", "max_steps", "steps_per_epoch", "epochs", "eval_every", "patience"):
+        for name in ("total_steps", "max_steps", "steps_per_epoch", "epochs", "eval_every", "evals", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
@@ -108,14 +116,18 @@ class LoopConfig:
         if self.schedule != "constant":
             if self.schedule_by == "steps" and not self.total_steps:
                 raise ConfigError("a step-based schedule needs total_steps")
-            if self.schedule_by == "time" and self.max_seconds is None:
-                raise ConfigError("a time-based schedule needs max_seconds")
+            if self.schedule_by in ("time", "both") and self.max_seconds is None:
+                raise ConfigError(f"a {self.schedule_by!r} schedule needs max_seconds")
+            if self.schedule_by == "both" and not self.total_steps:
+                raise ConfigError("a 'both' schedule needs total_steps")
+        if self.eval_every and self.evals:
+            raise ConfigError("give eval_every or evals, not both")
 
     @property
     def warmup_fraction(self):
         """The warm-up share of the run. Step-based: a whole number of steps (at least one when
         warm-up is on), as an exact Fraction of ``total_steps``."""
-        if self.schedule_by == "time":
+        if self.schedule_by in ("time", "both"):
             return self.warmup
         warm = max(1, int(round(self.warmup * self.total_steps))) if self.warmup > 0 else 0
         return Fraction(warm, self.total_steps)
@@ -146,16 +158,44 @@ class LoopResult:
     history: list = field(default_factory=list)  # [(step, running train loss, val loss)]
 
 
+@dataclass
+class LoopState:
+    """Where a run stands after a step: with the method's parameters, optimiser and data position,
+    what a resumed run starts from. ``best_state`` is the loop's copy of the best parameters."""
+
+    step: int
+    bad: int
+    running: float | None
+    next_eval: float
+    init_val: float | None
+    eval_cost: float
+    best_val: float | None
+    best_step: int
+    best_state: list | None
+    history: list
+    evals_done: int = 0
+
+
 def gradient_step(optimizer, params: list, loss_fn: Callable[[], Any], grad_clip: float = 0.0) -> float:
     """One optimiser step on ``loss_fn()`` (gradient norm clipped to ``grad_clip``; 0 = no clipping)."""
+
+    def backward() -> float:
+        loss = loss_fn()
+        loss.backward()
+        return float(loss.detach())
+
+    return backward_step(optimizer, params, backward, grad_clip)
+
+
+def backward_step(optimizer, params: list, backward_fn: Callable[[], float], grad_clip: float = 0.0) -> float:
+    """One optimiser step on the gradients ``backward_fn()`` accumulates (it returns the loss value)."""
     torch = torch_module()
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn()
-    loss.backward()
+    loss = backward_fn()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return float(loss.detach())
+    return loss
 
 
 def run(
@@ -166,11 +206,16 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     clock: Clock | None = None,
     started: float | None = None,
+    checkpoint: Callable[[LoopState], None] | None = None,
+    resume: LoopState | None = None,
 ) -> LoopResult:
     """Train ``trainable`` until its items run out or a budget, early stopping or a stop request ends it.
 
     ``started``: the clock reading the time budget counts from (default: now),
-    so loading that came before is charged to the budget."""
+    so loading that came before is charged to the budget. ``checkpoint`` gets
+    the state after every step; ``resume`` continues from such a state (the
+    trainable's parameters, optimiser and items already where it left them;
+    a time budget counts from the resumed start)."""
     torch = torch_module()
     clock = clock or time.monotonic
     say = progress or (lambda p: None)
@@ -193,27 +238,48 @@ def run(
             for p, s in zip(params, state):
                 p.copy_(s)
 
-    try:
-        t_eval = clock()
-        init_val = trainable.evaluate() if validating else None
-        eval_cost = clock() - t_eval
-    except KeyboardInterrupt:
-        raise EnrollmentCancelled(config.cancel_message) from None
-    best_val, best_step, best_state = init_val, 0, (snapshot() if validating else None)
-    history: list = [(0, None, init_val)] if validating else []
-    if validating:
-        say(TrainProgress("eval", 0, total, 0, None, init_val, best_val, clock() - start))
+    if resume is None:
+        try:
+            t_eval = clock()
+            init_val = trainable.evaluate() if validating else None
+            eval_cost = clock() - t_eval
+        except KeyboardInterrupt:
+            raise EnrollmentCancelled(config.cancel_message) from None
+        best_val, best_step, best_state = init_val, 0, (snapshot() if validating else None)
+        history: list = [(0, None, init_val)] if validating else []
+        if validating:
+            say(TrainProgress("eval", 0, total, 0, None, init_val, best_val, clock() - start))
+    else:
+        init_val, eval_cost, best_val, best_step = resume.init_val, resume.eval_cost, resume.best_val, resume.best_step
+        best_state = [s.clone() for s in resume.best_state] if resume.best_state is not None else None
+        history = [tuple(h) for h in resume.history]
 
     def fraction(step: int, now: float, per_step: float):
         """(start, end) of the next step as fractions of the run."""
         if config.schedule_by == "steps":
             return Fraction(step, total), Fraction(step + 1, total)
-        span = max(budget - (train_start - start) - eval_cost, 1e-9)  # seconds the steps can use
+        span = max(budget - (train_start - start) - eval_cost, 1e-9)  # seconds the steps (and validations) can use
         done = now - train_start
-        return done / span, (done + (per_step or eval_cost)) / span  # first step: a validation's cost as guess
+        timed = (done / span, (done + (per_step or eval_cost)) / span)  # first step: a validation's cost as guess
+        if config.schedule_by == "time":
+            return timed
+        return max(timed[0], step / total), max(timed[1], (step + 1) / total)
+
+    def progress_fraction(step: int, now: float) -> float:
+        """How far along the run is (for ``evals``): steps done, time used, or the further of the two."""
+        by_steps = step / total if total else 0.0
+        if config.schedule_by == "steps" or budget is None:
+            return by_steps
+        span = max(budget - (train_start - start) - eval_cost, 1e-9)
+        by_time = (now - train_start) / span
+        return by_time if config.schedule_by == "time" else max(by_time, by_steps)
 
     step, iters, bad, stopped, running = 0, 0, 0, "epochs", None
     next_eval = config.eval_every or math.inf
+    evals_done = 0
+    if resume is not None:
+        step, bad, running, next_eval = resume.step, resume.bad, resume.running, resume.next_eval
+        evals_done = resume.evals_done
     train_start = clock()
     items = iter(trainable.items)
     try:
@@ -245,13 +311,17 @@ def run(
             running = value if running is None else 0.9 * running + 0.1 * value
             now = clock()
             elapsed = now - start
-            if total:
-                eta = (now - train_start) / step * max(total - step, 0)
-            else:
-                eta = max(budget - elapsed, 0.0) if budget is not None else None
+            etas = [(now - train_start) / step * max(total - step, 0)] if total else []
+            if budget is not None:
+                etas.append(max(budget - elapsed, 0.0))
+            eta = min(etas) if etas else None  # whichever ends the run first
             val_loss = None
-            if validating and (step >= next_eval or (total and step >= total)):
+            due = step >= next_eval or (total and step >= total)
+            if config.evals and evals_done < config.evals - 1:  # the last one is at the end of the run
+                due = due or progress_fraction(step, now) >= (evals_done + 1) / config.evals
+            if validating and due:
                 next_eval += config.eval_every or math.inf
+                evals_done += 1
                 val_loss = trainable.evaluate()
                 history.append((step, running, val_loss))
                 if val_loss < best_val - config.min_delta:
@@ -261,6 +331,9 @@ def run(
                     bad += 1
             epoch = (step - 1) // config.steps_per_epoch if config.steps_per_epoch else 0
             say(TrainProgress("train", step, total, epoch, running, val_loss, best_val, elapsed, eta))
+            if checkpoint is not None:
+                checkpoint(LoopState(step, bad, running, next_eval, init_val, eval_cost, best_val, best_step,
+                                     best_state, list(history), evals_done))
             if config.patience and bad >= config.patience:
                 stopped = "early-stop"
                 break
