@@ -15,6 +15,13 @@ on their own:
   ``w = σ(FC([h_R; o_P]))`` and the fused output
   ``w·M_P·o_P + (1 − w)·M_C·o_C`` (masks off: ``w·o_P + (1 − w)·o_C``).
 
+The masks are hard 0/1, so no gradient crosses them: where both sides are masked
+(``1 − τ ≤ w ≤ τ``, any token when τ > 1/2 and the gate starts near 1/2) nothing
+trains. ``straight_through=True`` (training only) keeps the forward exactly as
+above and lets the backward pass through the masks as if they were 1, so the
+gate can learn to cross τ. The attached model (:mod:`.paa_model`) is in
+:func:`PAAModel <persona_sdk.training.paa_model.PAAModel>`.
+
 torch is imported inside functions; building the module needs the [train] extra.
 """
 
@@ -63,12 +70,18 @@ def _cross_attention(torch, q, k, v, key_mask, heads: int):
     return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, hd)  # (B, T, H·d)
 
 
-def PAAFusion(hidden: int, heads: int, use_masks: bool = True) -> Any:
+def _pass_through(x: Any, mask: Any) -> Any:
+    """``x · mask`` forward; backward as if ``mask`` were 1 (straight-through)."""
+    return x * mask + (x - x.detach()) * (1 - mask)
+
+
+def PAAFusion(hidden: int, heads: int, use_masks: bool = True, straight_through: bool = False) -> Any:
     """A :class:`torch.nn.Module` fusing persona and context into decoder states (see the module doc).
 
     ``forward(h, e_p, e_c, p_mask, c_mask)``: ``h`` (B, T, hidden), ``e_p`` (B, P, hidden),
     ``e_c`` (B, U, hidden), masks (B, P) / (B, U) with 1 for real tokens → (fused (B, T, hidden),
-    w (B, T, 1)). τ comes from the masks' lengths."""
+    w (B, T, 1)). τ comes from the masks' lengths. ``straight_through``: gradients cross the masks
+    while the module is training (the forward is unchanged)."""
     torch = torch_module()
     nn = torch.nn
     if hidden % heads:
@@ -77,7 +90,7 @@ def PAAFusion(hidden: int, heads: int, use_masks: bool = True) -> Any:
     class _PAAFusion(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.heads, self.use_masks = heads, use_masks
+            self.heads, self.use_masks, self.straight_through = heads, use_masks, straight_through
             self.persona = nn.ModuleDict({n: nn.Linear(hidden, hidden, bias=False) for n in ("q", "k", "v", "o")})
             self.context = nn.ModuleDict({n: nn.Linear(hidden, hidden, bias=False) for n in ("q", "k", "v", "o")})
             self.gate = nn.Linear(2 * hidden, 1)
@@ -91,7 +104,9 @@ def PAAFusion(hidden: int, heads: int, use_masks: bool = True) -> Any:
             w = torch.sigmoid(self.gate(torch.cat([h, o_p], dim=-1)))  # (B, T, 1)
             if self.use_masks:
                 tau = paa_tau(c_mask.sum(-1), p_mask.sum(-1))  # (B,)
-                m_p, m_c = paa_masks(w, tau)
+                m_p, m_c = paa_masks(w, tau)  # (B, T, 1) each
+                if self.straight_through and self.training:
+                    return _pass_through(w * o_p, m_p) + _pass_through((1 - w) * o_c, m_c), w
                 return w * m_p * o_p + (1 - w) * m_c * o_c, w
             return w * o_p + (1 - w) * o_c, w
 
