@@ -1,6 +1,6 @@
 """Training settings: :class:`TrainConfig` (the personal prefix, :class:`DPConfig` when it is
-trained privately), :class:`SourceConfig` (the source prefix) and :class:`PALConfig` (the
-explicit-persona PAL adapter), with the library's defaults and learning-rate policy.
+trained privately), :class:`SourceConfig` (the source prefix), :class:`PALConfig` (the
+explicit-persona PAL adapter) and :class:`PAAConfig` (PAA's fusion blocks), with the library's defaults and learning-rate policy.
 
 Light on purpose (no numpy, no torch): every field carries its help text
 (``field.metadata["help"]``), and the CLI takes its option defaults and help
@@ -245,6 +245,73 @@ class PALConfig:
             raise ConfigError("max_minutes must be > 0 or None")
         if self.bf16 not in BF16_MODES:
             raise ConfigError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+MASK_GRADS = ("straight-through", "none")
+
+
+@dataclass
+class PAAConfig:
+    """How PAA (persona-adaptive attention on the frozen backbone) is built and trained: only its fusion
+    blocks train. Each field's help is in its metadata."""
+
+    paa_layers: int = _help(2, "decoder blocks, counted from the top, that get a PAA fusion after their "
+                               "self-attention; each adds 8·hidden² + 2·hidden + 1 parameters (2,655,361 on "
+                               "the default backbone)")
+    masks: bool = _help(True, "the dynamic masks 1[w > τ] (persona) and 1[1 − w > τ] (context); False = the "
+                              "plain gate mix w·o_P + (1 − w)·o_C ('PAA without masks')")
+    mask_grad: str = _help("straight-through", f"how gradients cross the hard masks in training, one of "
+                                               f"{MASK_GRADS}: straight-through (backward as if the mask were 1, "
+                                               "so a gate below τ can still learn) or none (the masks' own "
+                                               "zero gradient)")
+    persona_budget: int = _help(64, "max tokens of the persona sentences fed to the persona encoder (the "
+                                    "first ones are kept)")
+    context_budget: int = _help(160, "max tokens of dialogue context fed to the context encoder (oldest "
+                                     "turns dropped)")
+    reply_budget: int = _help(48, "max reply tokens trained on")
+    lr: float = _help(1e-3, "AdamW peak learning rate of the fusion parameters")
+    batch_size: int = _help(8, "replies per optimisation step")
+    epochs: int = _help(1, "passes over the training replies")
+    train_replies: int = _help(1600, "training replies used (a seeded subsample; fewer if fewer exist)")
+    dev_replies: int = _help(32, "dev replies validating the run (the best checkpoint is kept)")
+    evals: int = _help(2, "validations spread over the run (the last at its end)")
+    warmup: float = _help(0.06, "share of the run with linear learning-rate warm-up (0..0.5)")
+    grad_clip: float = _help(1.0, "max gradient L2 norm (0 disables clipping)")
+    max_steps: int = _help(0, "stop after this many optimisation steps (0 = no limit)")
+    max_minutes: float | None = _help(None, "wall-clock budget of the run; with one the learning rate decays "
+                                            "over the time and the planned steps are a cap (None = no limit)")
+    bf16: str = _help("auto", f"bfloat16 autocast, one of {BF16_MODES} (auto = only if the CPU has native bf16)")
+    seed: int = _help(0, "random seed of the fusion's initialisation, the subsample and the batch order")
+
+    def __post_init__(self) -> None:
+        for name in ("paa_layers", "persona_budget", "context_budget", "reply_budget", "batch_size", "epochs",
+                     "train_replies", "dev_replies", "evals"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("max_steps", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.masks, bool):
+            raise ConfigError(f"masks must be one of (True, False), got {self.masks!r}")
+        if self.mask_grad not in MASK_GRADS:
+            raise ConfigError(f"mask_grad must be one of {MASK_GRADS}, got {self.mask_grad!r}")
+        if self.bf16 not in BF16_MODES:
+            raise ConfigError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.warmup <= 0.5:
+            raise ConfigError(f"warmup must be a fraction in [0, 0.5], got {self.warmup!r}")
+        if not self.grad_clip >= 0:
+            raise ConfigError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"max_minutes must be > 0 or None, got {self.max_minutes!r}")
+        if self.reply_budget < 2:
+            raise ConfigError(f"reply_budget must be at least 2 (a token and the end of turn), got {self.reply_budget}")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
