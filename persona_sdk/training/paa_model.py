@@ -50,6 +50,7 @@ from .config import PAAConfig
 from .data import PAD_MULTIPLE, Encoded, collate
 from .loop import Clock, LoopConfig, ProgressFn, Trainable, gradient_step, run
 from .paa import PAAFusion, added_parameters
+from .pal import subsample
 
 Note = Callable[[str], None]
 
@@ -270,11 +271,6 @@ class PAAResult:
     backbone: Any = field(repr=False, default=None)  # the TrainBackbone
 
 
-def subsample(examples: Sequence[Any], n: int, seed: int, salt: str) -> list:
-    """``n`` examples in a seeded order independent of RNG state (hash of seed, salt and ``key``)."""
-    return sorted(examples, key=lambda ex: hashlib.sha256(f"{seed}:{salt}:{ex.key}".encode()).digest())[:n]
-
-
 def data_sha256(examples: Sequence[Any]) -> str:
     """A fingerprint of exactly which replies were used."""
     return hashlib.sha256("\n".join(ex.key for ex in examples).encode()).hexdigest()
@@ -302,8 +298,8 @@ def train_paa(
         raise TrainingError("PAA needs training replies")
     if not dev:
         raise TrainingError("PAA needs dev replies to validate on")
-    train_items = subsample(train, config.train_replies, config.seed, "paa-train")
-    dev_items = subsample(dev, config.dev_replies, config.seed, "paa-dev")
+    train_items = subsample(train, config.train_replies, config.seed, "paa-train", key=lambda ex: ex.key)
+    dev_items = subsample(dev, config.dev_replies, config.seed, "paa-dev", key=lambda ex: ex.key)
     bb = backbone if isinstance(backbone, TrainBackbone) else load_backbone(backbone)
     use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and bf16_supported())
     model = PAAModel(bb, config)

@@ -147,12 +147,14 @@ def stage1_data(fmt, items: Sequence[Labelled], config: PALConfig) -> list[Encod
     return out
 
 
-def subsample(items: Sequence[Labelled], n: int, seed: int, salt: str) -> list[Labelled]:
-    """``n`` items in a seeded order that does not depend on RNG state (hash of seed, salt and key)."""
-    def key(it):
-        return hashlib.sha256(f"{seed}:{salt}:{it.example.key}".encode()).digest()
+def subsample(items: Sequence[Any], n: int, seed: int, salt: str,
+              key: Callable[[Any], str] = lambda it: it.example.key) -> list:
+    """``n`` items in a seeded order that does not depend on RNG state (hash of seed, salt and ``key``:
+    a reply's key; PAL's labelled items by default, PAA passes its examples' own)."""
+    def order(it):
+        return hashlib.sha256(f"{seed}:{salt}:{key(it)}".encode()).digest()
 
-    return sorted(items, key=key)[:n]
+    return sorted(items, key=order)[:n]
 
 
 def data_sha256(items: Sequence[Labelled]) -> str:
