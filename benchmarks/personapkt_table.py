@@ -804,6 +804,10 @@ class VoiceSize:
     ident_replies: int = 8  # of those, scored under every enrolled persona (identification at K)
     voice_contexts: int = 16  # held-out contexts the enrolled persona answers (chat defaults, seed + index)
     reference_contexts: int = 6  # of those, answered by the backbone and the source prefix too
+    # every context is answered once per generation seed (seed + 1000 k + index, k < voice_seeds) and a
+    # speaker's replies of all seeds are pooled: with one seed (16 replies) the length bar moved by
+    # 10-25 points and attribution by 7 from seed to seed (BENCHMARKS.md, "length control")
+    voice_seeds: int = 4
     context_budget: int = 112  # context tokens in front of a scored / answered reply (enrollment's budget)
     reply_budget: int = 48  # reply tokens scored (enrollment's budget)
 
@@ -878,8 +882,9 @@ def voice_estimate(people: Sequence[Speaker], size: VoiceSize) -> dict[str, floa
         "enroll": n * (60 * size.max_minutes + c["enroll_overhead"]),
         "score": len(VOICE_ROWS) * sum(len(p.scored) for p in people) * c["forward"],
         "identification": max(n - 1, 0) * sum(len(p.ident) for p in people) * c["forward"],
-        "generate": sum(len(p.voice) * per_reply["enroll"]
-                        + len(p.reference) * (per_reply["backbone"] + per_reply["source"]) for p in people),
+        "generate": size.voice_seeds * sum(len(p.voice) * per_reply["enroll"]
+                                           + len(p.reference) * (per_reply["backbone"] + per_reply["source"])
+                                           for p in people),
         "setup": c["setup"],
         "voice": c["voice"],
     }
@@ -1014,19 +1019,24 @@ def score_unit(engine, prefix, examples: Sequence, size: VoiceSize) -> dict:
     return {"loss_sums": sums, "token_counts": counts}
 
 
-def generate_unit(engine, prefix, person: Speaker, indices: Sequence[int], seed: int) -> dict:
-    """Replies to the held-out contexts ``indices`` with the chat defaults; context i uses seed + i (the
-    same seed for every row: only the prefix differs)."""
+def generate_unit(engine, prefix, person: Speaker, indices: Sequence[int], seed: int, seeds: int = 1) -> dict:
+    """Replies to the held-out contexts ``indices`` with the chat defaults, once per generation seed: with
+    seed k (k < ``seeds``) context i uses seed + 1000 k + i (the same seeds for every row: only the prefix
+    differs). Replies are listed seed by seed."""
     from persona_sdk import GenerationConfig
 
     replies, tokens = [], []
-    for i in indices:
-        gen = GenerationConfig().replace(seed=seed + i)
-        ids = engine.prompt_ids(list(person.test[i].context), prefix, gen)
-        out = list(engine.generate_ids(ids, prefix, gen))
-        replies.append(engine.format.decode(out).rstrip("\ufffd").strip())
-        tokens.append(len(out))
-    return {"replies": replies, "tokens": tokens}
+    for k in range(seeds):
+        for i in indices:
+            gen = GenerationConfig().replace(seed=seed + SEED_STRIDE * k + i)
+            ids = engine.prompt_ids(list(person.test[i].context), prefix, gen)
+            out = list(engine.generate_ids(ids, prefix, gen))
+            replies.append(engine.format.decode(out).rstrip("\ufffd").strip())
+            tokens.append(len(out))
+    return {"replies": replies, "tokens": tokens, "seeds": seeds}
+
+
+SEED_STRIDE = 1000  # generation seed k of a context starts at seed + 1000 k
 
 
 def _ppl(unit: dict) -> float:
@@ -1181,7 +1191,8 @@ def voice_markdown(results: dict) -> str:
     lines += ["", "Notes: perplexity is over reply tokens (≤ reply_budget) of the scored held-out test replies "
               "(median over speakers); gain = (source − enroll) / source per speaker, then the median. "
               "Generated replies answer held-out contexts (voice_contexts for the enrolled persona, "
-              "reference_contexts of the same ones for the backbone and the source prefix) and are compared "
+              "reference_contexts of the same ones for the backbone and the source prefix), once per generation "
+              "seed (voice_seeds; a speaker's replies of all seeds are pooled), and are compared "
               "with all of the speaker's real held-out replies (persona_sdk.voice.speakers_voice): topic words "
               "come from the speaker's training replies; the attribution classifier is trained on the K speakers' "
               "training replies and its accuracy on their real held-out replies is the ceiling. Identification: "
@@ -1360,10 +1371,11 @@ def main_voice(args: argparse.Namespace, argv: Sequence[str] | None, overrides: 
             name = f"voice/generate/{row}/{p.sid}"
             if not cache.has(name):
                 progress.step(f"{SETTINGS[row]} · speaker {n}/{len(people)}: answering {len(which)} held-out "
-                              f"contexts ({args.variant}, chat defaults)",
-                              len(which) * (VOICE_COST["prefill"] + VOICE_REPLY_TOKENS[row] * VOICE_COST["token"]))
+                              f"contexts x {size.voice_seeds} seeds ({args.variant}, chat defaults)",
+                              size.voice_seeds * len(which)
+                              * (VOICE_COST["prefill"] + VOICE_REPLY_TOKENS[row] * VOICE_COST["token"]))
             generated[row][p.sid] = cache.json(name, lambda: generate_unit(generator, prefixes[row][p.sid], p, which,
-                                                                           args.seed))
+                                                                           args.seed, size.voice_seeds))
     times.add("generate", time.monotonic() - t0)
 
     # 6. what a reader notices, at K = the speakers of the run (numbers only)

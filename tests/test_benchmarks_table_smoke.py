@@ -163,7 +163,8 @@ def _voice_corpus(path: Path) -> Path:
 
 
 VOICE_SMOKE = ["--size", "voice20", "--b-speakers", "3", "--max-minutes", "0.75", "--test-replies", "4",
-               "--ident-replies", "2", "--voice-contexts", "3", "--reference-contexts", "2", "--split-n-b", "3",
+               "--ident-replies", "2", "--voice-contexts", "3", "--reference-contexts", "2", "--voice-seeds", "2",
+               "--split-n-b", "3",
                "--split-n-c", "0", "--split-b-min", "10", "--threads", "1"]
 
 
@@ -222,7 +223,8 @@ def test_voice_preset_end_to_end(tiny_backbone, tiny_onnx, tmp_path, capsys, mon
         assert math.isfinite(rows[key]["perplexity_median"]), key
         assert 0 <= rows[key]["lowercase_within_tolerance"] <= 1 and rows[key]["median_words_median"] > 0
         assert rows[key]["attribution"] is not None
-    assert rows["enroll"]["generated_replies"] == 2 * 3 and rows["backbone"]["generated_replies"] == 3 * 2
+    # every context answered once per generation seed (2 here), pooled per speaker
+    assert rows["enroll"]["generated_replies"] == 2 * 3 * 2 and rows["backbone"]["generated_replies"] == 3 * 2 * 2
     assert rows["enroll"]["enrolled"] == 2
     assert results["identification"]["k"] == 2 and 0 <= rows["enroll"]["ident_all"] <= 1
     assert rows["enroll"]["ident_k20"] is None  # K = 2
@@ -278,19 +280,20 @@ def test_voice_preset_end_to_end(tiny_backbone, tiny_onnx, tmp_path, capsys, mon
             assert lc_mod.enrollment_target(bench, chats, person, fmt) == kept_now
     lc = lc_mod.main(
         ["--table-out", str(out), "--out", str(tmp_path / "lc"), "--backbone", str(tiny_backbone), "--export",
-         str(tiny_onnx), "--corpus", str(corpus), "--pulls", "0,4", "--threads", "1"])
-    assert lc["variants"] == ["before", "pull=0", "pull=4"] and lc["speakers"] == 2
+         str(tiny_onnx), "--corpus", str(corpus), "--pulls", "0,4", "--threads", "1", "--seeds", "0,1000"])
+    assert lc["variants"] == ["before", "pull=0", "pull=4"] and lc["speakers"] == 2 and lc["pooled"] is not None
     default = f"pull={LENGTH_PULL:g}"
-    units = {v: sorted((tmp_path / "lc" / "seed-0" / "cache" / v).glob("*.json")) for v in ("before", default)}
-    assert len(units["before"]) == len(units[default]) == 2
-    for f, g in zip(units["before"], units[default]):  # the chat defaults' variant is what the table generated,
-        table_unit = json.loads((out / "cache" / "voice" / "generate" / "enroll" / f.name).read_text())
-        assert json.loads(f.read_text())["replies"] == table_unit["replies"]  # and so is the old sampler's
-        assert json.loads(g.read_text())["replies"] == table_unit["replies"]
+    for table_file in (out / "cache" / "voice" / "generate" / "enroll").glob("*.json"):
+        table_replies = json.loads(table_file.read_text())["replies"]  # seed 0's, then seed 1000's
+        for v in ("before", default):  # the chat defaults' variant is what the table generated, the old sampler too
+            mine = [r for seed in (0, 1000) for r in json.loads(
+                (tmp_path / "lc" / f"seed-{seed}" / "cache" / v / table_file.name).read_text())["replies"]]
+            assert mine == table_replies, v
     for v in lc["variants"]:
         assert 0 <= lc["mean"][v]["length_within_tolerance"] <= 1
-        assert lc["mean"][v] == pytest.approx({k: x for k, x in lc["per_seed"][0]["aggregate"][v].items()
-                                               if isinstance(x, float)})  # one seed: its mean is itself
+        seeds = [lc["per_seed"][s]["aggregate"][v] for s in (0, 1000)]
+        assert lc["mean"][v] == pytest.approx({k: (x + seeds[1][k]) / 2 for k, x in seeds[0].items()
+                                               if isinstance(x, float)})  # the mean over the seeds
     assert "lol" not in (tmp_path / "lc" / "results.json").read_text()
 
     # resumable: a second run enrolls nothing and gives the same numbers
