@@ -4,6 +4,7 @@ against torch."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,3 +308,74 @@ def test_more_paa_layers_than_blocks_names_the_range(tiny_bb):
 
     with pytest.raises(ConfigError, match=re.escape("1..2")):
         PAAModel(tiny_bb, PAAConfig(paa_layers=3))
+
+
+# --- saving and loading trained fusions (save_paa / load_paa) --------------------------------
+@pytest.fixture(scope="module")
+def trained_paa(tiny_backbone, tmp_path_factory):
+    """A few steps of PAA on made-up SPC replies, saved; (result, folder)."""
+    from explicit_helpers import write_spc_csv
+    from persona_sdk.split import PersonaSplitConfig
+    from persona_sdk.training.backbone import load_backbone
+    from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
+    from persona_sdk.training.paa_model import save_paa, train_paa
+
+    root = tmp_path_factory.mktemp("paa-save")
+    parts, _ = spc_explicit_split(write_spc_csv(root / "spc.csv", conversations=60),
+                                  PersonaSplitConfig(dev=0.3, test=0.1))
+    cfg = PAAConfig(paa_layers=1, masks=False, train_replies=16, dev_replies=4, batch_size=8, lr=3e-2, evals=1,
+                    bf16="off")  # masks off: the hard masks may close both sides after so few steps
+    result = train_paa(spc_persona_examples(parts["train"]), spc_persona_examples(parts["dev"]),
+                       backbone=load_backbone(tiny_backbone), config=cfg)
+    return result, save_paa(result, root / "paa", {"command": "test", "summary": result.summary})
+
+
+def test_saved_paa_loads_to_the_trained_models_logits(trained_paa):
+    import json
+
+    from persona_sdk.training.paa_model import PAA_INFO, PAA_WEIGHTS, load_paa
+
+    result, folder = trained_paa
+    info = json.loads((folder / PAA_INFO).read_text())
+    assert info["method"] == "paa" and info["dtype"] == "float16" and info["bytes"] == (folder / PAA_WEIGHTS).stat().st_size
+    assert info["backbone"] == result.backbone.fingerprint and info["config"]["paa_layers"] == 1
+    assert info["parameters"] == result.summary["trainable_parameters"] and info["command"] == "test"
+    loaded = load_paa(folder, result.backbone)
+    for k, v in result.state.items():  # stored in float16, as PAL's adapter: exactly the rounded weights
+        assert torch.equal(loaded.state_dict()[k], v.half().float())
+    assert any(v.abs().max() > 0 for k, v in loaded.state_dict().items() if ".o." in k)  # trained, not the zero init
+    _, t = _batch(result.backbone, result.model.config)
+    with torch.no_grad():
+        want = result.model(*_inputs_of(t))
+        got = loaded(*_inputs_of(t))
+        bare = result.backbone.model(input_ids=t["ids"]).logits
+    assert (want - bare).abs().max() > 1e-3  # the trained fusions do change the logits
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3), float((got - want).abs().max())
+
+
+def test_tampered_missing_or_foreign_paa_is_refused(trained_paa, tmp_path):
+    import json
+    import shutil
+
+    from conftest import build_tiny_backbone
+    from persona_sdk.errors import AdapterError
+    from persona_sdk.training.backbone import load_backbone
+    from persona_sdk.training.paa_model import PAA_INFO, PAA_WEIGHTS, load_paa
+
+    result, folder = trained_paa
+    with pytest.raises(AdapterError, match="no trained PAA"):
+        load_paa(tmp_path, result.backbone)
+    tampered = Path(shutil.copytree(folder, tmp_path / "tampered"))
+    data = bytearray((tampered / PAA_WEIGHTS).read_bytes())
+    data[-1] ^= 1
+    (tampered / PAA_WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(AdapterError, match="sha256"):
+        load_paa(tampered, result.backbone)
+    other = load_backbone(build_tiny_backbone(tmp_path / "other", seed=7))  # same shapes, other weights
+    with pytest.raises(AdapterError, match="another backbone"):
+        load_paa(folder, other)
+    wide = Path(shutil.copytree(folder, tmp_path / "wide"))  # a record claiming another hidden size
+    info = json.loads((wide / PAA_INFO).read_text())
+    (wide / PAA_INFO).write_text(json.dumps({**info, "hidden": 64}))
+    with pytest.raises(AdapterError, match="hidden size 64"):
+        load_paa(wide, result.backbone)

@@ -31,26 +31,31 @@ cross-entropy; persona and context are inputs, never targets.
 :func:`train_paa` trains the fusions on SPC persona replies (the
 ``PersonaExample``\\ s of :mod:`.corpora`, split by persona like PAL's) in the one
 training loop (:mod:`.loop`). Not here: the ONNX export of the whole model with
-its KV cache, the runtime path, the CLI. torch is imported only inside functions.
+its KV cache, the runtime path. :func:`save_paa` / :func:`load_paa` write and read trained fusions
+the way PAL's adapter is kept (float16 safetensors + ``PAA.json`` with the sha256, the backbone's
+fingerprint and the shapes). torch is imported only inside functions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, TrainingError
+from ..errors import AdapterError, ConfigError, TrainingError
+from ..fileio import atomic_write
 from .backbone import TrainBackbone, bf16_supported, load_backbone, torch_module
 from .config import PAAConfig
 from .data import PAD_MULTIPLE, Encoded, collate
 from .loop import Clock, LoopConfig, ProgressFn, Trainable, gradient_step, run
 from .paa import PAAFusion, added_parameters
-from .pal import subsample
+from .pal import _rounded, subsample
 
 Note = Callable[[str], None]
 
@@ -361,6 +366,82 @@ def train_paa(
     return PAAResult(fusion_state(model), summary, model, bb)
 
 
+# --- saving and loading -----------------------------------------------------------------------
+PAA_INFO = "PAA.json"
+PAA_WEIGHTS = "paa_fusions.safetensors"
+
+
+def save_paa(result: PAAResult, out_dir: str | Path, info: dict[str, Any]) -> Path:
+    """Write the fusions' weights (safetensors, float16 as PAL's adapter) and ``PAA.json`` (``info`` + sha256
+    and byte size of the weights file, backbone fingerprint, shapes, the model's config) into ``out_dir``,
+    each file atomically; the folder."""
+    from safetensors.torch import save as to_bytes
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bb, config = result.backbone, result.model.config
+    data = to_bytes({k: v.detach().half().contiguous() for k, v in result.state.items()}, metadata={"format": "pt"})
+    atomic_write(out / PAA_WEIGHTS, data, private=False)
+    record = {**info, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "dtype": "float16",
+              "backbone": bb.fingerprint, "method": "paa", "hidden": bb.hidden, "layers": bb.layers,
+              "paa_layers": config.paa_layers, "config": config.to_dict(),
+              "parameters": int(sum(int(np.prod(v.shape)) for v in result.state.values()))}
+    record = {**_rounded(record), "config": config.to_dict()}  # the config exact: load_paa rebuilds from it
+    atomic_write(out / PAA_INFO, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
+                 private=False)
+    return out
+
+
+def paa_info(folder: str | Path) -> dict:
+    """``PAA.json`` of a saved PAA folder, the weights file checked against its sha256 (AdapterError if not)."""
+    folder = Path(folder)
+    weights = folder / PAA_WEIGHTS
+    if not weights.is_file() or not (folder / PAA_INFO).is_file():
+        raise AdapterError(f"there is no trained PAA in {folder} ({PAA_WEIGHTS} + {PAA_INFO}); "
+                           "train one with `persona explicit train paa --out FOLDER`")
+    try:
+        info = json.loads((folder / PAA_INFO).read_text())
+    except (OSError, ValueError):
+        raise AdapterError(f"{folder / PAA_INFO} is corrupt (not valid JSON)") from None
+    if not isinstance(info, dict) or info.get("sha256") != hashlib.sha256(weights.read_bytes()).hexdigest():
+        raise AdapterError(f"{weights} does not match the sha256 recorded in {PAA_INFO}")
+    return info
+
+
+def load_paa(folder: str | Path, backbone: Any = None) -> Any:
+    """A :func:`PAAModel` on ``backbone`` (a TrainBackbone, a folder, None = the default) with the fusions saved
+    in ``folder``; AdapterError for a missing or altered file, one made for another backbone, or shapes that do
+    not fit this backbone."""
+    from safetensors.torch import load as from_bytes
+
+    folder = Path(folder)
+    info = paa_info(folder)
+    bb = backbone if isinstance(backbone, TrainBackbone) else load_backbone(backbone)
+    if info.get("backbone") != bb.fingerprint:
+        raise AdapterError(f"the PAA in {folder} was trained for another backbone "
+                           f"({str(info.get('backbone'))[:16]}…, this one is {bb.fingerprint[:16]}…)")
+    if info.get("hidden") != bb.hidden or info.get("layers") != bb.layers:
+        raise AdapterError(f"the PAA in {folder} is for hidden size {info.get('hidden')} and "
+                           f"{info.get('layers')} blocks; this backbone has {bb.hidden} and {bb.layers}")
+    try:
+        config = PAAConfig(**info["config"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise AdapterError(f"{folder / PAA_INFO} holds no valid PAA config ({type(exc).__name__})") from None
+    if config.paa_layers > bb.layers:
+        raise AdapterError(f"the PAA in {folder} fuses {config.paa_layers} blocks; this backbone has {bb.layers}")
+    try:
+        state = {k: v.float() for k, v in from_bytes((folder / PAA_WEIGHTS).read_bytes()).items()}
+    except Exception as exc:
+        raise AdapterError(f"{folder / PAA_WEIGHTS} is corrupt ({type(exc).__name__})") from None
+    model = PAAModel(bb, config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:  # missing / unexpected names or other shapes
+        raise AdapterError(f"the weights in {folder / PAA_WEIGHTS} do not fit a {config.paa_layers}-block PAA "
+                           f"on this backbone") from None
+    return model.eval()
+
+
 __all__ = ["PAAConfig", "PAAModel", "PAAEncoded", "PAAResult", "encode_paa", "encode_examples", "collate_paa",
            "paa_batch_loss", "paa_mean_loss", "paa_parameter_count", "set_masks", "fusion_state", "train_paa",
-           "added_parameters"]
+           "added_parameters", "save_paa", "load_paa", "paa_info", "PAA_INFO", "PAA_WEIGHTS"]
