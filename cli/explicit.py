@@ -12,7 +12,7 @@ import typer
 
 from persona_sdk.config import RuntimeConfig
 from persona_sdk.errors import ConfigError
-from persona_sdk.training.config import PALConfig
+from persona_sdk.training.config import PAAConfig, PALConfig
 
 from ._app import app
 from ._common import backbone_option, config_option, err
@@ -21,42 +21,74 @@ explicit_app = typer.Typer(help="Explicit-persona modes (chat as a persona descr
                            "train and build their parts.", no_args_is_help=True)
 app.add_typer(explicit_app, name="explicit")
 
-TRAINABLE = ("pal",)
+TRAINABLE = ("pal", "paa")
+# options of `train` that only one mode reads (the rest are shared; a shared option left out takes that
+# mode's own config default)
+PAL_ONLY = ("stage1_out", "stage1_replies", "dpo_pairs", "dpo_batch", "dpo_lr", "beta", "rank", "top_layers",
+            "score_selection", "dev_pairs")
+PAA_ONLY = ("paa_layers", "train_replies", "masks", "epochs")
+SHARED = ("max_minutes", "batch_size", "lr", "context_budget", "reply_budget", "dev_replies", "seed")
+
+
+def _shared(name: str) -> str:
+    return f"pal and paa; with paa the default is {getattr(PAAConfig(), name)!r}"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @explicit_app.command("train")
 def train(
-    mode: str = typer.Argument(..., help="the mode to train: pal"),
+    ctx: typer.Context,
+    mode: str = typer.Argument(..., help="the mode to train: pal or paa"),
     spc_csv: Path = typer.Option(..., "--spc-csv", help="Synthetic-Persona-Chat CSV (split by persona; "
                                  "train and dev parts are used, never test)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for the adapter + PAL.json "
-                                       "(default: the package's shipped adapter folder)"),
-    stage1_out: Optional[Path] = typer.Option(None, "--stage1-out", help="also write the stage-1-only adapter here"),
-    max_minutes: Optional[float] = config_option(PALConfig, "max_minutes", "--max-minutes"),
-    stage1_replies: int = config_option(PALConfig, "stage1_replies", "--stage1-replies"),
-    dpo_pairs: int = config_option(PALConfig, "dpo_pairs", "--dpo-pairs"),
-    batch_size: int = config_option(PALConfig, "batch_size", "--batch-size"),
-    dpo_batch: int = config_option(PALConfig, "dpo_batch", "--dpo-batch"),
-    lr: float = config_option(PALConfig, "lr", "--lr"),
-    dpo_lr: float = config_option(PALConfig, "dpo_lr", "--dpo-lr"),
-    beta: float = config_option(PALConfig, "beta", "--beta"),
-    rank: int = config_option(PALConfig, "rank", "--rank"),
-    top_layers: int = config_option(PALConfig, "top_layers", "--top-layers"),
-    score_selection: bool = config_option(PALConfig, "score_selection", "--score-selection/--no-score-selection"),
-    context_budget: int = config_option(PALConfig, "context_budget", "--context-budget"),
-    reply_budget: int = config_option(PALConfig, "reply_budget", "--reply-budget"),
-    dev_replies: int = config_option(PALConfig, "dev_replies", "--dev-replies"),
-    dev_pairs: int = config_option(PALConfig, "dev_pairs", "--dev-pairs"),
-    seed: int = config_option(PALConfig, "seed", "--seed"),
+                                       "(pal's default: the package's shipped adapter folder); paa: required, "
+                                       "the folder for the fusions + PAA.json (no PAA is shipped)"),
+    stage1_out: Optional[Path] = typer.Option(None, "--stage1-out", help="also write the stage-1-only adapter here (pal only)"),
+    max_minutes: Optional[float] = config_option(PALConfig, "max_minutes", "--max-minutes", note=_shared("max_minutes")),
+    stage1_replies: int = config_option(PALConfig, "stage1_replies", "--stage1-replies", note="pal only"),
+    dpo_pairs: int = config_option(PALConfig, "dpo_pairs", "--dpo-pairs", note="pal only"),
+    batch_size: int = config_option(PALConfig, "batch_size", "--batch-size", note=_shared("batch_size")),
+    dpo_batch: int = config_option(PALConfig, "dpo_batch", "--dpo-batch", note="pal only"),
+    lr: float = config_option(PALConfig, "lr", "--lr", note=_shared("lr")),
+    dpo_lr: float = config_option(PALConfig, "dpo_lr", "--dpo-lr", note="pal only"),
+    beta: float = config_option(PALConfig, "beta", "--beta", note="pal only"),
+    rank: int = config_option(PALConfig, "rank", "--rank", note="pal only"),
+    top_layers: int = config_option(PALConfig, "top_layers", "--top-layers", note="pal only"),
+    score_selection: bool = config_option(PALConfig, "score_selection", "--score-selection/--no-score-selection", note="pal only"),
+    context_budget: int = config_option(PALConfig, "context_budget", "--context-budget", note=_shared("context_budget")),
+    reply_budget: int = config_option(PALConfig, "reply_budget", "--reply-budget", note=_shared("reply_budget")),
+    dev_replies: int = config_option(PALConfig, "dev_replies", "--dev-replies", note=_shared("dev_replies")),
+    dev_pairs: int = config_option(PALConfig, "dev_pairs", "--dev-pairs", note="pal only"),
+    seed: int = config_option(PALConfig, "seed", "--seed", note=_shared("seed")),
+    paa_layers: int = config_option(PAAConfig, "paa_layers", "--paa-layers", note="paa only"),
+    train_replies: int = config_option(PAAConfig, "train_replies", "--train-replies", note="paa only"),
+    masks: bool = config_option(PAAConfig, "masks", "--masks/--no-masks", note="paa only"),
+    epochs: int = config_option(PAAConfig, "epochs", "--epochs", note="paa only"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
     backbone: Optional[str] = typer.Option(None, help="backbone folder (default: the embedded SmolLM2-135M)"),
 ) -> None:
     """Train an explicit mode's adapter on Synthetic-Persona-Chat and write it with its provenance.
 
     Example: nice -n 10 persona explicit train pal --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --max-minutes 90
+
+    Example: persona explicit train paa --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --out paa-run --max-minutes 30
     """
     if mode not in TRAINABLE:
         raise ConfigError(f"mode must be one of {', '.join(TRAINABLE)} (prompt needs no training)")
+    given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    foreign = sorted(given & set(PAA_ONLY if mode == "pal" else PAL_ONLY))
+    if foreign:
+        raise ConfigError(f"{', '.join(_flag(n) for n in foreign)} only apply to "
+                          f"{'paa' if mode == 'pal' else 'pal'}, not {mode}")
+    if mode == "paa":
+        if out is None:
+            raise ConfigError("paa needs --out FOLDER (no PAA is shipped with the package)")
+        _train_paa(spc_csv, out, {n: ctx.params[n] for n in SHARED + PAA_ONLY if n in given}, threads, backbone)
+        return
     from persona_sdk.explicit import pal as pal_mode
     from persona_sdk.training import pal
     from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
@@ -89,6 +121,34 @@ def train(
         pal.save_pal(result, result.stage1, stage1_out, {**info, "stage": "stage1"})
         err(f"stage-1 adapter written to {stage1_out}")
     typer.echo(str(target))
+
+
+def _train_paa(spc_csv: Path, out: Path, options: dict, threads: Optional[int], backbone: Optional[str]) -> None:
+    """`train paa`: PAA's fusions on the SPC split PAL uses, written to ``out`` with their provenance."""
+    from persona_sdk.training import paa_model
+    from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
+
+    cfg = PAAConfig(**options)  # options given on the command line; the rest are PAAConfig's defaults
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    parts, provenance = spc_explicit_split(spc_csv)
+    train_ex, dev_ex = spc_persona_examples(parts["train"]), spc_persona_examples(parts["dev"])
+    err(f"Synthetic-Persona-Chat split by persona: {len(train_ex)} train / {len(dev_ex)} dev replies "
+        f"(the test part is not touched)")
+    from ._progress import TrainBar
+
+    result = paa_model.train_paa(train_ex, dev_ex, backbone=backbone, config=cfg, progress=TrainBar("paa"),
+                                 note=err)
+    argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else []
+    info = {
+        "command": "persona explicit train " + " ".join(shlex.quote(a) for a in argv),
+        "config": cfg.to_dict(), "data": provenance, "summary": result.summary, "threads": threads,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    paa_model.save_paa(result, out, info)
+    typer.echo(str(out))
 
 
 @explicit_app.command("export")

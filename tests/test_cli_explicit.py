@@ -38,7 +38,7 @@ def test_train_then_export_then_chat(tiny_backbone, tmp_path):
 
 
 def test_bad_mode_is_a_one_line_error(tmp_path):
-    out = run(["train", "paa", "--spc-csv", str(tmp_path / "none.csv")])
+    out = run(["train", "prompt", "--spc-csv", str(tmp_path / "none.csv")])
     assert out.returncode == 1 and out.stderr.strip().startswith("Error:") and "pal" in out.stderr
     missing = run(["train", "pal", "--spc-csv", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")])
     assert missing.returncode == 1 and "not found" in missing.stderr and "Traceback" not in missing.stderr

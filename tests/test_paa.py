@@ -379,3 +379,41 @@ def test_tampered_missing_or_foreign_paa_is_refused(trained_paa, tmp_path):
     (wide / PAA_INFO).write_text(json.dumps({**info, "hidden": 64}))
     with pytest.raises(AdapterError, match="hidden size 64"):
         load_paa(wide, result.backbone)
+
+
+# --- `persona explicit train paa` ------------------------------------------------------------
+def _cli(args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "persona_sdk", "explicit", "train", "paa", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_trains_paa_and_writes_it(tiny_backbone, tmp_path):
+    import json
+
+    from explicit_helpers import write_spc_csv
+    from persona_sdk.training.paa_model import PAA_INFO, PAA_WEIGHTS, load_paa
+
+    csv_path = write_spc_csv(tmp_path / "spc.csv", conversations=80, n_personas=80)
+    out = tmp_path / "paa"
+    done = _cli(["--spc-csv", str(csv_path), "--backbone", str(tiny_backbone), "--out", str(out),
+                 "--train-replies", "8", "--dev-replies", "2", "--batch-size", "4", "--paa-layers", "1",
+                 "--no-masks", "--max-minutes", "2", "--threads", "1"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out) and "test part is not touched" in done.stderr
+    info = json.loads((out / PAA_INFO).read_text())
+    assert info["command"].startswith("persona explicit train paa") and info["data"]["split"]["by"] == "persona"
+    assert info["config"]["paa_layers"] == 1 and info["config"]["masks"] is False, done.stderr[:1500]
+    assert info["config"]["lr"] == PAAConfig().lr  # a shared option left out takes PAA's default, not PAL's
+    assert info["summary"]["train_replies"] == 8 and (out / PAA_WEIGHTS).stat().st_size == info["bytes"]
+    assert load_paa(out, tiny_backbone).config.paa_layers == 1
+
+
+def test_cli_paa_without_out_or_with_a_pal_option_is_a_one_line_error(tmp_path):
+    for extra, words in (([], "--out"), (["--out", str(tmp_path / "o"), "--rank", "4"], "--rank")):
+        done = _cli(["--spc-csv", str(tmp_path / "none.csv"), *extra])
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        assert done.stderr.strip().startswith("Error:") and len(done.stderr.strip().splitlines()) == 1
+        assert words in done.stderr
