@@ -91,30 +91,17 @@ def train(
         return
     from persona_sdk.explicit import pal as pal_mode
     from persona_sdk.training import pal
-    from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
 
     cfg = PALConfig(stage1_replies=stage1_replies, dpo_pairs=dpo_pairs, batch_size=batch_size,
                     dpo_batch=dpo_batch, lr=lr, dpo_lr=dpo_lr, beta=beta, rank=rank, top_layers=top_layers,
                     score_selection=score_selection, dev_replies=dev_replies,
                     context_budget=context_budget, reply_budget=reply_budget,
                     dev_pairs=dev_pairs, max_minutes=max_minutes, seed=seed)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    parts, provenance = spc_explicit_split(spc_csv)
-    train_ex, dev_ex = spc_persona_examples(parts["train"]), spc_persona_examples(parts["dev"])
-    err(f"Synthetic-Persona-Chat split by persona: {len(train_ex)} train / {len(dev_ex)} dev replies "
-        f"(the test part is not touched)")
+    train_ex, dev_ex, provenance = _spc_examples(spc_csv, threads)
     from ._progress import TrainBar
 
     result = pal.train_pal(train_ex, dev_ex, backbone=backbone, config=cfg, progress=TrainBar("pal"), note=err)
-    argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else []
-    info = {
-        "command": "persona explicit train " + " ".join(shlex.quote(a) for a in argv),
-        "config": cfg.to_dict(), "data": provenance, "summary": result.summary, "threads": threads,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    info = _provenance(cfg, provenance, result.summary, threads)
     target = out or pal_mode.SHIPPED_DIR
     pal.save_pal(result, result.final, target, {**info, "stage": "final"})
     if stage1_out is not None:
@@ -126,9 +113,22 @@ def train(
 def _train_paa(spc_csv: Path, out: Path, options: dict, threads: Optional[int], backbone: Optional[str]) -> None:
     """`train paa`: PAA's fusions on the SPC split PAL uses, written to ``out`` with their provenance."""
     from persona_sdk.training import paa_model
-    from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
 
     cfg = PAAConfig(**options)  # options given on the command line; the rest are PAAConfig's defaults
+    train_ex, dev_ex, provenance = _spc_examples(spc_csv, threads)
+    from ._progress import TrainBar
+
+    result = paa_model.train_paa(train_ex, dev_ex, backbone=backbone, config=cfg, progress=TrainBar("paa"),
+                                 note=err)
+    paa_model.save_paa(result, out, _provenance(cfg, provenance, result.summary, threads))
+    typer.echo(str(out))
+
+
+def _spc_examples(spc_csv: Path, threads: Optional[int]) -> tuple[list, list, dict]:
+    """(train replies, dev replies, provenance) of the SPC split by persona (the test part untouched);
+    ``threads`` torch CPU threads first, when given."""
+    from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
+
     if threads:
         import torch
 
@@ -137,18 +137,15 @@ def _train_paa(spc_csv: Path, out: Path, options: dict, threads: Optional[int], 
     train_ex, dev_ex = spc_persona_examples(parts["train"]), spc_persona_examples(parts["dev"])
     err(f"Synthetic-Persona-Chat split by persona: {len(train_ex)} train / {len(dev_ex)} dev replies "
         f"(the test part is not touched)")
-    from ._progress import TrainBar
+    return train_ex, dev_ex, provenance
 
-    result = paa_model.train_paa(train_ex, dev_ex, backbone=backbone, config=cfg, progress=TrainBar("paa"),
-                                 note=err)
+
+def _provenance(cfg, data: dict, summary: dict, threads: Optional[int]) -> dict:
+    """What a trained explicit artifact records: the command as typed, config, data, numbers, time."""
     argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else []
-    info = {
-        "command": "persona explicit train " + " ".join(shlex.quote(a) for a in argv),
-        "config": cfg.to_dict(), "data": provenance, "summary": result.summary, "threads": threads,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    paa_model.save_paa(result, out, info)
-    typer.echo(str(out))
+    return {"command": "persona explicit train " + " ".join(shlex.quote(a) for a in argv),
+            "config": cfg.to_dict(), "data": data, "summary": summary, "threads": threads,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 @explicit_app.command("export")
