@@ -9,8 +9,8 @@ answers each speaker's 16 held-out voice contexts with the int8 chat defaults an
 seeds (context i uses seed + i), once per variant, and scores every variant with the table's voice
 metrics (``voice.speakers_voice``, K = the speakers). Variants:
 
-* ``before`` -- the sampler as the table ran it: the end-of-turn token is penalised as a repeat,
-  no length pull;
+* ``before`` -- the sampler as the K = 20 table ran it, which is the chat default again: the
+  end-of-turn token is penalised as a repeat, no length pull (the same replies as ``pull=0``);
 * ``--variants pull=X,temperature=T``: any generation settings (``pull`` = ``length_pull``; what
   a variant does not set is the chat default, except ``length_pull``, which is 0 unless set);
 * ``pull=X`` -- the end-of-turn token exempt from the repetition penalty and
@@ -63,25 +63,10 @@ def parse_pulls(text: str) -> list[float]:
     return pulls
 
 
-def generate(engine, prefix, context, gen, old_sampler: bool) -> tuple[str, int]:
-    """One reply: the runtime's own path, or (``old_sampler``) the sampler the table ran with."""
-    from persona_sdk.sampling import Sampler
-
+def generate(engine, prefix, context, gen) -> tuple[str, int]:
+    """One reply through the runtime's own path: (text, tokens)."""
     ids = engine.prompt_ids(list(context), prefix, gen)
-    if not old_sampler:
-        out = list(engine.generate_ids(ids, prefix, gen))
-    else:  # generate_ids' loop with the old sampler (stop tokens penalised as repeats, no pull)
-        state = engine.new_state(prefix, capacity=len(ids) + gen.max_new_tokens + 1 + prefix.length)
-        sampler = Sampler(gen, engine.vocab_size, ids)
-        logits = state.start(ids, 256)
-        out = []
-        for n in range(gen.max_new_tokens):
-            token = sampler.pick(logits)
-            if token in engine.stop_ids:
-                break
-            out.append(token)
-            sampler.observe(token)
-            logits = state.feed(token)
+    out = list(engine.generate_ids(ids, prefix, gen))
     return engine.format.decode(out).rstrip("\ufffd").strip(), len(out)
 
 
@@ -198,7 +183,7 @@ def main(argv=None) -> dict:
                     for i in contexts:
                         gen = GenerationConfig(seed=seed + i, length_pull=0.0, target_tokens=target)
                         gen = gen.replace(**settings[v])
-                        text, k = generate(engine, prefix, p.test[i].context, gen, old_sampler=v == "before")
+                        text, k = generate(engine, prefix, p.test[i].context, gen)
                         replies.append(text)
                         tokens.append(k)
                     return {"replies": replies, "tokens": tokens}

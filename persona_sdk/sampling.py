@@ -74,17 +74,17 @@ class Sampler:
         stops = np.asarray(sorted(int(i) for i in stop_ids if 0 <= int(i) < vocab_size), dtype=np.int64)
         self._stops = stops  # (n_stop,): moved by the length pull
         self.target = target_tokens if gen.length_pull > 0 and stops.size else None
-        self._never_seen = np.zeros(vocab_size, dtype=bool)
-        if self.target is not None:  # the pull alone decides where a reply ends: no repeat penalty on ending
-            self._never_seen[stops] = True
-            self._seen &= ~self._never_seen
+        # under the pull, it alone decides where a reply ends: no repeat penalty on the stop tokens
+        self._exempt = frozenset(stops.tolist()) if self.target is not None else frozenset()
+        if self._exempt:
+            self._seen[stops] = False
         self._seen_ids = np.flatnonzero(self._seen)  # (n_seen,) sorted, unique
         self.generated = 0  # reply tokens observed so far
 
     def observe(self, token: int) -> None:
         """Count ``token`` as generated and seen (the repetition penalty applies to it from now on)."""
         self.generated += 1
-        if 0 <= token < self._seen.size and not self._seen[token] and not self._never_seen[token]:
+        if 0 <= token < self._seen.size and not self._seen[token] and token not in self._exempt:
             self._seen[token] = True
             self._seen_ids = np.append(self._seen_ids, token)
 

@@ -376,7 +376,7 @@ def test_end_of_turn_tokens_are_exempt_from_the_penalty_only_under_the_length_pu
     sampler.observe(3)  # one reply token: at the target, the pull adds nothing
     assert sampler.stop_bias() == 0.0 and sampler.pick(logits) == 0  # 2.0 unpenalised > 1.9 / 2
     sampler.observe(0)
-    assert sampler.generated == 2 and 0 not in sampler._seen_ids
+    assert sampler.generated == 2 and 0 not in sampler._seen_ids and 3 in sampler._seen_ids
 
 
 def test_the_length_pull_moves_only_the_stop_logits_toward_the_target():
