@@ -104,3 +104,12 @@ def test_voice_sweep_smoke(tiny_backbone, tiny_onnx, tmp_path):
     assert rows[0]["steps"] == 0 and rows[1]["steps"] == 3
     assert all(r["perplexity"] > 1 and r["median_words"]["real"] == 2 for r in rows)  # mostly "lol yes!"
     assert [json.loads(line) for line in out.getvalue().splitlines()] == rows
+
+    # --identify: one extra row per trained setting, identification among the speakers given
+    other = dict(train=data[:40], val=data[40:50], test=data[54:])
+    rows = sweep.sweep([person, other], ["lr=1e-2,min_examples=8,batch_size=4"], steps=2, n_gen=1, n_ppl=2,
+                       backbone=str(tiny_backbone), engine=Engine(tiny_onnx), out=io.StringIO(), n_identify=3)
+    assert [("identification" in r) for r in rows] == [False, False, True]
+    ident = rows[-1]["identification"]
+    assert ident["k"] == 2 and ident["replies"] == 6 and 0 <= ident["top1"] <= 1
+    assert rows[0]["seconds_per_step"] > 0
