@@ -305,3 +305,23 @@ def test_cli_export_paa_refuses_options_of_pal(tmp_path):
     out = subprocess.run(CLI + ["explicit", "export", "paa", "--adapter", str(tmp_path)], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr and "--from" in out.stderr
+
+
+def test_int8_export_passes_its_own_looser_check(paa_export, tiny_backbone, tmp_path):
+    import onnx
+
+    from persona_sdk.exporters.paa_export import ensure_paa_exported
+    from persona_sdk.explicit.paa import PAAEngine, PAAMode
+
+    export = ensure_paa_exported(paa_export[0], tiny_backbone, "int8", cache_root=tmp_path / "cache")
+    record = S.read_record(export)
+    v = record["validation"]
+    assert export.name == "int8" and record["variant"] == "int8" and v["passed"]
+    assert v["max_allowed_diff"] == pytest.approx(v["logit_scale"]) and v["top1_agreement"] >= 0.3
+    ops = {n.op_type for n in onnx.load(str(export / S.DECODER), load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops and "GatherBlockQuantized" in ops
+    names = [i.name for i in onnx.load(str(export / S.ENCODER), load_external_data=False).graph.initializer]
+    assert len(names) == len(set(names))  # a weight the persona and context halves share is stored once
+    mode = PAAMode(PERSONA, PAAEngine(export))
+    losses = mode.reply_losses(mode.prepare(HISTORY), "i love pizza")
+    assert np.isfinite(losses).all()
