@@ -35,13 +35,17 @@ def chat(
                                                 "(repeat for several), instead of an enrolled profile."),
     persona_file: Optional[Path] = typer.Option(None, "--persona-file", help="Persona sentences, one per line."),
     explicit: Optional[str] = typer.Option(None, "--explicit", help="How persona sentences are used: prompt "
-                                           "(in the prompt, default) or pal (PAL adapter: select, then generate)."),
+                                           "(in the prompt, default), pal (PAL adapter: select, then generate) or "
+                                           "paa (persona-adaptive attention: trained fusions, see `persona explicit "
+                                           "train paa`)."),
 ) -> None:
     """Chat in a persona's voice (or with the bare backbone).
 
     Example: persona chat --name me --message "hi, what do you do on weekends?"
 
     Example: persona chat --persona "I bake cookies." --persona "I have a dog." --explicit pal -m "what do you do for fun?"
+
+    Example: persona chat --persona "I bake cookies." --explicit paa -m "what do you do for fun?"
 
     In the interactive chat, /reset forgets the conversation, /exit or Ctrl-D
     quits, and Ctrl-C stops the reply being written. The first run builds the

@@ -45,8 +45,9 @@ def train(
     spc_csv: Path = typer.Option(..., "--spc-csv", help="Synthetic-Persona-Chat CSV (split by persona; "
                                  "train and dev parts are used, never test)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for the adapter + PAL.json "
-                                       "(pal's default: the package's shipped adapter folder); paa: required, "
-                                       "the folder for the fusions + PAA.json (no PAA is shipped)"),
+                                       "(pal's default: the package's shipped adapter folder); paa: the folder "
+                                       "for the fusions + PAA.json (default: installed where `persona chat "
+                                       "--explicit paa` looks, <data dir>/explicit/paa)"),
     stage1_out: Optional[Path] = typer.Option(None, "--stage1-out", help="also write the stage-1-only adapter here (pal only)"),
     max_minutes: Optional[float] = config_option(PALConfig, "max_minutes", "--max-minutes", note=_shared("max_minutes")),
     stage1_replies: int = config_option(PALConfig, "stage1_replies", "--stage1-replies", note="pal only"),
@@ -75,7 +76,7 @@ def train(
 
     Example: nice -n 10 persona explicit train pal --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --max-minutes 90
 
-    Example: persona explicit train paa --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --out paa-run --max-minutes 30
+    Example: persona explicit train paa --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --max-minutes 30
     """
     if mode not in TRAINABLE:
         raise ConfigError(f"mode must be one of {', '.join(TRAINABLE)} (prompt needs no training)")
@@ -85,8 +86,6 @@ def train(
         raise ConfigError(f"{', '.join(_flag(n) for n in foreign)} only apply to "
                           f"{'paa' if mode == 'pal' else 'pal'}, not {mode}")
     if mode == "paa":
-        if out is None:
-            raise ConfigError("paa needs --out FOLDER (no PAA is shipped with the package)")
         _train_paa(spc_csv, out, {n: ctx.params[n] for n in SHARED + PAA_ONLY if n in given}, threads, backbone)
         return
     from persona_sdk.explicit import pal as pal_mode
@@ -110,8 +109,11 @@ def train(
     typer.echo(str(target))
 
 
-def _train_paa(spc_csv: Path, out: Path, options: dict, threads: Optional[int], backbone: Optional[str]) -> None:
-    """`train paa`: PAA's fusions on the SPC split PAL uses, written to ``out`` with their provenance."""
+def _train_paa(spc_csv: Path, out: Optional[Path], options: dict, threads: Optional[int],
+               backbone: Optional[str]) -> None:
+    """`train paa`: PAA's fusions on the SPC split PAL uses, written to ``out`` (None = installed for the paa
+    chat mode) with their provenance."""
+    from persona_sdk.explicit.paa_store import installed_dir
     from persona_sdk.training import paa_model
 
     cfg = PAAConfig(**options)  # options given on the command line; the rest are PAAConfig's defaults
@@ -120,8 +122,12 @@ def _train_paa(spc_csv: Path, out: Path, options: dict, threads: Optional[int], 
 
     result = paa_model.train_paa(train_ex, dev_ex, backbone=backbone, config=cfg, progress=TrainBar("paa"),
                                  note=err)
-    paa_model.save_paa(result, out, _provenance(cfg, provenance, result.summary, threads))
-    typer.echo(str(out))
+    target = out if out is not None else installed_dir(create=True)
+    paa_model.save_paa(result, target, _provenance(cfg, provenance, result.summary, threads))
+    if out is None:
+        err("PAA installed for `persona chat --explicit paa` (its ONNX export is built on first use, or now with "
+            "`persona explicit export paa`)")
+    typer.echo(str(target))
 
 
 def _spc_examples(spc_csv: Path, threads: Optional[int]) -> tuple[list, list, dict]:
@@ -150,20 +156,56 @@ def _provenance(cfg, data: dict, summary: dict, threads: Optional[int]) -> dict:
 
 @explicit_app.command("export")
 def export(
-    mode: str = typer.Argument(..., help="the mode whose model to build: pal"),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="adapter folder (default: the shipped one)"),
-    variant: Optional[str] = config_option(RuntimeConfig, "variant", "--variant"),
+    mode: str = typer.Argument(..., help="the mode whose model to build: pal or paa"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="pal: adapter folder (default: the shipped one)"),
+    source: Optional[Path] = typer.Option(None, "--from", help="paa: a trained PAA folder (from `persona explicit "
+                                          "train paa --out FOLDER`) to export and install where `persona chat "
+                                          "--explicit paa` looks (default: the one installed there)"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="pal: ONNX variant, as the backbone's "
+                                          "(default int8 on CPU); paa: fp32 (default) or int8"),
     backbone: Optional[Path] = backbone_option(note="the backbone the adapter was trained on"),
 ) -> None:
-    """Build a mode's model now: the adapter merged into the backbone, exported to ONNX and validated.
+    """Build a mode's model now: pal's adapter merged into the backbone, or paa's encoder and decoder graphs,
+    exported to ONNX and validated against torch.
 
-    `persona chat --explicit pal` does this on first use; this command does it ahead of time.
+    `persona chat --explicit pal|paa` does this on first use; this command does it ahead of time.
 
     Example: persona explicit export pal
+
+    Example: persona explicit export paa --from paa-run
     """
+    if mode == "paa":
+        if adapter is not None:
+            raise ConfigError("--adapter is pal's option; paa takes --from FOLDER")
+        _export_paa(source, variant, backbone)
+        return
     if mode != "pal":
-        raise ConfigError("mode must be pal (prompt runs on the backbone's own export)")
+        raise ConfigError("mode must be pal or paa (prompt runs on the backbone's own export)")
+    if source is not None:
+        raise ConfigError("--from is paa's option; pal takes --adapter FOLDER")
     from persona_sdk.explicit.pal import open_pal_engine
 
     engine = open_pal_engine(backbone, RuntimeConfig(variant=variant), err, build=True, adapter=adapter)
     typer.echo(str(engine.export_dir))
+
+
+def _export_paa(source: Optional[Path], variant: Optional[str], backbone: Optional[Path]) -> None:
+    """`export paa`: build (and validate) the export of the PAA in ``source`` (else the installed one); then
+    install ``source`` where the chat mode looks, so nothing is installed that did not export."""
+    import time
+
+    from persona_sdk import backbone as bb
+    from persona_sdk.exporters.paa_export import ensure_paa_exported
+    from persona_sdk.explicit.paa import install_paa, paa_variant
+    from persona_sdk.explicit.paa_store import installed_info
+
+    started = time.monotonic()
+    folder, _ = installed_info(source)
+    chosen = paa_variant(RuntimeConfig(variant=variant))
+    base_dir = bb.resolve(backbone, err)
+    err(f"PAA: exporting the trained fusions in {folder} ({chosen}) on {base_dir}...")
+    target = ensure_paa_exported(folder, base_dir, chosen, progress=err)
+    if source is not None:
+        err(f"PAA installed in {install_paa(source)}")
+    err(f"PAA ready for `persona chat --explicit paa` ({time.monotonic() - started:.0f} s)")
+    typer.echo(str(target))

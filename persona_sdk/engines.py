@@ -116,6 +116,19 @@ def find_export(
     return ensure_exported(model_dir, variant, progress=progress)
 
 
+def build_paa_export(paa_dir: Path, backbone_dir: Path, variant: str, progress: Progress | None = None, *,
+                     build: bool = False, command: str, problem: str) -> Path:
+    """Build the ONNX export of the PAA in ``paa_dir`` on ``backbone_dir`` (announced; ``build=True`` only, else
+    :class:`ExportNotReadyError` naming ``command``). The paa mode reaches the exporters through here."""
+    _check_can_build(build, command, problem)
+    _announce(progress, f"{problem}: building it now, once (PAA's encoder and decoder graphs from the backbone and "
+                        f"the trained fusions, checked against torch). This takes {_duration(backbone_dir, 'fp32')} "
+                        f"on a laptop CPU, longer on a busy one; later runs reuse it.")
+    from .exporters.paa_export import ensure_paa_exported
+
+    return ensure_paa_exported(paa_dir, backbone_dir, variant, progress=progress)
+
+
 def export_command(variant: str, backbone: str | Path | None = None) -> str:
     """The ``persona backbone export`` command line that builds ``variant`` of ``backbone``."""
     command = "persona backbone export"

@@ -411,8 +411,8 @@ def test_cli_trains_paa_and_writes_it(tiny_backbone, tmp_path):
     assert load_paa(out, tiny_backbone).config.paa_layers == 1
 
 
-def test_cli_paa_without_out_or_with_a_pal_option_is_a_one_line_error(tmp_path):
-    for extra, words in (([], "--out"), (["--out", str(tmp_path / "o"), "--rank", "4"], "--rank")):
+def test_cli_paa_with_a_pal_option_or_no_data_is_a_one_line_error(tmp_path):
+    for extra, words in ((["--out", str(tmp_path / "o"), "--rank", "4"], "--rank"), ([], "not found")):
         done = _cli(["--spc-csv", str(tmp_path / "none.csv"), *extra])
         assert done.returncode != 0 and "Traceback" not in done.stderr
         assert done.stderr.strip().startswith("Error:") and len(done.stderr.strip().splitlines()) == 1

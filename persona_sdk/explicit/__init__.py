@@ -12,7 +12,11 @@ Modes (``MODES``):
   prompt, no training: the baseline every other mode is compared with;
 - ``pal`` (:mod:`.pal`): PAL (persona-aware alignment): a LoRA adapter trained
   here (multi-task SFT, then DPO), merged into its own ONNX backbone; each reply
-  first predicts the relevant sentence, then generates conditioned on it.
+  first predicts the relevant sentence, then generates conditioned on it;
+- ``paa`` (:mod:`.paa`): PAA (persona-adaptive attention): trained fusions on the
+  frozen backbone, run through their own ONNX export (persona and context
+  encoded once per turn, the decoder on its KV cache); installed in
+  ``<data dir>/explicit/paa`` (:mod:`.paa_store`).
 
 The interface a mode implements is :class:`~.base.ExplicitMode`; the prompt
 formats shared with training are in :mod:`.formats`; sentences are checked by

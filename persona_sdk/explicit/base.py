@@ -35,6 +35,7 @@ from .persona import persona_sentences
 MODES: dict[str, str] = {
     "prompt": "persona_sdk.explicit.prompt:PromptMode",
     "pal": "persona_sdk.explicit.pal:PALMode",
+    "paa": "persona_sdk.explicit.paa:PAAMode",
 }
 DEFAULT_MODE = "prompt"
 Progress = Callable[[str], None]

@@ -68,3 +68,24 @@ def persona_prompt_ids(fmt: ChatFormat, sentences: Sequence[str], history: Seque
 def selection_prompt_ids(fmt: ChatFormat, sentences: Sequence[str], history: Sequence[Turn], budget: int
                          ) -> list[int]:
     return prompt_ids(fmt, selection_system(sentences), history, budget)
+
+
+# --- PAA: three token sequences instead of one prompt ---------------------------------------------
+# PAA (persona-adaptive attention) does not put the persona in the prompt: its encoders read the
+# persona and the dialogue context, its decoder reads the response only. Training
+# (persona_sdk.training.paa_model.encode_paa) and the paa mode build the three sequences here.
+def paa_persona_ids(fmt: ChatFormat, sentences: Sequence[str], budget: int) -> list[int]:
+    """The persona encoder's input: the sentences joined by spaces, the first ``budget`` tokens
+    (may be empty when the text encodes to nothing; each caller says what that means for it)."""
+    return fmt.encode(" ".join(sentences))[:budget]
+
+
+def paa_context_ids(fmt: ChatFormat, history: Sequence[Turn], budget: int) -> list[int]:
+    """The context encoder's input: the ChatML turns (oldest dropped first) + the reply header, at most
+    ``budget`` tokens (never empty: the header is always there)."""
+    return fmt.prompt_ids(history, budget)
+
+
+def paa_response_prompt(fmt: ChatFormat) -> list[int]:
+    """What the decoder is fed before the reply's first token: the reply header."""
+    return list(fmt.header_ids)

@@ -30,8 +30,10 @@ cross-entropy; persona and context are inputs, never targets.
 
 :func:`train_paa` trains the fusions on SPC persona replies (the
 ``PersonaExample``\\ s of :mod:`.corpora`, split by persona like PAL's) in the one
-training loop (:mod:`.loop`). Not here: the ONNX export of the whole model with
-its KV cache, the runtime path. :func:`save_paa` / :func:`load_paa` write and read trained fusions
+training loop (:mod:`.loop`). The token layout comes from :mod:`persona_sdk.explicit.formats`, shared with
+the paa chat mode; the ONNX export (encoders once per turn, the decoder with its KV cache) is
+``persona_sdk.exporters.paa_export``, the runtime path :mod:`persona_sdk.explicit.paa`.
+:func:`save_paa` / :func:`load_paa` write and read trained fusions
 the way PAL's adapter is kept (float16 safetensors + ``PAA.json`` with the sha256, the backbone's
 fingerprint and the shapes). torch is imported only inside functions.
 """
@@ -49,6 +51,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import AdapterError, ConfigError, TrainingError
+from ..explicit.formats import paa_context_ids, paa_persona_ids, paa_response_prompt
+from ..explicit.paa_store import PAA_INFO, PAA_WEIGHTS
+from ..explicit.paa_store import paa_info as _checked_info
 from ..fileio import atomic_write
 from .backbone import TrainBackbone, bf16_supported, load_backbone, torch_module
 from .config import PAAConfig
@@ -78,14 +83,15 @@ class PAAEncoded:
 
 def encode_paa(fmt, persona: Sequence[str], context, reply: str, config: PAAConfig, conversation: int = 0
                ) -> PAAEncoded:
-    """Token ids of one reply for PAA (see the module doc)."""
+    """Token ids of one reply for PAA (see the module doc), built by the same helpers the paa chat mode
+    uses (:mod:`persona_sdk.explicit.formats`)."""
     if not persona:
         raise TrainingError("PAA needs at least one persona sentence per reply")
-    p_ids = fmt.encode(" ".join(persona))[: config.persona_budget]
+    p_ids = paa_persona_ids(fmt, persona, config.persona_budget)
     if not p_ids:
         raise TrainingError("PAA's persona sentences encode to no tokens")
-    c_ids = fmt.prompt_ids(tuple(context), config.context_budget)
-    header = list(fmt.header_ids)
+    c_ids = paa_context_ids(fmt, tuple(context), config.context_budget)
+    header = paa_response_prompt(fmt)
     resp = header + fmt.reply_ids(reply, config.reply_budget)
     return PAAEncoded(tuple(p_ids), tuple(c_ids), Encoded(tuple(resp), len(header), conversation))
 
@@ -367,8 +373,7 @@ def train_paa(
 
 
 # --- saving and loading -----------------------------------------------------------------------
-PAA_INFO = "PAA.json"
-PAA_WEIGHTS = "paa_fusions.safetensors"
+# PAA_INFO / PAA_WEIGHTS: the file names, shared with the runtime (persona_sdk.explicit.paa_store)
 
 
 def save_paa(result: PAAResult, out_dir: str | Path, info: dict[str, Any]) -> Path:
@@ -394,18 +399,7 @@ def save_paa(result: PAAResult, out_dir: str | Path, info: dict[str, Any]) -> Pa
 
 def paa_info(folder: str | Path) -> dict:
     """``PAA.json`` of a saved PAA folder, the weights file checked against its sha256 (AdapterError if not)."""
-    folder = Path(folder)
-    weights = folder / PAA_WEIGHTS
-    if not weights.is_file() or not (folder / PAA_INFO).is_file():
-        raise AdapterError(f"there is no trained PAA in {folder} ({PAA_WEIGHTS} + {PAA_INFO}); "
-                           "train one with `persona explicit train paa --out FOLDER`")
-    try:
-        info = json.loads((folder / PAA_INFO).read_text())
-    except (OSError, ValueError):
-        raise AdapterError(f"{folder / PAA_INFO} is corrupt (not valid JSON)") from None
-    if not isinstance(info, dict) or info.get("sha256") != hashlib.sha256(weights.read_bytes()).hexdigest():
-        raise AdapterError(f"{weights} does not match the sha256 recorded in {PAA_INFO}")
-    return info
+    return _checked_info(folder)
 
 
 def load_paa(folder: str | Path, backbone: Any = None) -> Any:
