@@ -347,10 +347,11 @@ def row_stamp(key: str, args: argparse.Namespace, data: Data) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _commit() -> str:
+def _commit(paths: Sequence[str] = ("persona_sdk", "benchmarks/explicit_table.py")) -> str:
+    """HEAD, marked when ``paths`` (what the results depend on) have uncommitted changes."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "persona_sdk", "benchmarks/explicit_table.py"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths],
                                cwd=ROOT, capture_output=True, text=True).stdout.strip()
         return sha + (" (with uncommitted changes)" if dirty else "") if sha else "unknown"
     except OSError:
