@@ -64,6 +64,23 @@ def load_manifest(export_dir: Path) -> dict:
     return manifest
 
 
+def session_options(runtime: RuntimeConfig):
+    """onnxruntime session options for ``runtime``: full graph optimisation, its thread count, quiet logs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if runtime.threads:
+        opts.intra_op_num_threads = runtime.threads
+    opts.log_severity_level = 3
+    # Spinning workers save a futex wake-up per op (~400 ops a token) but hold a core while
+    # they wait: spin only inside a run, stop the moment it returns (no idle burn between
+    # tokens or replies).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if runtime.spin else "0")
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    return opts
+
+
 def choose_providers(device: str) -> list[str]:
     """onnxruntime execution providers for ``device`` (auto | cpu | cuda)."""
     import onnxruntime as ort
@@ -109,16 +126,7 @@ class Engine:
         self.max_positions = (BackboneSpec.from_config(json.loads(config.read_text())).max_positions
                               if config.is_file() else 2048)
         providers = choose_providers(self.runtime.device)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.runtime.threads:
-            opts.intra_op_num_threads = self.runtime.threads
-        opts.log_severity_level = 3
-        # Spinning workers save a futex wake-up per op (~400 ops a token) but hold a core while
-        # they wait: spin only inside a run, stop the moment it returns (no idle burn between
-        # tokens or replies).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.runtime.spin else "0")
-        opts.add_session_config_entry("session.force_spinning_stop", "1")
+        opts = session_options(self.runtime)
         try:
             self.session = ort.InferenceSession(str(self.export_dir / MODEL), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types

@@ -41,7 +41,7 @@ from ..config import GenerationConfig, RuntimeConfig
 from ..conversation import ChatFormat, Turn
 from ..errors import AdapterError, ConfigError, ExportNotReadyError, GenerationError, ModelFileError, PersonaSentencesError
 from ..manifest import ATTENTION_MASK, INPUT_IDS, LOGITS, LOGITS_TO_KEEP, MANIFEST, past_names, present_names
-from ..runtime import Engine, StepOutput, _log_softmax, choose_providers
+from ..runtime import Engine, StepOutput, _log_softmax, choose_providers, session_options
 from ..sampling import Sampler, length_target
 from . import paa_store as S
 from .base import ExplicitMode, Prepared, Progress, check_history
@@ -79,13 +79,7 @@ class PAAEngine:
         self.persona_budget = min(r["persona_budget"], self.max_positions)
         self.context_budget = min(r["context_budget"], self.max_positions)
         providers = choose_providers(self.runtime.device)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.runtime.threads:
-            opts.intra_op_num_threads = self.runtime.threads
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.runtime.spin else "0")
-        opts.add_session_config_entry("session.force_spinning_stop", "1")
+        opts = session_options(self.runtime)
         sessions = []
         for name in (S.ENCODER, S.DECODER):
             try:
