@@ -40,6 +40,7 @@ from typing import Any
 
 from .. import paths
 from ..errors import AdapterError, ModelFileError
+from ..manifest import sha256_file
 
 PAA_INFO = "PAA.json"
 PAA_WEIGHTS = "paa_fusions.safetensors"
@@ -125,14 +126,6 @@ def export_dir_for(paa_sha256: str, variant: str = DEFAULT_VARIANT, cache_root: 
         raise ModelFileError(f"PAA variant must be one of {VARIANTS}, got {variant!r}")
     root = Path(cache_root) if cache_root is not None else paths.cache_dir()
     return root / "explicit" / f"paa-{paa_sha256[:16]}" / variant
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_files(export_dir: Path) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..conversation import Turn
 from ..errors import TrainingError
+from ..manifest import sha256_file
 
 
 @dataclass
@@ -203,7 +204,7 @@ def spc_explicit_split(csv_path: str | Path, config: Any = None
         out[part].append(SPCConversation(conv.index, conv.personas, conv.turns, held))
     provenance = {
         "corpus": "synthetic-persona-chat", "license": "CC-BY 4.0",
-        "attribution": SPC_ATTRIBUTION, "file": path.name, "file_sha256": _file_sha256(path),
+        "attribution": SPC_ATTRIBUTION, "file": path.name, "file_sha256": sha256_file(path),
         "split": {"salt": config.salt, "dev": config.dev, "test": config.test, "by": "persona",
                   "conversations": {p: len(v) for p, v in out.items()},
                   "personas": {p: len({persona_key(c.persona(s), config.salt) for c in v for s in c.sides})
@@ -214,14 +215,6 @@ def spc_explicit_split(csv_path: str | Path, config: Any = None
 
 SPC_ATTRIBUTION = ("Synthetic-Persona-Chat (Jandaghi, Sheng, Bai, Pujara, Sidahmed, 2023, "
                    "arXiv:2312.10007; google-research-datasets), CC-BY 4.0")
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def spc_split(csv_path: str | Path, max_speakers: int | None = None, max_val: int = 64
