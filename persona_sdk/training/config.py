@@ -22,7 +22,10 @@ DEFAULT_PROMPT_INIT = "Reply as yourself: in your own words, tone and style, as 
 # The default learning rate. From a source prefix the block has to move far enough to change how
 # replies *read* (length, casing, topics), not only their perplexity: a gentle rate refines the
 # likelihood while the generated replies stay the source's (BENCHMARKS.md, enrollment defaults).
-LR_FROM_SOURCE = 1e-2
+# 3e-2 rather than 1e-2: step-matched at K = 4 it tripled the margin by which a speaker's own
+# prefix beats the others' on their replies, at no perplexity cost (BENCHMARKS.md, "Identification
+# levers"); the K = 20 voice table is its check.
+LR_FROM_SOURCE = 3e-2
 LR_FROM_SCRATCH = 3e-3
 # Peak memory of a training step is one forward/backward's activations: bounded by splitting a batch
 # into micro-batches of at most this many padded tokens (BENCHMARKS.md, enrollment memory).
