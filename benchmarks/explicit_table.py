@@ -7,10 +7,16 @@
 Rows (``ROWS``; each opens an :class:`~persona_sdk.explicit.base.ExplicitMode`
 for a persona, on an engine opened once per run from ``ENGINES``): the bare
 backbone (no persona), prompting (the sentences in the system turn), PAL stage 1
-only, PAL, PAL without select-then-generate (conditioned on all sentences). A
+only, PAL, PAL without select-then-generate (conditioned on all sentences), PAA
+(the installed one, or ``--paa DIR``) and PAA without masks (a PAA trained
+without them, ``--paa-no-masks DIR``, else the same PAA with its masks switched
+off at decode time; the label says which). A
 new mode is one ``ENGINES`` entry (if it has its own model) and one ``ROWS``
 entry. Every row runs through the product path: the runtime ``Engine`` on the
-row's ONNX export (int8 by default), prompts built by the mode itself.
+row's ONNX export (int8 by default; PAA on its own export, fp32 by default as in
+``persona chat``: its int8 export drifts further), prompts built by the mode itself.
+PAA's persona goes through its persona encoder (its own budget), so only the
+context counts against the table's prompt budget.
 
 Columns (scored on the test part only, never touched by training):
 
@@ -102,12 +108,23 @@ def _pal(select: bool):
     return make
 
 
+def _paa_mode(masks: bool):
+    def make(sentences, engine):
+        from persona_sdk.explicit.paa import PAAMode
+
+        return PAAMode(sentences, engine, masks=masks)
+
+    return make
+
+
 ROWS: dict[str, Row] = {
     "backbone": Row("backbone (no persona)", "base", _bare),
     "prompt": Row("prompting", "base", _prompt),
     "pal-stage1": Row("PAL stage 1 only", "pal-stage1", _pal(True), selects=True),
     "pal": Row("PAL", "pal", _pal(True), selects=True),
     "pal-no-sg": Row("PAL without select-then-generate", "pal", _pal(False)),
+    "paa": Row("PAA", "paa", _paa_mode(True)),
+    "paa-no-masks": Row("PAA without masks", "paa-no-masks", _paa_mode(False)),
 }
 
 
@@ -126,11 +143,62 @@ def _open_pal(adapter_arg: str):
     return make
 
 
+def _open_paa(folder_arg: str):
+    def make(args, runtime):
+        from persona_sdk.config import RuntimeConfig
+        from persona_sdk.explicit.paa import open_paa_engine
+
+        runtime = RuntimeConfig(variant=args.paa_variant, threads=args.threads)
+        return open_paa_engine(args.backbone, runtime, say, build=True, paa=paa_folder(args, folder_arg))
+
+    return make
+
+
+def paa_folder(args: argparse.Namespace, folder_arg: str) -> str | None:
+    """The PAA folder a PAA engine opens (None = the installed one): "paa-no-masks" falls back to ``--paa``."""
+    if folder_arg == "paa_no_masks" and args.paa_no_masks is None:
+        return args.paa
+    return getattr(args, folder_arg)
+
+
+def engine_key(key: str, args: argparse.Namespace) -> str:
+    """The engine a row runs on: without a PAA trained without masks, "PAA without masks" shares PAA's engine."""
+    engine = ROWS[key].engine
+    return "paa" if engine == "paa-no-masks" and args.paa_no_masks is None else engine
+
+
+def row_label(key: str, args: argparse.Namespace) -> str:
+    if key != "paa-no-masks":
+        return ROWS[key].label
+    how = "trained without them" if args.paa_no_masks is not None else "switched off at decode"
+    return f"{ROWS[key].label} ({how})"
+
+
 ENGINES: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
     "base": _open_base,
     "pal": _open_pal("pal_adapter"),
     "pal-stage1": _open_pal("pal_stage1"),
+    "paa": _open_paa("paa"),
+    "paa-no-masks": _open_paa("paa_no_masks"),
 }
+
+
+def model_sha256(key: str, args: argparse.Namespace) -> str | None:
+    """The sha256 of the trained weights row ``key`` runs (PAL adapter, PAA fusions), None for the backbone rows
+    (or when they are missing: the row then fails when its engine opens)."""
+    engine = ROWS[key].engine
+    try:
+        if engine in ("pal", "pal-stage1"):
+            from persona_sdk.explicit.pal import adapter_info
+
+            return adapter_info({"pal": args.pal_adapter, "pal-stage1": args.pal_stage1}[engine])[1].get("sha256")
+        if engine in ("paa", "paa-no-masks"):
+            from persona_sdk.explicit.paa_store import installed_info
+
+            return installed_info(paa_folder(args, "paa" if engine == "paa" else "paa_no_masks"))[1].get("sha256")
+    except Exception:  # noqa: BLE001 - a missing model is reported when its row runs
+        return None
+    return None
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -333,17 +401,10 @@ def vs_prompting(results: dict) -> list[str]:
 def row_stamp(key: str, args: argparse.Namespace, data: Data) -> str:
     """What a cached row depends on: the settings that change its replies or scores, the data, and the adapter
     its engine merges (a rerun resumes only from rows made alike)."""
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "rows", "threads", "embedder", "spc_csv")}
-    adapter = None
-    folder = {"pal": args.pal_adapter, "pal-stage1": args.pal_stage1}.get(ROWS[key].engine, False)
-    if folder is not False:
-        try:
-            from persona_sdk.explicit.pal import adapter_info
-
-            adapter = adapter_info(folder)[1].get("sha256")
-        except Exception:  # no adapter: the row fails when it opens its engine
-            adapter = None
-    blob = json.dumps([key, settings, data.provenance, adapter], sort_keys=True, default=str)
+    paa = ROWS[key].engine.startswith("paa")  # PAA's options are no part of another row's making
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "rows", "threads", "embedder", "spc_csv")
+                and (paa or not k.startswith("paa"))}
+    blob = json.dumps([key, settings, data.provenance, model_sha256(key, args)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -368,6 +429,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--pal-adapter", default=None, help="PAL adapter folder (default: the shipped one)")
     ap.add_argument("--pal-stage1", default=str(ROOT / "benchmarks" / "data" / "pal_stage1"),
                     help="the stage-1-only PAL adapter folder")
+    ap.add_argument("--paa", default=None, help="trained PAA folder (default: the installed one)")
+    ap.add_argument("--paa-no-masks", default=None,
+                    help="a PAA trained without masks for its row (default: --paa with masks off at decode time)")
+    ap.add_argument("--paa-variant", default="fp32", help="ONNX variant of PAA's own export (fp32 or int8)")
     ap.add_argument("--personas", type=int, default=0,
                     help="decode for the first N test personas only (hash order; 0 = all); each reply's "
                          "consistency candidates still come from every test persona")
@@ -399,6 +464,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    for key in rows:  # a missing PAA stops the run now, not after the rows before it
+        if ROWS[key].engine.startswith("paa"):
+            from persona_sdk.errors import AdapterError
+            from persona_sdk.explicit.paa_store import installed_info
+
+            try:
+                installed_info(paa_folder(args, "paa" if ROWS[key].engine == "paa" else "paa_no_masks"))
+            except AdapterError as e:
+                raise SystemExit(f"row {key}: {e} (or leave the PAA rows out with --rows)") from None
     data = load_data(args)
     say(f"{data.provenance['test_personas']} test personas; {len(data.decode)} replies decoded per row, "
         f"{len(data.hits)} ranked for Hits@1, {len(data.selection)} for selection")
@@ -417,29 +491,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 say(f"{key}: cached")
                 continue
             say(f"{key}: cached with other settings, data or adapter: running it again")
-        row = ROWS[key]
-        if row.engine not in engines:
-            engines[row.engine] = ENGINES[row.engine](args, runtime)
-        say(f"{key}: {row.label} ...")
-        raw[key] = {**run_row(key, row, engines[row.engine], data, args), "stamp": stamp}
+        row, ek = ROWS[key], engine_key(key, args)
+        if ek not in engines:
+            engines[ek] = ENGINES[ek](args, runtime)
+        say(f"{key}: {row_label(key, args)} ...")
+        raw[key] = {**run_row(key, row, engines[ek], data, args), "stamp": stamp}
         atomic_write(path, json.dumps(raw[key]).encode(), private=False)
     embed = embedder(args.embedder)
     cache: dict = {}
     scored = {key: score(raw[key], data, embed, cache) for key in rows}
     scored["human"] = score({"replies": [ex.reply for ex in data.decode]}, data, embed, cache)
-    labels = {**{k: ROWS[k].label for k in rows}, "human": "human (gold replies)"}
-    adapters = {}
-    for name, folder in (("pal", args.pal_adapter), ("pal-stage1", args.pal_stage1)):
-        try:
-            from persona_sdk.explicit.pal import adapter_info
-
-            adapters[name] = adapter_info(folder)[1].get("sha256")
-        except Exception:  # a row that was not run may lack its adapter
-            adapters[name] = None
+    labels = {**{k: row_label(k, args) for k in rows}, "human": "human (gold replies)"}
+    adapters = {k: model_sha256(k, args) for k in rows if ROWS[k].engine != "base"}
     chance = float(np.mean([1 / len(it.example.persona) for it in data.selection])) if data.selection else 0.0
     results = {
         "meta": meta, "data": data.provenance, "rows": scored, "labels": labels,
-        "settings": {"variant": args.variant, "decoding": "greedy, repetition penalty 1.1",
+        "settings": {"variant": args.variant, "paa_variant": args.paa_variant, "decoding": "greedy, repetition penalty 1.1",
                      "context_budget": args.context_budget,
                      "max_new_tokens": args.max_new_tokens, "reply_budget": args.reply_budget,
                      "distractors": args.distractors, "candidates": args.candidates, "embedder": args.embedder,

@@ -1,5 +1,5 @@
-"""Small Synthetic-Persona-Chat-shaped data and a tiny PAL adapter, made by the tests
-themselves (tests never read ../shared)."""
+"""Small Synthetic-Persona-Chat-shaped data, a tiny PAL adapter and a tiny PAA, made by the
+tests themselves (tests never read ../shared)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,21 @@ def random_adapter(backbone_dir: Path, out_dir: Path, seed: int = 0, scale: floa
     (Path(out_dir) / "PAL.json").write_text(json.dumps({
         "sha256": hashlib.sha256(data).hexdigest(), "backbone": bb.fingerprint, "method": "pal", "stage": "test"}))
     return Path(out_dir)
+
+
+def random_paa(bb, folder: Path, seed: int = 0, masks: bool = True) -> Path:
+    """A PAA on the loaded backbone ``bb`` with random (not zero-init) fusions whose gates land on both sides
+    of τ, saved like a trained one."""
+    import torch
+
+    from persona_sdk.training.config import PAAConfig
+    from persona_sdk.training.paa_model import PAAModel, PAAResult, fusion_state, save_paa
+
+    model = PAAModel(bb, PAAConfig(paa_layers=2, masks=masks))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / max(p.shape[-1], 1) ** 0.5)
+        for f in model.fusions:
+            f.gate.weight.mul_(20.0)  # a sharp gate: some tokens clear τ, some do not, so the masks matter
+    return save_paa(PAAResult(fusion_state(model), {}, model, bb), folder, {"command": "test"})

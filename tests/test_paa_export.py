@@ -16,7 +16,8 @@ from persona_sdk.config import GenerationConfig
 from persona_sdk.conversation import USER, Turn
 from persona_sdk.errors import AdapterError, ExportError, ExportNotReadyError
 from persona_sdk.explicit import paa_store as S
-from persona_sdk.training.config import PAAConfig
+
+from explicit_helpers import random_paa
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -25,20 +26,6 @@ PERSONA = ("I have a dog.", "I love pizza.")
 HISTORY = [Turn(USER, "hi there, how are you doing today?"), Turn("assistant", "i am fine thanks, and you?"),
            Turn(USER, "what do you do on weekends?")]
 CLI = [sys.executable, "-m", "persona_sdk"]
-
-
-def _random_paa(bb, folder: Path, seed: int = 0, masks: bool = True) -> Path:
-    """A PAA with random (not zero-init) fusions whose gates land on both sides of τ, saved like a trained one."""
-    from persona_sdk.training.paa_model import PAAModel, PAAResult, fusion_state, save_paa
-
-    model = PAAModel(bb, PAAConfig(paa_layers=2, masks=masks))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) / max(p.shape[-1], 1) ** 0.5)
-        for f in model.fusions:
-            f.gate.weight.mul_(20.0)  # a sharp gate: some tokens clear τ, some do not, so the masks matter
-    return save_paa(PAAResult(fusion_state(model), {}, model, bb), folder, {"command": "test"})
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +37,7 @@ def paa_export(tiny_backbone, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("paa-export")
     bb = load_backbone(tiny_backbone)
-    folder = _random_paa(bb, root / "paa")
+    folder = random_paa(bb, root / "paa")
     export = ensure_paa_exported(folder, tiny_backbone, cache_root=root / "cache")
     return folder, export, load_paa(folder, bb)
 
