@@ -57,12 +57,13 @@ def profile_name_for(me: str) -> str:
     return name if _valid_name(name) else "me"
 
 
-def check_trained(summary: "TrainSummary", config: "TrainConfig") -> None:
+def check_trained(summary: "TrainSummary", config: "TrainConfig", lr: float | None = None) -> None:
     """Refuse to save a persona that training never moved from where it started.
 
     0 steps (the time budget ran out first, e.g. on a loaded machine), or steps of which
     none improved the validation loss: the block is the starting prefix, not yours.
     (The best-so-far of an interrupted run that did improve is offered separately.)
+    ``lr`` is the learning rate the run used (the advice names a third of it).
     """
     if summary.steps == 0:
         budget = f" of --max-minutes {config.max_minutes:g}" if config.max_minutes else ""
@@ -73,7 +74,7 @@ def check_trained(summary: "TrainSummary", config: "TrainConfig") -> None:
         raise TrainingError(
             f"none of the {summary.steps} training steps improved the validation loss on the starting prefix "
             f"({summary.init_val_loss:.3f}); nothing was saved -- train longer (--epochs, --max-minutes) "
-            "or with another --lr")
+            + (f"or with a gentler --lr (e.g. {lr / 3:.2g})" if lr else "or with another --lr"))
 
 
 def resolve_source(source: str | Path | None, backbone_dir: Path, fingerprint: str,
@@ -201,7 +202,7 @@ def enroll(
     if cfg.dp is None:  # private: nothing derived from the replies outside the DP-trained block
         prefix.meta.update(voice_meta)  # kept inside the encrypted profile only; `persona info` prints numbers only
     if save:
-        check_trained(summary, cfg)
+        check_trained(summary, cfg, prefix.meta.get("lr"))
     path = vault.save(name, prefix, passphrase, force=force) if save else None
     return EnrollResult(name, path, prefix, summary, examples.report, who, Path(model_dir), source_label, notes,
                         clock() - start)

@@ -299,9 +299,11 @@ def test_a_persona_that_was_never_trained_is_not_saved(tmp_path, tiny_backbone, 
 
     chats = write_chats(tmp_path / "chats.json")
     _untrained(monkeypatch, steps, best_step)
-    with pytest.raises(TrainingError, match=match):
+    with pytest.raises(TrainingError, match=match) as caught:
         enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw", config=quick(),
                           max_minutes=1)
+    if steps:  # the validation loss only rose: the advice names a learning rate a third of the one used
+        assert f"gentler --lr (e.g. {quick().learning_rate(from_source=False) / 3:.2g})" in str(caught.value)
     assert Vault().list() == []
     # without saving, the caller gets the run and decides
     result = enroll_mod.enroll(chats, me="Ana", backbone=tiny_backbone, source="none", passphrase="pw",
