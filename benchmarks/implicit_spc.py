@@ -550,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "enrollment": "default path (trainer.train_prefix, TrainConfig defaults) with min_examples "
                           f"{config.min_examples}, max_minutes {config.max_minutes}, "
                           f"max_steps {config.max_steps or 'none'}, seed {config.seed}; "
-                          f"lr {config.learning_rate(from_source=True):g} (policy from a source)",
+                          f"lr {config.learning_rate(from_source=True, n_train=0):g} (policy from a source, few replies)",
             "enroll_config": config.to_dict()},
         "sizes": {"speakers": len(data.people), "source_speakers": len(data.speakers),
                   "source_val_replies": len(data.val),

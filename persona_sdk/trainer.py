@@ -19,11 +19,13 @@ from .training.backbone import (TrainBackbone, bf16_supported, check_source_fits
 from .training.data import (Encoded, batch_loss, batch_mean_loss, collate, encode, hidden, make_batches, mean_loss,
                             reply_loss)
 from .training.loop import ProgressFn, TrainProgress
-from .training.config import BF16_MODES, DEFAULT_PROMPT_INIT, LR_FROM_SCRATCH, LR_FROM_SOURCE, METHODS, TrainConfig
+from .training.config import (BF16_MODES, DEFAULT_PROMPT_INIT, FEW_REPLIES, LR_FROM_SCRATCH, LR_FROM_SOURCE,
+                              LR_FROM_SOURCE_FEW, METHODS, TrainConfig)
 from .training.personal import TrainSummary, check_enough, train_prefix
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainSummary", "TrainBackbone", "train_prefix", "load_backbone",
            "reply_loss", "kv_of_embeddings", "split_by_conversation", "make_batches", "encode", "METHODS", "Turn",
-           "BF16_MODES", "DEFAULT_PROMPT_INIT", "LR_FROM_SOURCE", "LR_FROM_SCRATCH", "ProgressFn", "Encoded",
+           "BF16_MODES", "DEFAULT_PROMPT_INIT", "FEW_REPLIES", "LR_FROM_SOURCE", "LR_FROM_SOURCE_FEW", "LR_FROM_SCRATCH",
+           "ProgressFn", "Encoded",
            "batch_loss", "batch_mean_loss", "collate", "hidden", "mean_loss", "random_prefix", "text_embeddings",
            "bf16_supported", "check_enough", "check_source_fits"]

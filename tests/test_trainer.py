@@ -186,6 +186,10 @@ def test_stop_request_before_any_improvement_carries_nothing(bb):
 def test_learning_rate_policy_depends_on_the_start(bb):
     """lr None: one rate from a source prefix, another from random / a soft prompt; an explicit lr wins."""
     assert tr.TrainConfig().learning_rate(from_source=True) == tr.LR_FROM_SOURCE
+    # few training replies: the budget runs many epochs over them, so the rate from a source is gentler
+    assert tr.TrainConfig().learning_rate(True, n_train=tr.FEW_REPLIES - 1) == tr.LR_FROM_SOURCE_FEW < tr.LR_FROM_SOURCE
+    assert tr.TrainConfig().learning_rate(True, n_train=tr.FEW_REPLIES) == tr.LR_FROM_SOURCE
+    assert tr.TrainConfig().learning_rate(False, n_train=10) == tr.LR_FROM_SCRATCH
     assert tr.TrainConfig().learning_rate(from_source=False) == tr.LR_FROM_SCRATCH != tr.LR_FROM_SOURCE
     assert tr.TrainConfig(lr=0.5).learning_rate(from_source=True) == 0.5
     data = quirky_speaker(40)
@@ -195,7 +199,7 @@ def test_learning_rate_policy_depends_on_the_start(bb):
         cfg = tr.TrainConfig(method=method, max_steps=1, **FAST)
         prefix, _ = tr.train_prefix(data[:32], data[32:], backbone=bb, config=cfg, init=init)
         used[(method, init is not None)] = prefix.meta["lr"]
-    assert used == {("prefix", True): tr.LR_FROM_SOURCE, ("prefix", False): tr.LR_FROM_SCRATCH,
+    assert used == {("prefix", True): tr.LR_FROM_SOURCE_FEW, ("prefix", False): tr.LR_FROM_SCRATCH,  # 32 replies
                     ("rand-prefix", True): tr.LR_FROM_SCRATCH, ("prompt", False): tr.LR_FROM_SCRATCH}
 
 

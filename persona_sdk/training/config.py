@@ -24,8 +24,13 @@ DEFAULT_PROMPT_INIT = "Reply as yourself: in your own words, tone and style, as 
 # likelihood while the generated replies stay the source's (BENCHMARKS.md, enrollment defaults).
 # 3e-2 rather than 1e-2: step-matched at K = 4 it tripled the margin by which a speaker's own
 # prefix beats the others' on their replies, at no perplexity cost (BENCHMARKS.md, "Identification
-# levers"); the K = 20 voice table is its check.
+# levers"), and at K = 20 it raised attribution from 29% to 41%. But with few replies the 5-minute
+# budget runs 3+ epochs over them and 3e-2 over-fits (K = 20: the speakers with < 300 training
+# replies lost perplexity against the source prefix, one never improved on it), so below
+# FEW_REPLIES training replies the rate stays 1e-2 (BENCHMARKS.md, "The K = 20 table at lr 3e-2").
 LR_FROM_SOURCE = 3e-2
+LR_FROM_SOURCE_FEW = 1e-2
+FEW_REPLIES = 300
 LR_FROM_SCRATCH = 3e-3
 # Peak memory of a training step is one forward/backward's activations: bounded by splitting a batch
 # into micro-batches of at most this many padded tokens (BENCHMARKS.md, enrollment memory).
@@ -75,7 +80,8 @@ class TrainConfig:
     method: str = _help("prefix", "prefix (from the source prefix), rand-prefix or prompt (a soft prompt)")
     prefix_len: int = _help(16, "P, the number of virtual tokens in the KV block")
     lr: float | None = _help(None, f"AdamW peak learning rate (default: {LR_FROM_SOURCE:g} when training starts from "
-                                   f"a source prefix, {LR_FROM_SCRATCH:g} otherwise)")
+                                   f"a source prefix, {LR_FROM_SOURCE_FEW:g} if it does with fewer than {FEW_REPLIES} "
+                                   f"training replies, {LR_FROM_SCRATCH:g} otherwise)")
     epochs: int = _help(20, "maximum passes over the training replies (a time budget usually ends the run first)")
     batch_size: int = _help(8, "examples per optimisation step (length-bucketed)")
     micro_batch_tokens: int = _help(MICRO_BATCH_TOKENS, "most padded tokens in one forward/backward pass: a "
@@ -133,11 +139,14 @@ class TrainConfig:
         if self.dp is not None and not isinstance(self.dp, DPConfig):
             raise ConfigError(f"dp must be a DPConfig or None, got {type(self.dp).__name__}")
 
-    def learning_rate(self, from_source: bool) -> float:
-        """``lr``, or the default policy: gentler when training starts from a source prefix."""
+    def learning_rate(self, from_source: bool, n_train: int | None = None) -> float:
+        """``lr``, or the default policy: one rate from a source prefix (gentler when there are fewer than
+        FEW_REPLIES training replies, ``n_train``; None = not few), another from scratch."""
         if self.lr is not None:
             return self.lr
-        return LR_FROM_SOURCE if from_source else LR_FROM_SCRATCH
+        if not from_source:
+            return LR_FROM_SCRATCH
+        return LR_FROM_SOURCE_FEW if n_train is not None and n_train < FEW_REPLIES else LR_FROM_SOURCE
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prompt_init"}

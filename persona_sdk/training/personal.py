@@ -110,7 +110,7 @@ def train_prefix(
         val = [val[i] for i in np.linspace(0, len(val) - 1, config.max_val).round().astype(int)]
     val_data = encode(bb.fmt, val, config.context_budget, config.reply_budget)
     block = start_block(bb, config, init)
-    lr = config.learning_rate(from_source=block.from_source)
+    lr = config.learning_rate(from_source=block.from_source, n_train=len(train_data))
 
     if config.dp is not None:
         return _train_private(bb, config, block, train_data, val_data, use_bf16, say, should_stop, clock, start)
