@@ -398,11 +398,16 @@ def vs_prompting(results: dict) -> list[str]:
     return out
 
 
+MODEL_FOLDERS = ("pal_adapter", "pal_stage1", "paa", "paa_no_masks")
+
+
 def row_stamp(key: str, args: argparse.Namespace, data: Data) -> str:
     """What a cached row depends on: the settings that change its replies or scores, the data, and the adapter
     its engine merges (a rerun resumes only from rows made alike)."""
     paa = ROWS[key].engine.startswith("paa")  # PAA's options are no part of another row's making
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "rows", "threads", "embedder", "spc_csv")
+    # the model folders count by what they hold (model_sha256), not by where they are
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("out", "rows", "threads", "embedder", "spc_csv", *MODEL_FOLDERS)
                 and (paa or not k.startswith("paa"))}
     blob = json.dumps([key, settings, data.provenance, model_sha256(key, args)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

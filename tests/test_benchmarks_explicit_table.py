@@ -104,6 +104,10 @@ def test_a_cached_row_is_reused_only_when_made_alike(tiny_backbone, setup, tmp_p
     assert stamp == bench.row_stamp("pal", bench.parse_args(argv + ["--threads", "1"]), data)
     assert stamp != bench.row_stamp("pal", bench.parse_args(argv + ["--max-new-tokens", "4"]), data)
     assert stamp != bench.row_stamp("pal", bench.parse_args(argv + ["--pal-adapter", str(setup["stage1"])]), data)
+    import shutil
+
+    moved = shutil.copytree(setup["pal"], tmp_path / "moved-pal")  # the same adapter elsewhere: the same row
+    assert stamp == bench.row_stamp("pal", bench.parse_args(argv + ["--pal-adapter", str(moved)]), data)
     assert stamp != bench.row_stamp("pal-stage1", args, data)
     assert stamp == bench.row_stamp("pal", bench.parse_args(argv + ["--paa-variant", "int8"]), data)
     paa = bench.row_stamp("paa", args, data)
