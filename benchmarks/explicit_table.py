@@ -519,9 +519,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "adapters_sha256": adapters, "selection_chance": chance,
         "seconds": {k: raw[k].get("seconds") for k in rows},
     }
-    atomic_write(args.out / "results.json", (json.dumps(results, indent=2) + "\n").encode(), private=False)
-    atomic_write(args.out / "table.md", table_md(results).encode(), private=False)
-    say(table_md(results))
+    return write_outputs(args.out, results, table_md)
+
+
+def write_outputs(out: Path, results: dict, render: Callable[[dict], str]) -> dict:
+    """``results.json`` and ``table.md`` (``render(results)``) into ``out``, each whole or not at all; the table
+    is also printed. Returns ``results``."""
+    from persona_sdk.fileio import atomic_write
+
+    table = render(results)
+    atomic_write(out / "results.json", (json.dumps(results, indent=2) + "\n").encode(), private=False)
+    atomic_write(out / "table.md", table.encode(), private=False)
+    say(table)
     return results
 
 

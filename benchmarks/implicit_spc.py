@@ -500,8 +500,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from persona_sdk.fileio import atomic_write
-
     argv = list(argv if argv is not None else sys.argv[1:])
     args = parse_args(argv)
     meta = {"command": "benchmarks/implicit_spc.py " + " ".join(argv),
@@ -564,10 +562,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "bootstrap": args.bootstrap, "generate": args.generate, "heldout": args.heldout},
         "seconds": seconds,
     }
-    atomic_write(args.out / "results.json", (json.dumps(results, indent=2) + "\n").encode(), private=False)
-    atomic_write(args.out / "table.md", table_md(results).encode(), private=False)
-    say(table_md(results))
-    return results
+    return xt.write_outputs(args.out, results, table_md)
 
 
 if __name__ == "__main__":
