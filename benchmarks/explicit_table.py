@@ -143,22 +143,23 @@ def _open_pal(adapter_arg: str):
     return make
 
 
-def _open_paa(folder_arg: str):
+def _open_paa(engine: str):
     def make(args, runtime):
         from persona_sdk.config import RuntimeConfig
         from persona_sdk.explicit.paa import open_paa_engine
 
         runtime = RuntimeConfig(variant=args.paa_variant, threads=args.threads)
-        return open_paa_engine(args.backbone, runtime, say, build=True, paa=paa_folder(args, folder_arg))
+        return open_paa_engine(args.backbone, runtime, say, build=True, paa=paa_folder(args, engine))
 
     return make
 
 
-def paa_folder(args: argparse.Namespace, folder_arg: str) -> str | None:
-    """The PAA folder a PAA engine opens (None = the installed one): "paa-no-masks" falls back to ``--paa``."""
-    if folder_arg == "paa_no_masks" and args.paa_no_masks is None:
-        return args.paa
-    return getattr(args, folder_arg)
+def paa_folder(args: argparse.Namespace, engine: str) -> str | None:
+    """The PAA folder engine "paa" or "paa-no-masks" opens (None = the installed one): the latter's is
+    ``--paa-no-masks``, else ``--paa``'s."""
+    if engine == "paa-no-masks" and args.paa_no_masks is not None:
+        return args.paa_no_masks
+    return args.paa
 
 
 def engine_key(key: str, args: argparse.Namespace) -> str:
@@ -179,7 +180,7 @@ ENGINES: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
     "pal": _open_pal("pal_adapter"),
     "pal-stage1": _open_pal("pal_stage1"),
     "paa": _open_paa("paa"),
-    "paa-no-masks": _open_paa("paa_no_masks"),
+    "paa-no-masks": _open_paa("paa-no-masks"),
 }
 
 
@@ -195,7 +196,7 @@ def model_sha256(key: str, args: argparse.Namespace) -> str | None:
         if engine in ("paa", "paa-no-masks"):
             from persona_sdk.explicit.paa_store import installed_info
 
-            return installed_info(paa_folder(args, "paa" if engine == "paa" else "paa_no_masks"))[1].get("sha256")
+            return installed_info(paa_folder(args, engine))[1].get("sha256")
     except Exception:  # noqa: BLE001 - a missing model is reported when its row runs
         return None
     return None
@@ -475,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             from persona_sdk.explicit.paa_store import installed_info
 
             try:
-                installed_info(paa_folder(args, "paa" if ROWS[key].engine == "paa" else "paa_no_masks"))
+                installed_info(paa_folder(args, ROWS[key].engine))
             except AdapterError as e:
                 raise SystemExit(f"row {key}: {e} (or leave the PAA rows out with --rows)") from None
     data = load_data(args)
@@ -511,7 +512,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     chance = float(np.mean([1 / len(it.example.persona) for it in data.selection])) if data.selection else 0.0
     results = {
         "meta": meta, "data": data.provenance, "rows": scored, "labels": labels,
-        "settings": {"variant": args.variant, "paa_variant": args.paa_variant, "decoding": "greedy, repetition penalty 1.1",
+        "settings": {"variant": args.variant, "paa_variant": args.paa_variant,
+                     "decoding": "greedy, repetition penalty 1.1",
                      "context_budget": args.context_budget,
                      "max_new_tokens": args.max_new_tokens, "reply_budget": args.reply_budget,
                      "distractors": args.distractors, "candidates": args.candidates, "embedder": args.embedder,

@@ -46,8 +46,8 @@ def test_explicit_table_smoke(tiny_backbone, setup, tmp_path):
     assert table.count("\n|") >= len(bench.ROWS) + 1
     # every row is set against prompting on consistency and BLEU-1, with the signed difference
     versus = {line.split(":")[0][2:]: line for line in table.splitlines() if line.startswith("- ") and "BLEU-1" in line}
-    assert set(versus) == {bench.row_label(k, bench.parse_args(_argv(tiny_backbone, setup, out)))
-                           for k in bench.ROWS if k != "prompt"}
+    args = bench.parse_args(_argv(tiny_backbone, setup, out))
+    assert set(versus) == {bench.row_label(k, args) for k in bench.ROWS if k != "prompt"}
     assert "PAA without masks (switched off at decode)" in versus
     pal, prompt = results["rows"]["pal"], results["rows"]["prompt"]
     assert f"Cons@20 {pal['consistency'] - prompt['consistency']:+.3f}" in versus["PAL"]
