@@ -32,11 +32,15 @@ A build writes into a temp folder, validates (below), writes
 ``PAA-export.json`` and only then renames the folder into the cache; a failed
 check raises :class:`ExportError` and leaves nothing behind.
 
+The decoder graph takes any token sequence: whether it reads the context before
+the reply (``decoder_context``, the default) or the reply only (the paper's
+layout) is the runtime's choice of prompt, recorded in ``PAA-export.json``.
+
 Validation: on a text case and ``CASES - 1`` seeded random ones (persona,
-context and response token ids), with the masks on and off, the torch
-``PAAModel``'s logits over the whole response (one full forward) against ORT's
-from one encoder run, a prefill of the first ``PREFILL`` response tokens and
-``STEPS`` cached one-token steps. Thresholds as the backbone's
+context and decoder token ids in the trained layout), with the masks on and
+off, the torch ``PAAModel``'s logits over the whole decoder sequence (one full
+forward) against ORT's from one encoder run, a prefill of the decoder's prompt
+and the first reply token(s) and ``STEPS`` cached one-token steps. Thresholds as the backbone's
 (:data:`~.validation.THRESHOLDS`): fp32 max |Δlogit| ≤ 1e-4·s + 1e-4 (s = the
 largest |reference logit|, at least 1) and the same argmax at every position;
 int8 (both graphs' constant MatMuls and the decoder's embedding in 8-bit
@@ -63,7 +67,7 @@ from persona_sdk.manifest import ATTENTION_MASK, INPUT_IDS, LOGITS, LOGITS_TO_KE
 Progress = Callable[[str], None]
 OPSET = 17
 CASES = 3
-PREFILL = 4  # response tokens in the first decoder run (reply header included)
+PREFILL = 4  # header + reply tokens in the first decoder run (after the context, when the decoder reads it)
 STEPS = 6  # cached one-token steps after it
 SEED = 4321
 TEXT_CASE = (("I have a dog.", "I love pizza."), "hi, what do you do on weekends?", "i walk my dog and eat pizza")
@@ -402,21 +406,28 @@ class OrtPAA:
 
 
 def validation_cases(fmt, vocab: int, config, seed: int = SEED, cases: int = CASES) -> list[tuple]:
-    """(persona ids, context ids, response ids) of a text case and seeded random ones."""
+    """(persona ids, context ids, decoder ids, prefill) of a text case and seeded random ones: the decoder ids
+    are the decoder's prompt (:func:`~persona_sdk.explicit.formats.paa_decoder_prompt`: the context, or the
+    reply header in the paper's layout) and reply tokens; ``prefill`` of them go in the first decoder run (the
+    prompt and ``PREFILL`` − header tokens of the reply), one per cached step after it."""
     from persona_sdk.conversation import USER, Turn
-    from persona_sdk.explicit.formats import paa_context_ids, paa_persona_ids, paa_response_prompt
+    from persona_sdk.explicit.formats import paa_context_ids, paa_decoder_prompt, paa_persona_ids
 
     persona, message, reply = TEXT_CASE
-    header = paa_response_prompt(fmt)
-    out = [(paa_persona_ids(fmt, persona, config.persona_budget),
-            paa_context_ids(fmt, [Turn(USER, message)], config.context_budget),
-            header + fmt.reply_ids(reply, PREFILL + STEPS))]
+    n_header = len(fmt.header_ids)
+    n_reply = PREFILL + STEPS - n_header
+
+    def case(p: list, c: list, reply_ids: list) -> tuple:
+        prompt = paa_decoder_prompt(fmt, c, config.decoder_context)
+        return p, c, prompt + reply_ids, len(prompt) + PREFILL - n_header
+
+    c = paa_context_ids(fmt, [Turn(USER, message)], config.context_budget)
+    out = [case(paa_persona_ids(fmt, persona, config.persona_budget), c, fmt.reply_ids(reply, n_reply))]
     rng = np.random.default_rng(seed)
     for _ in range(cases - 1):
         p = rng.integers(0, vocab, size=int(rng.integers(2, 24))).tolist()
-        c = rng.integers(0, vocab, size=int(rng.integers(4, 64))).tolist()
-        r = header + rng.integers(0, vocab, size=PREFILL + STEPS - len(header)).tolist()
-        out.append((p, c, r))
+        c = rng.integers(0, vocab, size=int(rng.integers(4, 64))).tolist() + list(fmt.header_ids)
+        out.append(case(p, c, rng.integers(0, vocab, size=n_reply).tolist()))
     return out
 
 
@@ -437,10 +448,10 @@ def validate(export_dir: Path, model: Any, variant: str = "fp32", cases: int = C
     try:
         for masks in (True, False):
             set_masks(model, masks)
-            for p, c, r in validation_cases(bb.fmt, vocab, model.config, cases=cases):
+            for p, c, r, prefill in validation_cases(bb.fmt, vocab, model.config, cases=cases):
                 with torch.no_grad():
                     ref = model(*(torch.tensor([x]) for x in (p, [1] * len(p), c, [1] * len(c), r)))[0].numpy()
-                got = ort_paa.logits(ort_paa.encode(p, c), r, masks, PREFILL)
+                got = ort_paa.logits(ort_paa.encode(p, c), r, masks, prefill)
                 if not np.isfinite(got).all():
                     raise ExportError(f"the {variant} PAA export produced non-finite logits")
                 worst = max(worst, float(np.abs(ref - got).max()))
@@ -456,7 +467,8 @@ def validate(export_dir: Path, model: Any, variant: str = "fp32", cases: int = C
     limit = th["rel_logit_diff"] * scale + th["abs_logit_diff"]
     agreement = agree / max(total, 1)
     passed = worst <= limit and agreement >= th["top1_agreement"] and (greedy or variant != "fp32")
-    record = {"cases": cases, "prefill": PREFILL, "steps": STEPS, "seed": SEED, "masks": [True, False],
+    record = {"cases": cases, "prefill": "the decoder prompt + " + str(PREFILL - len(bb.fmt.header_ids))
+              + " reply token(s)", "steps": STEPS, "seed": SEED, "masks": [True, False],
               "max_abs_logit_diff": worst, "logit_scale": scale, "max_allowed_diff": limit,
               "top1_agreement": agreement, "argmax_match": greedy, "passed": passed, "reference": "torch PAAModel"}
     if not passed:
@@ -516,6 +528,7 @@ def ensure_paa_exported(paa_dir: Path, backbone_dir: Path, variant: str = S.DEFA
             "layers": bb.layers, "kv_heads": bb.kv_heads, "head_dim": bb.head_dim, "hidden": bb.hidden,
             "heads": int(model.fusions[0].heads), "paa_layers": config.paa_layers, "fused_blocks": list(model.fused),
             "vocab_size": int(bb.model.config.vocab_size), "masks": bool(config.masks),
+            "decoder_context": bool(config.decoder_context),
             "persona_budget": config.persona_budget, "context_budget": config.context_budget,
             "reply_budget": config.reply_budget, "stop_token_ids": stop_token_ids(backbone_dir),
             "encoder_outputs": S.cross_names(config.paa_layers), "opset": OPSET, "files": S.model_files(out),

@@ -68,15 +68,15 @@ def random_adapter(backbone_dir: Path, out_dir: Path, seed: int = 0, scale: floa
     return Path(out_dir)
 
 
-def random_paa(bb, folder: Path, seed: int = 0, masks: bool = True) -> Path:
+def random_paa(bb, folder: Path, seed: int = 0, masks: bool = True, decoder_context: bool = True) -> Path:
     """A PAA on the loaded backbone ``bb`` with random (not zero-init) fusions whose gates land on both sides
-    of τ, saved like a trained one."""
+    of τ, saved like a trained one (``decoder_context=False``: trained on the paper's layout)."""
     import torch
 
     from persona_sdk.training.config import PAAConfig
     from persona_sdk.training.paa_model import PAAModel, PAAResult, fusion_state, save_paa
 
-    model = PAAModel(bb, PAAConfig(paa_layers=2, masks=masks))
+    model = PAAModel(bb, PAAConfig(paa_layers=2, masks=masks, decoder_context=decoder_context))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

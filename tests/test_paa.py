@@ -142,6 +142,23 @@ def test_untrained_paa_model_is_the_bare_backbone_on_the_response(tiny_bb):
         assert torch.equal(tiny_bb.model(input_ids=t["ids"]).logits, bare)  # the hooks are gone afterwards
 
 
+@pytest.mark.parametrize("decoder_context", [True, False])
+def test_decoder_reads_the_backbones_own_example_or_in_the_papers_layout_the_reply_only(tiny_bb, decoder_context):
+    from persona_sdk.conversation import Turn
+    from persona_sdk.training.paa_model import encode_paa
+
+    cfg = PAAConfig(decoder_context=decoder_context)
+    history = [Turn("user", "hi there, how are you?"), Turn("assistant", "fine"), Turn("user", "weekends?")]
+    enc = encode_paa(tiny_bb.fmt, PERSONA, history, "i love pizza", cfg)
+    ids, n_prompt = tiny_bb.fmt.example_ids(history, "i love pizza", cfg.context_budget, cfg.reply_budget)
+    assert list(enc.context) == ids[:n_prompt]  # the context encoder reads the bare backbone's prompt
+    if decoder_context:  # and so does the decoder, then the reply: the bare backbone's own training example
+        assert (list(enc.response.ids), enc.response.n_prompt) == (ids, n_prompt)
+    else:
+        header = list(tiny_bb.fmt.header_ids)
+        assert (list(enc.response.ids), enc.response.n_prompt) == (header + ids[n_prompt:], len(header))
+
+
 def test_fusion_is_added_to_the_residual_stream_after_self_attention(tiny_bb):
     """paa_layers=1 on the 2-block tiny backbone: recompute the top block by hand from the bare backbone's
     own block input x and self-attention output a: h = x + a; h += fusion(LN2(h)); out = h + MLP(LN2(h))."""
@@ -256,6 +273,45 @@ def test_loss_is_on_response_tokens_only(tiny_bb):
     assert float(loss) == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("bias", [6.0, 0.0])
+def test_gate_stats_count_open_and_closed_sides_over_reply_positions(tiny_bb, bias):
+    """A constant gate w = σ(bias): the shares follow from each reply's τ and its number of reply tokens."""
+    from persona_sdk.training.paa import paa_tau
+    from persona_sdk.training.paa_model import PAAModel, gate_stats
+
+    model = PAAModel(tiny_bb, PAAConfig(paa_layers=2))
+    with torch.no_grad():
+        for f in model.fusions:
+            f.gate.weight.zero_()
+            f.gate.bias.fill_(bias)
+    encoded, _ = _batch(tiny_bb)
+    encoded = encoded + [encode_short(tiny_bb)]  # a persona longer than its context: τ < 1/2
+    w = 1 / (1 + np.exp(-bias))
+    n = [len(e.response.ids) - e.response.n_prompt for e in encoded]
+    tau = [paa_tau(len(e.context), len(e.persona)) for e in encoded]
+    assert min(tau) < 0.5 < max(tau)
+
+    def share(open_: list) -> float:  # the share of reply positions in the replies where ``open_`` holds
+        return sum(k for k, o in zip(n, open_) if o) / sum(n)
+
+    stats = gate_stats(model, encoded, batch_size=2)
+    assert [g["block"] for g in stats] == model.fused and all(g["positions"] == sum(n) for g in stats)
+    for g in stats:
+        assert g["w"] == pytest.approx(w, abs=1e-4)
+        assert g["persona_open"] == pytest.approx(share([w > t for t in tau]), abs=1e-4)
+        assert g["context_open"] == pytest.approx(share([1 - w > t for t in tau]), abs=1e-4)
+        assert g["both_closed"] == pytest.approx(share([w <= t and 1 - w <= t for t in tau]), abs=1e-4)
+    assert model.gates is None  # recording is off again
+
+
+def encode_short(bb):
+    from persona_sdk.conversation import Turn
+    from persona_sdk.training.paa_model import encode_paa
+
+    persona = ["I have a dog and two cats and I love long walks on the beach at night with all of them."] * 3
+    return encode_paa(bb.fmt, persona, [Turn("user", "hi")], "ok cool", PAAConfig())
+
+
 def test_added_parameters_match_a_hand_count(tiny_bb):
     from persona_sdk.training.paa_model import PAAModel, paa_parameter_count
 
@@ -353,7 +409,7 @@ def test_saved_paa_loads_to_the_trained_models_logits(trained_paa):
     assert torch.allclose(got, want, atol=1e-3, rtol=1e-3), float((got - want).abs().max())
 
 
-def test_tampered_missing_or_foreign_paa_is_refused(trained_paa, tmp_path):
+def test_tampered_missing_foreign_or_old_paa_is_refused_or_read_as_saved(trained_paa, tmp_path):
     import json
     import shutil
 
@@ -374,6 +430,12 @@ def test_tampered_missing_or_foreign_paa_is_refused(trained_paa, tmp_path):
     other = load_backbone(build_tiny_backbone(tmp_path / "other", seed=7))  # same shapes, other weights
     with pytest.raises(AdapterError, match="another backbone"):
         load_paa(folder, other)
+    old = Path(shutil.copytree(folder, tmp_path / "old"))  # saved before decoder_context existed: the paper's layout
+    info = json.loads((old / PAA_INFO).read_text())
+    assert info["config"]["decoder_context"] is True
+    (old / PAA_INFO).write_text(json.dumps({**info, "config": {k: v for k, v in info["config"].items()
+                                                               if k != "decoder_context"}}))
+    assert load_paa(old, result.backbone).config.decoder_context is False
     wide = Path(shutil.copytree(folder, tmp_path / "wide"))  # a record claiming another hidden size
     info = json.loads((wide / PAA_INFO).read_text())
     (wide / PAA_INFO).write_text(json.dumps({**info, "hidden": 64}))

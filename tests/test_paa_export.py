@@ -182,6 +182,40 @@ def test_reply_losses_are_torchs_per_token_nll(paa_export, engine):
         assert losses.shape == (len(target),) and np.allclose(losses, want, atol=1e-4)
 
 
+def test_a_paa_trained_on_the_papers_layout_decodes_the_reply_only(tiny_backbone, tmp_path):
+    """The layout a PAA was trained on travels with its export: its decoder prompt is the reply header, and
+    the losses are torch's on that layout (while the default layout's prompt is the whole context)."""
+    from persona_sdk.exporters.paa_export import ensure_paa_exported
+    from persona_sdk.explicit.paa import PAAEngine, PAAMode
+    from persona_sdk.training.backbone import load_backbone
+    from persona_sdk.training.paa_model import load_paa
+
+    bb = load_backbone(tiny_backbone)
+    folder = random_paa(bb, tmp_path / "paa", seed=3, decoder_context=False)
+    engine = PAAEngine(ensure_paa_exported(folder, tiny_backbone, cache_root=tmp_path / "cache"))
+    assert S.read_record(engine.export_dir)["decoder_context"] is False and engine.decoder_context is False
+    model = load_paa(folder, bb)
+    mode = PAAMode(PERSONA, engine)
+    prepared = mode.prepare(HISTORY)
+    assert list(prepared.prompt_ids) == list(bb.fmt.header_ids) and len(prepared.context_ids) > 20
+    reply = "i love pizza and my dog"
+    target = engine.format.reply_ids(reply)
+    ids = list(prepared.prompt_ids) + target
+    logp = torch.log_softmax(torch.tensor(_torch_logits(model, list(prepared.persona_ids),
+                                                        list(prepared.context_ids), ids, True)), -1)
+    n = len(prepared.prompt_ids)
+    want = [-float(logp[n - 1 + i, t]) for i, t in enumerate(target)]
+    assert np.allclose(mode.reply_losses(prepared, reply), want, atol=1e-4)
+
+
+def test_default_layout_decoder_prompt_is_the_context(engine):
+    from persona_sdk.explicit.paa import PAAMode
+
+    assert S.read_record(engine.export_dir)["decoder_context"] is True
+    prepared = PAAMode(PERSONA, engine).prepare(HISTORY)
+    assert prepared.prompt_ids == prepared.context_ids and len(prepared.prompt_ids) > 20
+
+
 def test_agent_streams_cancels_and_answers_async_in_paa_mode(engine):
     import asyncio
 

@@ -72,8 +72,9 @@ def selection_prompt_ids(fmt: ChatFormat, sentences: Sequence[str], history: Seq
 
 # --- PAA: three token sequences instead of one prompt ---------------------------------------------
 # PAA (persona-adaptive attention) does not put the persona in the prompt: its encoders read the
-# persona and the dialogue context, its decoder reads the response only. Training
-# (persona_sdk.training.paa_model.encode_paa) and the paa mode build the three sequences here.
+# persona and the dialogue context; its decoder reads the context again and then the reply (or, in
+# the paper's layout, the reply only). Training (persona_sdk.training.paa_model.encode_paa) and the
+# paa mode build the three sequences here.
 def paa_persona_ids(fmt: ChatFormat, sentences: Sequence[str], budget: int) -> list[int]:
     """The persona encoder's input: the sentences joined by spaces, the first ``budget`` tokens
     (may be empty when the text encodes to nothing; each caller says what that means for it)."""
@@ -87,5 +88,12 @@ def paa_context_ids(fmt: ChatFormat, history: Sequence[Turn], budget: int) -> li
 
 
 def paa_response_prompt(fmt: ChatFormat) -> list[int]:
-    """What the decoder is fed before the reply's first token: the reply header."""
+    """The reply header: what the paper's layout feeds the decoder before the reply's first token."""
     return list(fmt.header_ids)
+
+
+def paa_decoder_prompt(fmt: ChatFormat, context_ids: Sequence[int], decoder_context: bool) -> list[int]:
+    """What the decoder reads before the reply's first token: the context encoder's input itself (the
+    conversation + the reply header, i.e. the bare backbone's prompt) when ``decoder_context``, else the
+    reply header only (the paper's layout)."""
+    return list(context_ids) if decoder_context else paa_response_prompt(fmt)

@@ -13,10 +13,12 @@ Each reply, as in training (:mod:`.formats`, the helpers
 
 1. ``prepare``: three token sequences: the persona sentences joined (the
    persona encoder's input), the conversation + reply header (the context
-   encoder's input), the reply header (the decoder's prompt);
+   encoder's input), and the decoder's prompt: that same conversation + reply
+   header (or, for a PAA trained on the paper's layout, the reply header only;
+   the export's record says which);
 2. ``stream``: the encoder graph runs once over persona and context, giving
    each fused block's cross-attention keys and values; the decoder graph then
-   runs the reply header and one token per step on its own KV cache, with those
+   runs its prompt and one token per step on its own KV cache, with those
    keys/values as fixed inputs, and the runtime's :class:`~persona_sdk.sampling.Sampler`
    picks each token (so every :class:`~persona_sdk.config.GenerationConfig`
    option means what it means for the other modes; beam search excepted);
@@ -45,12 +47,12 @@ from ..runtime import Engine, StepOutput, _log_softmax, choose_providers, sessio
 from ..sampling import Sampler, length_target
 from . import paa_store as S
 from .base import ExplicitMode, Prepared, Progress, check_history
-from .formats import paa_context_ids, paa_persona_ids, paa_response_prompt
+from .formats import paa_context_ids, paa_decoder_prompt, paa_persona_ids
 
 
 @dataclass(frozen=True)
 class PAAPrepared(Prepared):
-    """A PAA reply's inputs: ``prompt_ids`` is the decoder's prompt (the reply header)."""
+    """A PAA reply's inputs: ``prompt_ids`` is the decoder's prompt (the context, or the reply header)."""
 
     persona_ids: tuple[int, ...] = ()  # the persona encoder's input
     context_ids: tuple[int, ...] = ()  # the context encoder's input (conversation + reply header)
@@ -73,6 +75,7 @@ class PAAEngine:
         self.layers, self.kv_heads, self.head_dim = r["layers"], r["kv_heads"], r["head_dim"]
         self.vocab_size, self.paa_layers = r["vocab_size"], r["paa_layers"]
         self.masks = bool(r["masks"])
+        self.decoder_context = bool(r["decoder_context"])  # the decoder reads the context before the reply
         config = self.export_dir / "config.json"
         self.max_positions = (BackboneSpec.from_config(json.loads(config.read_text())).max_positions
                               if config.is_file() else 2048)
@@ -239,8 +242,8 @@ class PAAMode(ExplicitMode):
         if not persona:
             raise PersonaSentencesError("the persona sentences encode to no tokens")
         context = paa_context_ids(eng.format, history, min(eng.context_budget, gen.context_budget))
-        return PAAPrepared(tuple(paa_response_prompt(eng.format)), tuple(range(len(self.sentences))),
-                           tuple(persona), tuple(context))
+        prompt = paa_decoder_prompt(eng.format, context, eng.decoder_context)
+        return PAAPrepared(tuple(prompt), tuple(range(len(self.sentences))), tuple(persona), tuple(context))
 
     def stream(self, prepared: Prepared, gen: GenerationConfig | None = None,
                should_stop: Callable[[], bool] | None = None) -> Iterator[str]:

@@ -46,7 +46,7 @@ PAA_INFO = "PAA.json"
 PAA_WEIGHTS = "paa_fusions.safetensors"
 
 FORMAT = "persona-paa-onnx/1"
-REVISION = 1  # bump when exports built by older code must be rebuilt
+REVISION = 2  # bump when exports built by older code must be rebuilt (2: the record says decoder_context)
 RECORD = "PAA-export.json"
 ENCODER = "encoder.onnx"
 DECODER = "decoder.onnx"
@@ -64,7 +64,7 @@ INSTALL_COMMAND = "persona explicit export paa --from FOLDER"
 CURRENT, MISSING, DAMAGED = "current", "missing", "damaged"
 REQUIRED = {"format": str, "revision": int, "variant": str, "paa_sha256": str, "paa_info_sha256": str,
             "backbone": str, "layers": int, "kv_heads": int, "head_dim": int, "hidden": int, "heads": int,
-            "paa_layers": int, "vocab_size": int, "masks": bool, "persona_budget": int, "context_budget": int,
+            "paa_layers": int, "vocab_size": int, "masks": bool, "decoder_context": bool, "persona_budget": int, "context_budget": int,
             "reply_budget": int, "stop_token_ids": list, "files": dict, "validation": dict, "opset": int}
 MAX_RECORD_BYTES = 1 << 20
 

@@ -275,6 +275,11 @@ class PAAConfig:
                                "the default backbone)")
     masks: bool = _help(True, "the dynamic masks 1[w > τ] (persona) and 1[1 − w > τ] (context); False = the "
                               "plain gate mix w·o_P + (1 − w)·o_C ('PAA without masks')")
+    decoder_context: bool = _help(True, "the decoder reads the conversation before the reply (self-attention over "
+                                        "the context, as the bare backbone does), so an untrained PAA is the "
+                                        "backbone with its context and the fusions only add the persona; False = "
+                                        "the paper's layout, the decoder reads the reply only and the context "
+                                        "reaches it through the fusions alone")
     mask_grad: str = _help("straight-through", f"how gradients cross the hard masks in training, one of "
                                                f"{MASK_GRADS}: straight-through (backward as if the mask were 1, "
                                                "so a gate below τ can still learn) or none (the masks' own "
@@ -308,8 +313,9 @@ class PAAConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        if not isinstance(self.masks, bool):
-            raise ConfigError(f"masks must be one of (True, False), got {self.masks!r}")
+        for name in ("masks", "decoder_context"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be one of (True, False), got {getattr(self, name)!r}")
         if self.mask_grad not in MASK_GRADS:
             raise ConfigError(f"mask_grad must be one of {MASK_GRADS}, got {self.mask_grad!r}")
         if self.bf16 not in BF16_MODES:

@@ -9,8 +9,12 @@
   spaces (the first ``persona_budget`` tokens); the context is the ChatML turns
   plus the reply header, exactly as :meth:`ChatFormat.prompt_ids` renders them
   (so ``|U|`` > 0 even before the first turn);
-- **decoder**: the frozen backbone over the *response* only (reply header, reply,
-  end of turn). In each of the top ``paa_layers`` decoder blocks a
+- **decoder**: the frozen backbone over the context tokens (the context encoder's
+  input again: the conversation and the reply header) and then the reply and
+  end of turn, i.e. exactly the bare backbone's example; with
+  ``decoder_context=False`` over the *response* only (reply header, reply, end of
+  turn), the paper's layout, where the context reaches the decoder through the
+  fusions alone. In each of the top ``paa_layers`` decoder blocks a
   :func:`~.paa.PAAFusion` is added to the residual stream right after the
   block's self-attention::
 
@@ -25,7 +29,10 @@
 
 Only the fusions' parameters train (the backbone is frozen). Their output
 projections start at zero, so an untrained PAA model computes exactly the bare
-backbone's logits on the response. The loss is the response tokens'
+backbone's logits on the decoder's tokens: with the context read by the decoder,
+the backbone's own reply likelihood given the conversation, which training can
+only improve on (the best dev checkpoint is kept). The fusions run at every
+decoder position, context included. The loss is the reply tokens'
 cross-entropy; persona and context are inputs, never targets.
 
 :func:`train_paa` trains the fusions on SPC persona replies (the
@@ -51,7 +58,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import AdapterError, ConfigError, TrainingError
-from ..explicit.formats import paa_context_ids, paa_persona_ids, paa_response_prompt
+from ..explicit.formats import paa_context_ids, paa_decoder_prompt, paa_persona_ids
 from ..explicit.paa_store import PAA_INFO, PAA_WEIGHTS
 from ..explicit.paa_store import paa_info as _checked_info
 from ..fileio import atomic_write
@@ -78,7 +85,7 @@ class PAAEncoded:
 
     persona: tuple[int, ...]  # persona sentences (encoder input)
     context: tuple[int, ...]  # dialogue context + reply header (encoder input)
-    response: Encoded  # reply header + reply + end of turn (decoder input); loss on response.ids[n_prompt:]
+    response: Encoded  # decoder prompt + reply + end of turn (decoder input); loss on response.ids[n_prompt:]
 
 
 def encode_paa(fmt, persona: Sequence[str], context, reply: str, config: PAAConfig, conversation: int = 0
@@ -91,9 +98,9 @@ def encode_paa(fmt, persona: Sequence[str], context, reply: str, config: PAAConf
     if not p_ids:
         raise TrainingError("PAA's persona sentences encode to no tokens")
     c_ids = paa_context_ids(fmt, tuple(context), config.context_budget)
-    header = paa_response_prompt(fmt)
-    resp = header + fmt.reply_ids(reply, config.reply_budget)
-    return PAAEncoded(tuple(p_ids), tuple(c_ids), Encoded(tuple(resp), len(header), conversation))
+    prompt = paa_decoder_prompt(fmt, c_ids, config.decoder_context)
+    resp = prompt + fmt.reply_ids(reply, config.reply_budget)
+    return PAAEncoded(tuple(p_ids), tuple(c_ids), Encoded(tuple(resp), len(prompt), conversation))
 
 
 def encode_examples(fmt, examples: Sequence[Any], config: PAAConfig) -> list[PAAEncoded]:
@@ -161,6 +168,7 @@ def PAAModel(backbone: TrainBackbone, config: PAAConfig | None = None) -> Any:
                 for f in self.fusions:
                     f.persona["o"].weight.zero_()
                     f.context["o"].weight.zero_()
+            self.gates: list | None = None  # when a list, each fused block's gate w (B, T, 1) is appended to it
             self.train(False)
 
         def train(self, mode: bool = True):  # the backbone stays in eval mode (no dropout), always
@@ -179,7 +187,7 @@ def PAAModel(backbone: TrainBackbone, config: PAAConfig | None = None) -> Any:
             p_mask, c_mask = persona_mask.to(e_p.dtype), context_mask.to(e_c.dtype)  # (B, P), (B, U)
             handles = []
             for fusion, index in zip(self.fusions, self.fused):
-                handles += self._attach(blocks[index], fusion, e_p, e_c, p_mask, c_mask)
+                handles += self._attach(blocks[index], fusion, e_p, e_c, p_mask, c_mask, self.gates)
             try:
                 B, T = ids.shape
                 out = bb.model.model(input_ids=ids, attention_mask=torch.ones(B, T, dtype=torch.long),
@@ -190,11 +198,11 @@ def PAAModel(backbone: TrainBackbone, config: PAAConfig | None = None) -> Any:
             return out.last_hidden_state  # (B, T, hidden)
 
         @staticmethod
-        def _attach(block, fusion, e_p, e_c, p_mask, c_mask) -> list:
+        def _attach(block, fusion, e_p, e_c, p_mask, c_mask, gates: list | None = None) -> list:
             """Hooks adding ``fusion`` after ``block``'s self-attention. The block computes
             ``x + a`` from its input ``x`` and its self-attention's output ``a``; the hook returns
             ``a + PAAFusion(LN2(x + a), ...)``, so the block's residual stream after self-attention is
-            ``h + fused`` and its MLP reads that."""
+            ``h + fused`` and its MLP reads that. The gate goes to ``gates`` when one is given."""
             seen = {}
 
             def keep_input(module, args, kwargs):
@@ -203,7 +211,9 @@ def PAAModel(backbone: TrainBackbone, config: PAAConfig | None = None) -> Any:
             def add_fusion(module, args, output):
                 a, *rest = output  # a: (B, T, hidden) the self-attention's output
                 h = seen.pop("x") + a  # (B, T, hidden) the residual stream after self-attention
-                fused, _ = fusion(block.post_attention_layernorm(h), e_p, e_c, p_mask, c_mask)  # (B, T, hidden)
+                fused, w = fusion(block.post_attention_layernorm(h), e_p, e_c, p_mask, c_mask)  # (B, T, hidden)
+                if gates is not None:
+                    gates.append(w.detach())  # (B, T, 1)
                 return (a + fused, *rest)
 
             return [block.register_forward_pre_hook(keep_input, with_kwargs=True),
@@ -220,6 +230,43 @@ def set_masks(model: Any, on: bool) -> None:
     """Switch the dynamic masks of every fusion on or off (the 'PAA without masks' row)."""
     for f in model.fusions:
         f.use_masks = bool(on)
+
+
+def gate_stats(model: Any, data: Sequence[PAAEncoded], batch_size: int = 8) -> list[dict]:
+    """What the gates and the dynamic masks do on ``data``, per fused block (bottom up), over the decoder
+    positions that predict a reply token: the mean gate ``w`` and τ, and the shares of those positions whose
+    persona side is open (w > τ), context side is open (1 − w > τ), or both are closed (the fusion adds
+    nothing there when the masks are on). Masks on and off give the same replies when ``context_open`` is
+    0 and ``w`` is near 1 (the context term is then weighted ~0 either way)."""
+    from .paa import paa_tau
+
+    torch = torch_module()
+    keys = ("w", "tau", "persona_open", "context_open", "both_closed")
+    sums = [dict.fromkeys(keys, 0.0) for _ in model.fusions]
+    count = 0
+    model.gates = []
+    try:
+        with torch.no_grad():
+            for batch in _batches(data, batch_size, None):
+                t = collate_paa(batch)
+                model.gates.clear()
+                model.hidden(t["persona_ids"], t["persona_mask"], t["context_ids"], t["context_mask"], t["ids"])
+                sel = t["sel"]  # (B, T) positions that predict a reply token
+                tau = paa_tau(t["context_mask"].sum(-1), t["persona_mask"].sum(-1))  # (B,)
+                tau = tau[:, None].expand(sel.shape)[sel]  # (N,)
+                for acc, w in zip(sums, model.gates):
+                    w = w[..., 0].float()[sel]  # (N,)
+                    p_open, c_open = w > tau, (1 - w) > tau
+                    acc["w"] += float(w.sum())
+                    acc["tau"] += float(tau.sum())
+                    acc["persona_open"] += float(p_open.sum())
+                    acc["context_open"] += float(c_open.sum())
+                    acc["both_closed"] += float((~p_open & ~c_open).sum())
+                count += int(sel.sum())
+    finally:
+        model.gates = None
+    return [{"block": b, **{k: round(v / max(count, 1), 4) for k, v in acc.items()}, "positions": count}
+            for b, acc in zip(model.fused, sums)]
 
 
 def fusion_state(model: Any) -> dict:
@@ -359,6 +406,10 @@ def train_paa(
     finally:
         model.eval()
     say(f"PAA done: dev loss {r.init_val_loss:.3f} → {r.best_val_loss:.3f} (step {r.best_step} of {r.steps})")
+    gates = gate_stats(model, dev_data, config.batch_size)
+    say("PAA gates on dev replies: " + "; ".join(
+        f"block {g['block']}: mean w {g['w']:.2f}, τ {g['tau']:.2f}, persona open {g['persona_open']:.0%}, "
+        f"context open {g['context_open']:.0%}, both closed {g['both_closed']:.0%}" for g in gates))
     summary = {
         "trainable_parameters": n_params, "backbone_parameters": n_backbone,
         "paa_layers": config.paa_layers, "masks": config.masks, "mask_grad": config.mask_grad,
@@ -367,7 +418,7 @@ def train_paa(
         "best_dev_loss": r.best_val_loss, "best_step": r.best_step, "seconds": r.seconds,
         "curve": [[s, v] for s, _, v in r.history],
         "data_sha256": data_sha256(train_items), "dev_data_sha256": data_sha256(dev_items),
-        "bf16": use_bf16, "config": config.to_dict(),
+        "bf16": use_bf16, "config": config.to_dict(), "gates": gates,
     }
     return PAAResult(fusion_state(model), summary, model, bb)
 
@@ -418,7 +469,8 @@ def load_paa(folder: str | Path, backbone: Any = None) -> Any:
         raise AdapterError(f"the PAA in {folder} is for hidden size {info.get('hidden')} and "
                            f"{info.get('layers')} blocks; this backbone has {bb.hidden} and {bb.layers}")
     try:
-        config = PAAConfig(**info["config"])
+        # a PAA saved before decoder_context existed was trained on the paper's layout
+        config = PAAConfig(**{"decoder_context": False, **info["config"]})
     except (KeyError, TypeError, ConfigError) as exc:
         raise AdapterError(f"{folder / PAA_INFO} holds no valid PAA config ({type(exc).__name__})") from None
     if config.paa_layers > bb.layers:
@@ -437,5 +489,5 @@ def load_paa(folder: str | Path, backbone: Any = None) -> Any:
 
 
 __all__ = ["PAAConfig", "PAAModel", "PAAEncoded", "PAAResult", "encode_paa", "encode_examples", "collate_paa",
-           "paa_batch_loss", "paa_mean_loss", "paa_parameter_count", "set_masks", "fusion_state", "train_paa",
+           "paa_batch_loss", "paa_mean_loss", "paa_parameter_count", "set_masks", "fusion_state", "gate_stats", "train_paa",
            "added_parameters", "save_paa", "load_paa", "paa_info", "PAA_INFO", "PAA_WEIGHTS"]
