@@ -21,7 +21,12 @@ context counts against the table's prompt budget.
 Columns (scored on the test part only, never touched by training):
 
 - perplexity of the gold reply after the mode's prompt (PAL: after its own
-  predicted selection), pooled over reply tokens;
+  predicted selection), pooled over reply tokens; beside it the same with
+  another test persona's sentences in place of the reply's own ("PPL other"),
+  and their ratio ("reliance" = PPL other / PPL): 1.00 for a row that ignores
+  the persona, above 1 the more the right persona helps. A row can lower its
+  perplexity by learning the corpus's style alone; reliance tells that apart
+  from using the persona;
 - unigram F1, BLEU-1/2 (sacrebleu corpus BLEU, hypothesis = the generated
   reply, reference = the gold one), ROUGE-L, Dist-1/2 and Ent-4 (over all
   generated replies), greedy decoding (repetition penalty 1.1, <= 40 tokens), every
@@ -299,6 +304,30 @@ def run_row(key: str, row: Row, engine, data: Data, args) -> dict:
     return out
 
 
+def other_persona(ex, data: Data) -> tuple[str, ...]:
+    """Another test persona's sentences for ``ex``: the first other candidate of its own persona."""
+    return data.personas[data.candidates[data.owner[ex.key]][1]]
+
+
+def run_other_persona(row: Row, engine, data: Data, args) -> dict:
+    """The gold replies' losses of the decoded examples with another test persona's sentences (JSON-able)."""
+    from persona_sdk.config import GenerationConfig
+
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, repetition_penalty=1.1,
+                           context_budget=args.context_budget)
+    modes: dict[tuple[str, ...], Any] = {}
+    out: dict[str, Any] = {"losses": []}
+    start = time.monotonic()
+    for ex in data.decode:
+        persona = other_persona(ex, data)
+        if persona not in modes:
+            modes[persona] = row.open(persona, engine)
+        prepared = modes[persona].prepare(list(ex.context), gen)
+        out["losses"].append([float(x) for x in modes[persona].reply_losses(prepared, ex.reply, args.reply_budget)])
+    out["seconds"] = time.monotonic() - start
+    return out
+
+
 # --- scoring ---------------------------------------------------------------------------------------
 def score(raw: dict, data: Data, embed, cache: dict) -> dict:
     """The table's numbers for one row's generated replies (or the gold ones: ``raw["replies"]``)."""
@@ -328,6 +357,9 @@ def score(raw: dict, data: Data, embed, cache: dict) -> dict:
             "selection_accuracy": float(np.mean(raw["selection"])) if raw["selection"] else None,
             "median_words": float(np.median([len(r.split()) for r in replies])),
         })
+    if raw.get("other_losses"):
+        row["perplexity_other"] = M.perplexity(raw["other_losses"])
+        row["reliance"] = row["perplexity_other"] / row["perplexity"]
     return row
 
 
@@ -348,7 +380,8 @@ def embedder(kind: str):
 
 
 # --- report ----------------------------------------------------------------------------------------
-COLUMNS = [("perplexity", "PPL", "{:.2f}"), ("f1", "F1", "{:.3f}"), ("bleu1", "BLEU-1", "{:.3f}"),
+COLUMNS = [("perplexity", "PPL", "{:.2f}"), ("perplexity_other", "PPL other", "{:.2f}"),
+           ("reliance", "Reliance", "{:.3f}"), ("f1", "F1", "{:.3f}"), ("bleu1", "BLEU-1", "{:.3f}"),
            ("bleu2", "BLEU-2", "{:.3f}"), ("rouge_l", "ROUGE-L", "{:.3f}"), ("dist1", "Dist-1", "{:.3f}"),
            ("dist2", "Dist-2", "{:.3f}"), ("ent4", "Ent-4", "{:.2f}"), ("hits_at_1", "Hits@1", "{:.3f}"),
            ("consistency", "Cons@20", "{:.3f}"), ("copy_rate", "Copy", "{:.3f}"),
@@ -418,7 +451,8 @@ def _commit(paths: Sequence[str] = ("persona_sdk", "benchmarks/explicit_table.py
     """HEAD, marked when ``paths`` (what the results depend on) have uncommitted changes."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths],
+        # tracked files only: an untracked file matters only once tracked code imports it (itself a change)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths],
                                cwd=ROOT, capture_output=True, text=True).stdout.strip()
         return sha + (" (with uncommitted changes)" if dirty else "") if sha else "unknown"
     except OSError:
@@ -503,6 +537,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         say(f"{key}: {row_label(key, args)} ...")
         raw[key] = {**run_row(key, row, engines[ek], data, args), "stamp": stamp}
         atomic_write(path, json.dumps(raw[key]).encode(), private=False)
+    for key in rows:  # the same gold replies with another persona's sentences (cached apart: rows made before it)
+        path = cache_dir / f"{key}.other-persona.json"
+        stamp = row_stamp(key, args, data)
+        cached = json.loads(path.read_text()) if path.is_file() else {}
+        if cached.get("stamp") != stamp:
+            row, ek = ROWS[key], engine_key(key, args)
+            if ek not in engines:
+                engines[ek] = ENGINES[ek](args, runtime)
+            say(f"{key}: the gold replies with another test persona's sentences ...")
+            cached = {**run_other_persona(row, engines[ek], data, args), "stamp": stamp}
+            atomic_write(path, json.dumps(cached).encode(), private=False)
+        raw[key]["other_losses"] = cached["losses"]
     embed = embedder(args.embedder)
     cache: dict = {}
     scored = {key: score(raw[key], data, embed, cache) for key in rows}

@@ -761,7 +761,7 @@ def _commit() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "persona_sdk", "benchmarks/personapkt_table.py"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "persona_sdk", "benchmarks/personapkt_table.py"],
                                cwd=root, capture_output=True, text=True).stdout.strip()
         return sha + (" (with uncommitted changes)" if dirty else "") if sha else "unknown"
     except OSError:

@@ -63,6 +63,15 @@ def test_explicit_table_smoke(tiny_backbone, setup, tmp_path):
         for col in ("f1", "bleu1", "bleu2", "rouge_l", "dist1", "dist2", "hits_at_1"):
             assert 0 <= row[col] <= 1, (key, col)
         assert (row["selection_accuracy"] is not None) == bench.ROWS[key].selects
+    # another persona's sentences: the backbone ignores them (reliance exactly 1), the persona rows do not
+    assert saved["rows"]["backbone"]["perplexity_other"] == pytest.approx(saved["rows"]["backbone"]["perplexity"])
+    assert saved["rows"]["backbone"]["reliance"] == pytest.approx(1.0)
+    for key in ("prompt", "pal-no-sg", "paa"):
+        assert saved["rows"][key]["perplexity_other"] != pytest.approx(saved["rows"][key]["perplexity"]), key
+    args = bench.parse_args(_argv(tiny_backbone, setup, out))
+    data = bench.load_data(args)
+    assert all(bench.other_persona(ex, data) != ex.persona for ex in data.decode)
+    assert "| PPL | PPL other | Reliance |" in table
     raw = {k: json.loads((out / "cache" / f"{k}.json").read_text()) for k in bench.ROWS}
     assert all(len(c) == 1 for c in raw["pal"]["conditioned_on"])  # select-then-generate: one predicted sentence
     assert all(len(c) > 1 for c in raw["pal-no-sg"]["conditioned_on"]) and raw["backbone"]["conditioned_on"][0] == []
