@@ -26,7 +26,7 @@ TRAINABLE = ("pal", "paa")
 # mode's own config default)
 PAL_ONLY = ("stage1_out", "stage1_replies", "dpo_pairs", "dpo_batch", "dpo_lr", "beta", "rank", "top_layers",
             "score_selection", "dev_pairs")
-PAA_ONLY = ("paa_layers", "train_replies", "masks", "decoder_context", "epochs")
+PAA_ONLY = ("paa_layers", "train_replies", "replies", "masks", "decoder_context", "epochs")
 SHARED = ("max_minutes", "batch_size", "lr", "context_budget", "reply_budget", "dev_replies", "seed")
 
 
@@ -67,6 +67,7 @@ def train(
     seed: int = config_option(PALConfig, "seed", "--seed", note=_shared("seed")),
     paa_layers: int = config_option(PAAConfig, "paa_layers", "--paa-layers", note="paa only"),
     train_replies: int = config_option(PAAConfig, "train_replies", "--train-replies", note="paa only"),
+    replies: str = config_option(PAAConfig, "replies", "--replies", note="paa only"),
     masks: bool = config_option(PAAConfig, "masks", "--masks/--no-masks", note="paa only"),
     decoder_context: bool = config_option(PAAConfig, "decoder_context", "--decoder-context/--paper-layout",
                                           note="paa only"),

@@ -263,6 +263,7 @@ class PALConfig:
 
 
 MASK_GRADS = ("straight-through", "none")
+PAA_REPLIES = ("all", "persona-labelled")
 
 
 @dataclass
@@ -293,6 +294,9 @@ class PAAConfig:
     batch_size: int = _help(8, "replies per optimisation step")
     epochs: int = _help(1, "passes over the training replies")
     train_replies: int = _help(1600, "training replies used (a seeded subsample; fewer if fewer exist)")
+    replies: str = _help("all", f"which training replies, one of {PAA_REPLIES}: all, or only those that restate "
+                                "one of their persona's sentences (the silver label PAL's selection step "
+                                "uses), where the persona is what lowers the loss; dev stays all replies")
     dev_replies: int = _help(32, "dev replies validating the run (the best checkpoint is kept)")
     evals: int = _help(2, "validations spread over the run (the last at its end)")
     warmup: float = _help(0.06, "share of the run with linear learning-rate warm-up (0..0.5)")
@@ -316,6 +320,8 @@ class PAAConfig:
         for name in ("masks", "decoder_context"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be one of (True, False), got {getattr(self, name)!r}")
+        if self.replies not in PAA_REPLIES:
+            raise ConfigError(f"replies must be one of {PAA_REPLIES}, got {self.replies!r}")
         if self.mask_grad not in MASK_GRADS:
             raise ConfigError(f"mask_grad must be one of {MASK_GRADS}, got {self.mask_grad!r}")
         if self.bf16 not in BF16_MODES:

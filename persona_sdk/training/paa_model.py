@@ -67,7 +67,7 @@ from .config import PAAConfig
 from .data import PAD_MULTIPLE, Encoded, collate
 from .loop import Clock, LoopConfig, ProgressFn, Trainable, gradient_step, run
 from .paa import PAAFusion, added_parameters
-from .pal import _rounded, subsample
+from .pal import _rounded, label_examples, subsample
 
 Note = Callable[[str], None]
 
@@ -356,6 +356,10 @@ def train_paa(
         raise TrainingError("PAA needs training replies")
     if not dev:
         raise TrainingError("PAA needs dev replies to validate on")
+    if config.replies == "persona-labelled":
+        train = [item.example for item in label_examples(train)]
+        if not train:
+            raise TrainingError("none of the training replies restates a persona sentence (replies='persona-labelled')")
     train_items = subsample(train, config.train_replies, config.seed, "paa-train", key=lambda ex: ex.key)
     dev_items = subsample(dev, config.dev_replies, config.seed, "paa-dev", key=lambda ex: ex.key)
     bb = backbone if isinstance(backbone, TrainBackbone) else load_backbone(backbone)
@@ -413,6 +417,7 @@ def train_paa(
     summary = {
         "trainable_parameters": n_params, "backbone_parameters": n_backbone,
         "paa_layers": config.paa_layers, "masks": config.masks, "mask_grad": config.mask_grad,
+        "replies": config.replies,
         "train_replies": len(train_items), "dev_replies": len(dev_items),
         "steps": r.steps, "stopped": r.stopped, "init_dev_loss": r.init_val_loss,
         "best_dev_loss": r.best_val_loss, "best_step": r.best_step, "seconds": r.seconds,
