@@ -346,7 +346,32 @@ def test_training_on_a_tiny_persona_set_lowers_the_training_loss(tiny_backbone, 
     assert set(result.state) == set(result.model.state_dict())
 
 
+def test_persona_labelled_training_uses_only_replies_that_restate_a_sentence(tiny_backbone, tmp_path):
+    from explicit_helpers import write_spc_csv
+    from persona_sdk.errors import TrainingError
+    from persona_sdk.split import PersonaSplitConfig
+    from persona_sdk.training.backbone import load_backbone
+    from persona_sdk.training.corpora import spc_explicit_split, spc_persona_examples
+    from persona_sdk.training.pal import label_examples
+    from persona_sdk.training.paa_model import train_paa
+
+    parts, _ = spc_explicit_split(write_spc_csv(tmp_path / "spc.csv", conversations=60),
+                                  PersonaSplitConfig(dev=0.3, test=0.1))
+    train, dev = spc_persona_examples(parts["train"]), spc_persona_examples(parts["dev"])
+    labelled = label_examples(train)
+    assert 0 < len(labelled) < len(train)
+    bb = load_backbone(tiny_backbone)
+    cfg = PAAConfig(train_replies=10_000, dev_replies=4, max_steps=1, evals=1, bf16="off", replies="persona-labelled")
+    s = train_paa(train, dev, backbone=bb, config=cfg).summary
+    assert s["train_replies"] == len(labelled) and s["replies"] == "persona-labelled"
+    assert s["dev_replies"] == 4  # dev is not filtered
+    unlabelled = [ex for ex in train if ex.key not in {it.example.key for it in labelled}]
+    with pytest.raises(TrainingError, match="restates a persona sentence"):
+        train_paa(unlabelled, dev, backbone=bb, config=cfg)
+
+
 @pytest.mark.parametrize("field, value, allowed", [
+    ("replies", "some", "('all', 'persona-labelled')"),
     ("mask_grad", "soft", "('straight-through', 'none')"),
     ("masks", "yes", "(True, False)"),
     ("bf16", "maybe", "('auto', 'on', 'off')"),
