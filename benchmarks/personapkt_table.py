@@ -12,6 +12,12 @@
     # any size: print the plan and its estimated wall time without running it
     .venv/bin/python benchmarks/personapkt_table.py --quick --estimate-only
 
+To run a commit while the checkout changes (a 2-hour table), use a detached worktree on
+``PYTHONPATH`` (``git worktree add --detach DIR COMMIT``). ``package-dir`` maps
+``persona_sdk.cli`` and ``persona_sdk.exporters`` to the top-level ``cli/`` and ``exporters/``, so
+without ``ln -s ../cli DIR/persona_sdk/cli`` and ``ln -s ../exporters DIR/persona_sdk/exporters``
+the ``persona enroll`` subprocesses would import the CLI from the editable install's checkout.
+
 Estimates come from per-unit costs (``COST``): 7 s per prefix train step of
 batch 8 and 0.1-0.3 s per ORT scoring forward were measured here on a quiet
 machine; the eval-batch, beam, sampling and full-fine-tuning costs are
