@@ -164,6 +164,15 @@ def test_mode_greedy_reply_is_torchs_greedy_decode_token_for_token(paa_export, e
     assert "".join(mode.stream(prepared, gen)) == "".join(engine.detokenize(iter(got)))  # the same tokens
 
 
+def _torch_reply_nll(model, prepared, target: list, masks: bool) -> list[float]:
+    """Per-token NLL of ``target`` after the prepared decoder prompt, from torch's one full forward."""
+    ids = list(prepared.prompt_ids) + target
+    logp = torch.log_softmax(torch.tensor(_torch_logits(model, list(prepared.persona_ids),
+                                                        list(prepared.context_ids), ids, masks)), -1)
+    n = len(prepared.prompt_ids)
+    return [-float(logp[n - 1 + i, t]) for i, t in enumerate(target)]
+
+
 def test_reply_losses_are_torchs_per_token_nll(paa_export, engine):
     from persona_sdk.explicit.paa import PAAMode
 
@@ -173,13 +182,8 @@ def test_reply_losses_are_torchs_per_token_nll(paa_export, engine):
         prepared = mode.prepare(HISTORY)
         reply = "i love pizza and my dog"
         losses = mode.reply_losses(prepared, reply)
-        target = engine.format.reply_ids(reply)
-        ids = list(prepared.prompt_ids) + target
-        logp = torch.log_softmax(torch.tensor(_torch_logits(model, list(prepared.persona_ids),
-                                                            list(prepared.context_ids), ids, masks)), -1)
-        n = len(prepared.prompt_ids)
-        want = [-float(logp[n - 1 + i, t]) for i, t in enumerate(target)]
-        assert losses.shape == (len(target),) and np.allclose(losses, want, atol=1e-4)
+        want = _torch_reply_nll(model, prepared, engine.format.reply_ids(reply), masks)
+        assert losses.shape == (len(want),) and np.allclose(losses, want, atol=1e-4)
 
 
 def test_a_paa_trained_on_the_papers_layout_decodes_the_reply_only(tiny_backbone, tmp_path):
@@ -199,12 +203,7 @@ def test_a_paa_trained_on_the_papers_layout_decodes_the_reply_only(tiny_backbone
     prepared = mode.prepare(HISTORY)
     assert list(prepared.prompt_ids) == list(bb.fmt.header_ids) and len(prepared.context_ids) > 20
     reply = "i love pizza and my dog"
-    target = engine.format.reply_ids(reply)
-    ids = list(prepared.prompt_ids) + target
-    logp = torch.log_softmax(torch.tensor(_torch_logits(model, list(prepared.persona_ids),
-                                                        list(prepared.context_ids), ids, True)), -1)
-    n = len(prepared.prompt_ids)
-    want = [-float(logp[n - 1 + i, t]) for i, t in enumerate(target)]
+    want = _torch_reply_nll(model, prepared, engine.format.reply_ids(reply), True)
     assert np.allclose(mode.reply_losses(prepared, reply), want, atol=1e-4)
 
 
