@@ -79,7 +79,7 @@ def train(
 
     Example: nice -n 10 persona explicit train pal --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --max-minutes 90
 
-    Example: persona explicit train paa --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --max-minutes 30
+    Example: persona explicit train paa --spc-csv ../shared/data/spc/Synthetic-Persona-Chat_valid.csv --max-minutes 35 --train-replies 3200 --epochs 2
     """
     if mode not in TRAINABLE:
         raise ConfigError(f"mode must be one of {', '.join(TRAINABLE)} (prompt needs no training)")

@@ -294,9 +294,11 @@ class PAAConfig:
     batch_size: int = _help(8, "replies per optimisation step")
     epochs: int = _help(1, "passes over the training replies")
     train_replies: int = _help(1600, "training replies used (a seeded subsample; fewer if fewer exist)")
-    replies: str = _help("all", f"which training replies, one of {PAA_REPLIES}: all, or only those that restate "
-                                "one of their persona's sentences (the silver label PAL's selection step "
-                                "uses), where the persona is what lowers the loss; dev stays all replies")
+    replies: str = _help("persona-labelled", f"which training replies, one of {PAA_REPLIES}: only those that "
+                                             "restate one of their persona's sentences (the silver label PAL's "
+                                             "selection step uses), where the persona is what lowers the loss, "
+                                             "or all (trained on all, PAA learned SPC's style and ignored the "
+                                             "persona: BENCHMARKS.md); dev stays all replies")
     dev_replies: int = _help(32, "dev replies validating the run (the best checkpoint is kept)")
     evals: int = _help(2, "validations spread over the run (the last at its end)")
     warmup: float = _help(0.06, "share of the run with linear learning-rate warm-up (0..0.5)")
