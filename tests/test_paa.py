@@ -457,10 +457,11 @@ def test_tampered_missing_foreign_or_old_paa_is_refused_or_read_as_saved(trained
         load_paa(folder, other)
     old = Path(shutil.copytree(folder, tmp_path / "old"))  # saved before decoder_context existed: the paper's layout
     info = json.loads((old / PAA_INFO).read_text())
-    assert info["config"]["decoder_context"] is True
+    assert info["config"]["decoder_context"] is True and info["config"]["replies"] == "persona-labelled"
     (old / PAA_INFO).write_text(json.dumps({**info, "config": {k: v for k, v in info["config"].items()
-                                                               if k != "decoder_context"}}))
-    assert load_paa(old, result.backbone).config.decoder_context is False
+                                                               if k not in ("decoder_context", "replies")}}))
+    old_config = load_paa(old, result.backbone).config
+    assert old_config.decoder_context is False and old_config.replies == "all"
     wide = Path(shutil.copytree(folder, tmp_path / "wide"))  # a record claiming another hidden size
     info = json.loads((wide / PAA_INFO).read_text())
     (wide / PAA_INFO).write_text(json.dumps({**info, "hidden": 64}))

@@ -64,8 +64,8 @@ INSTALL_COMMAND = "persona explicit export paa --from FOLDER"
 CURRENT, MISSING, DAMAGED = "current", "missing", "damaged"
 REQUIRED = {"format": str, "revision": int, "variant": str, "paa_sha256": str, "paa_info_sha256": str,
             "backbone": str, "layers": int, "kv_heads": int, "head_dim": int, "hidden": int, "heads": int,
-            "paa_layers": int, "vocab_size": int, "masks": bool, "decoder_context": bool, "persona_budget": int, "context_budget": int,
-            "reply_budget": int, "stop_token_ids": list, "files": dict, "validation": dict, "opset": int}
+            "paa_layers": int, "vocab_size": int, "masks": bool, "decoder_context": bool, "persona_budget": int,
+            "context_budget": int, "reply_budget": int, "stop_token_ids": list, "files": dict, "validation": dict, "opset": int}
 MAX_RECORD_BYTES = 1 << 20
 
 

@@ -474,8 +474,8 @@ def load_paa(folder: str | Path, backbone: Any = None) -> Any:
         raise AdapterError(f"the PAA in {folder} is for hidden size {info.get('hidden')} and "
                            f"{info.get('layers')} blocks; this backbone has {bb.hidden} and {bb.layers}")
     try:
-        # a PAA saved before decoder_context existed was trained on the paper's layout
-        config = PAAConfig(**{"decoder_context": False, **info["config"]})
+        # a PAA saved before these fields existed was trained on the paper's layout, on all replies
+        config = PAAConfig(**{"decoder_context": False, "replies": "all", **info["config"]})
     except (KeyError, TypeError, ConfigError) as exc:
         raise AdapterError(f"{folder / PAA_INFO} holds no valid PAA config ({type(exc).__name__})") from None
     if config.paa_layers > bb.layers:
