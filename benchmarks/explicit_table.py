@@ -266,18 +266,30 @@ def load_data(args) -> Data:
 
 
 # --- one row ---------------------------------------------------------------------------------------
-def run_row(key: str, row: Row, engine, data: Data, args) -> dict:
-    """Generated replies, losses, Hits@1 and selection for one row (JSON-able)."""
+def table_generation(args):
+    """The decoding every row uses: greedy, repetition penalty 1.1, the table's budgets."""
     from persona_sdk.config import GenerationConfig
 
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, repetition_penalty=1.1,
-                           context_budget=args.context_budget)
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, repetition_penalty=1.1,
+                            context_budget=args.context_budget)
+
+
+def modes_of(row: Row, engine) -> Callable[[tuple[str, ...]], Any]:
+    """The row's mode for a persona, opened once per persona."""
     modes: dict[tuple[str, ...], Any] = {}
 
     def mode_for(persona):
         if persona not in modes:
             modes[persona] = row.open(persona, engine)
         return modes[persona]
+
+    return mode_for
+
+
+def run_row(key: str, row: Row, engine, data: Data, args) -> dict:
+    """Generated replies, losses, Hits@1 and selection for one row (JSON-able)."""
+    gen = table_generation(args)
+    mode_for = modes_of(row, engine)
 
     out: dict[str, Any] = {"replies": [], "losses": [], "hits": [], "selection": [], "conditioned_on": []}
     start = time.monotonic()
@@ -311,19 +323,14 @@ def other_persona(ex, data: Data) -> tuple[str, ...]:
 
 def run_other_persona(row: Row, engine, data: Data, args) -> dict:
     """The gold replies' losses of the decoded examples with another test persona's sentences (JSON-able)."""
-    from persona_sdk.config import GenerationConfig
-
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, repetition_penalty=1.1,
-                           context_budget=args.context_budget)
-    modes: dict[tuple[str, ...], Any] = {}
+    gen = table_generation(args)
+    mode_for = modes_of(row, engine)
     out: dict[str, Any] = {"losses": []}
     start = time.monotonic()
     for ex in data.decode:
-        persona = other_persona(ex, data)
-        if persona not in modes:
-            modes[persona] = row.open(persona, engine)
-        prepared = modes[persona].prepare(list(ex.context), gen)
-        out["losses"].append([float(x) for x in modes[persona].reply_losses(prepared, ex.reply, args.reply_budget)])
+        mode = mode_for(other_persona(ex, data))
+        prepared = mode.prepare(list(ex.context), gen)
+        out["losses"].append([float(x) for x in mode.reply_losses(prepared, ex.reply, args.reply_budget)])
     out["seconds"] = time.monotonic() - start
     return out
 
@@ -520,6 +527,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cache_dir = args.out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     engines: dict[str, Any] = {}
+
+    def engine_of(key: str):  # each engine opened once, when a row first needs it
+        ek = engine_key(key, args)
+        if ek not in engines:
+            engines[ek] = ENGINES[ek](args, runtime)
+        return engines[ek]
+
     raw: dict[str, dict] = {}
     for key in rows:
         path = cache_dir / f"{key}.json"
@@ -531,22 +545,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 say(f"{key}: cached")
                 continue
             say(f"{key}: cached with other settings, data or adapter: running it again")
-        row, ek = ROWS[key], engine_key(key, args)
-        if ek not in engines:
-            engines[ek] = ENGINES[ek](args, runtime)
         say(f"{key}: {row_label(key, args)} ...")
-        raw[key] = {**run_row(key, row, engines[ek], data, args), "stamp": stamp}
+        raw[key] = {**run_row(key, ROWS[key], engine_of(key), data, args), "stamp": stamp}
         atomic_write(path, json.dumps(raw[key]).encode(), private=False)
     for key in rows:  # the same gold replies with another persona's sentences (cached apart: rows made before it)
         path = cache_dir / f"{key}.other-persona.json"
         stamp = row_stamp(key, args, data)
         cached = json.loads(path.read_text()) if path.is_file() else {}
         if cached.get("stamp") != stamp:
-            row, ek = ROWS[key], engine_key(key, args)
-            if ek not in engines:
-                engines[ek] = ENGINES[ek](args, runtime)
             say(f"{key}: the gold replies with another test persona's sentences ...")
-            cached = {**run_other_persona(row, engines[ek], data, args), "stamp": stamp}
+            cached = {**run_other_persona(ROWS[key], engine_of(key), data, args), "stamp": stamp}
             atomic_write(path, json.dumps(cached).encode(), private=False)
         raw[key]["other_losses"] = cached["losses"]
     embed = embedder(args.embedder)
