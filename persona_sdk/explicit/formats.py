@@ -12,7 +12,11 @@ time exactly the layout it was trained on::
 - ``persona_system(sentences)``: the persona to speak as (the prompting
   baseline and PAL's generation step; no sentences = no persona);
 - ``selection_system(sentences)``: PAL's selection step lists the sentences
-  numbered from 1; the answer is a number (``selection_label``).
+  numbered from 1; the answer is a number (``selection_label``), written after
+  a cue (``SELECTION_CUE``) that the prompt already holds, so that no selection
+  answer ever follows the bare reply header. (Without the cue, the first token
+  after the header was a digit in half of PAL's training examples, and a
+  briefly trained adapter answered chat messages with a sentence number.)
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from ..errors import PersonaSentencesError
 
 SYSTEM = "system"
 NO_PERSONA = "You are chatting with someone. Reply in one or two short sentences."
+PAL_FORMAT = 2  # PAL.json's "format": the prompt layout a PAL adapter was trained on (2 = with SELECTION_CUE)
+SELECTION_CUE = "Sentence #"  # opens the assistant's answer in the selection prompt; the number follows
 MIN_CONVERSATION_TOKENS = 24  # what the persona must leave for the conversation in a prompt
 
 
@@ -67,7 +73,10 @@ def persona_prompt_ids(fmt: ChatFormat, sentences: Sequence[str], history: Seque
 
 def selection_prompt_ids(fmt: ChatFormat, sentences: Sequence[str], history: Sequence[Turn], budget: int
                          ) -> list[int]:
-    return prompt_ids(fmt, selection_system(sentences), history, budget)
+    """The selection system turn + ``history`` + the reply header + ``SELECTION_CUE``: the answer's number
+    comes next. At most ``budget`` ids."""
+    cue = fmt.encode(SELECTION_CUE)
+    return prompt_ids(fmt, selection_system(sentences), history, budget - len(cue)) + cue
 
 
 # --- PAA: three token sequences instead of one prompt ---------------------------------------------

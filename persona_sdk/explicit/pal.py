@@ -33,7 +33,7 @@ from ..config import GenerationConfig, RuntimeConfig
 from ..conversation import Turn
 from ..errors import AdapterError
 from .base import ExplicitMode, Prepared, Progress, check_history
-from .formats import persona_prompt_ids, selection_label, selection_prompt_ids
+from .formats import PAL_FORMAT, persona_prompt_ids, selection_label, selection_prompt_ids
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "pal_adapter"
 INFO = "PAL.json"
@@ -55,6 +55,10 @@ def adapter_info(adapter_dir: str | Path | None = None) -> tuple[Path, dict]:
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     if not isinstance(info, dict) or info.get("sha256") != digest:
         raise AdapterError(f"{weights} does not match the sha256 recorded in {INFO}")
+    if info.get("format") != PAL_FORMAT:
+        raise AdapterError(f"the PAL adapter in {folder} was trained on an older prompt layout (format "
+                           f"{info.get('format', 1)}, this version reads {PAL_FORMAT}); train it again with "
+                           "`persona explicit train pal`")
     return folder, info
 
 

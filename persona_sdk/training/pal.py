@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, TrainingError
-from ..explicit.formats import (persona_prompt_ids, selection_label, selection_prompt_ids)
+from ..explicit.formats import (PAL_FORMAT, persona_prompt_ids, selection_label, selection_prompt_ids)
 from ..fileio import atomic_write
 from .config import PALConfig
 from .backbone import TrainBackbone, bf16_supported, load_backbone, torch_module
@@ -460,7 +460,7 @@ def save_pal(result: PALResult, weights: dict, out_dir: str | Path, info: dict[s
     lora.save(result.peft_model, weights, out)
     data = (out / lora.ADAPTER_WEIGHTS).read_bytes()
     record = {**info, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-              "backbone": result.backbone.fingerprint, "method": "pal",
+              "backbone": result.backbone.fingerprint, "method": "pal", "format": PAL_FORMAT,
               "parameters": int(sum(int(np.prod(v.shape)) for v in weights.values()))}
     atomic_write(out / PAL_INFO, (json.dumps(_rounded(record), indent=2, sort_keys=True) + "\n").encode(),
                  private=False)
