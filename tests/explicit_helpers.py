@@ -8,6 +8,8 @@ import json
 import random
 from pathlib import Path
 
+from persona_sdk.explicit.formats import PAL_FORMAT
+
 SENTENCES = [
     "I have a dog.", "I love pizza.", "I play the guitar.", "I am a nurse.", "I live in Paris.",
     "I bake cookies.", "I knit scarves.", "I hate mornings.", "I drive a truck.", "I read comics.",
@@ -64,7 +66,8 @@ def random_adapter(backbone_dir: Path, out_dir: Path, seed: int = 0, scale: floa
     lora.save(model, weights, out_dir)
     data = (Path(out_dir) / lora.ADAPTER_WEIGHTS).read_bytes()
     (Path(out_dir) / "PAL.json").write_text(json.dumps({
-        "sha256": hashlib.sha256(data).hexdigest(), "backbone": bb.fingerprint, "method": "pal", "stage": "test"}))
+        "sha256": hashlib.sha256(data).hexdigest(), "backbone": bb.fingerprint, "method": "pal", "stage": "test",
+        "format": PAL_FORMAT}))
     return Path(out_dir)
 
 

@@ -69,6 +69,10 @@ def test_formats_put_the_persona_in_a_system_turn(tiny_onnx):
     assert text.endswith("<|im_start|>user\nwhat do you do?<|im_end|>\n<|im_start|>assistant\n")
     sel = fmt.tokenizer.decode(formats.selection_prompt_ids(fmt, PERSONA, history, 400), skip_special_tokens=False)
     assert "1. I bake cookies.\n2. I have a dog.\n" in sel and formats.selection_label(1) == "2"
+    # the selection answer follows a cue, never the bare reply header that generation replies follow
+    assert sel.endswith("<|im_start|>assistant\n" + formats.SELECTION_CUE)
+    full = len(formats.selection_prompt_ids(fmt, PERSONA, history, 400))
+    assert len(formats.selection_prompt_ids(fmt, PERSONA, history, full - 3)) <= full - 3  # the cue counts
     bare = fmt.tokenizer.decode(formats.persona_prompt_ids(fmt, (), history, 400), skip_special_tokens=False)
     assert formats.NO_PERSONA in bare and "cookies" not in bare
     # the budget drops the oldest turns first, never the persona

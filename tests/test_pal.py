@@ -79,6 +79,38 @@ def test_selection_uses_the_predicted_sentence_and_nothing_else(tiny_onnx):
 
 
 # --- training (tiny) --------------------------------------------------------------------------
+def test_no_selection_answer_follows_the_bare_reply_header(tiny_onnx, tmp_path):
+    """Stage 1 mixes two formats; the first token after the reply header is always a reply's, so a short
+    run cannot learn to answer a chat message with a sentence number (the first shipped adapter did)."""
+    from persona_sdk.runtime import Engine
+    from persona_sdk.training.corpora import read_spc, spc_persona_examples
+    from persona_sdk.training.pal import PALConfig, label_examples, stage1_data
+
+    fmt = Engine(tiny_onnx).format
+    items = label_examples(spc_persona_examples(read_spc(write_spc_csv(tmp_path / "spc.csv", conversations=6))))
+    data = stage1_data(fmt, items, PALConfig(context_budget=400, reply_budget=8))
+    cue, header = fmt.encode(formats.SELECTION_CUE), list(fmt.header_ids)
+    selection, generation = data[0::2], data[1::2]
+    assert items and len(selection) == len(generation) == len(items)
+    for sel, it in zip(selection, items):
+        assert list(sel.ids[sel.n_prompt - len(cue) - len(header): sel.n_prompt]) == header + cue
+        assert fmt.decode(list(sel.ids[sel.n_prompt:])).strip() == str(it.label + 1)
+    for gen in generation:
+        assert list(gen.ids[gen.n_prompt - len(header): gen.n_prompt]) == header
+
+
+def test_adapter_of_an_older_prompt_layout_is_refused(tiny_adapter, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_adapter, old)
+    info = json.loads((old / "PAL.json").read_text())
+    del info["format"]  # adapters from before the selection cue
+    (old / "PAL.json").write_text(json.dumps(info))
+    with pytest.raises(AdapterError, match="older prompt layout"):
+        adapter_info(old)
+
+
 def test_train_pal_runs_both_stages_in_the_loop(tiny_backbone, tmp_path):
     from persona_sdk.training.corpora import read_spc, spc_persona_examples
     from persona_sdk.training.pal import PALConfig, save_pal, train_pal
