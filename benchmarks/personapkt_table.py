@@ -1139,7 +1139,8 @@ def voice_markdown(results: dict) -> str:
              f"{rows['enroll'].get('enrolled')} of {len(results['enrollments'])} enrolled",
              f"- source prefix: {meta['source_prefix']}",
              f"- size: {meta['size_name']} — " + ", ".join(f"{k}={v}" for k, v in size.items()),
-             f"- wall time: {_hms(meta['wall_seconds_all_runs'])} over every run that filled the cache (this run "
+             f"- wall time: {_hms(meta['wall_seconds_all_runs'])} summed over every run that filled the cache, "
+             "work later discarded included, e.g. enrollments redone after their cache entries were removed (this run "
              f"{_hms(meta['wall_seconds'])}; estimated beforehand: {_hms(meta['estimate']['total'])} on a quiet "
              "machine); per stage: " + ", ".join(
                  f"{k} {_hms(v)} (est. {_hms(meta['estimate'].get(k, 0))})"
@@ -1210,7 +1211,8 @@ def voice_markdown(results: dict) -> str:
 
 class StageTimes:
     """Seconds per stage: this run's, and the sum over every run that filled the cache (a resumed run
-    redoes only what is not cached, so the sum is what the whole table cost)."""
+    redoes only what is not cached, so the sum is what the whole table cost, including any work whose cache
+    entries were later removed and redone: an upper bound on the table's cost, not its cost)."""
 
     def __init__(self) -> None:
         self.run: dict[str, float] = {}
