@@ -25,7 +25,7 @@ TRAINABLE = ("pal", "paa")
 # options of `train` that only one mode reads (the rest are shared; a shared option left out takes that
 # mode's own config default)
 PAL_ONLY = ("stage1_out", "stage1_replies", "dpo_pairs", "dpo_batch", "dpo_lr", "beta", "rank", "top_layers",
-            "score_selection", "dev_pairs")
+            "score_selection", "dev_pairs", "stage1_loss")
 PAA_ONLY = ("paa_layers", "train_replies", "replies", "masks", "decoder_context", "epochs")
 SHARED = ("max_minutes", "batch_size", "lr", "context_budget", "reply_budget", "dev_replies", "seed")
 
@@ -59,6 +59,7 @@ def train(
     beta: float = config_option(PALConfig, "beta", "--beta", note="pal only"),
     rank: int = config_option(PALConfig, "rank", "--rank", note="pal only"),
     top_layers: int = config_option(PALConfig, "top_layers", "--top-layers", note="pal only"),
+    stage1_loss: str = config_option(PALConfig, "stage1_loss", "--stage1-loss", note="pal only"),
     score_selection: bool = config_option(PALConfig, "score_selection", "--score-selection/--no-score-selection", note="pal only"),
     context_budget: int = config_option(PALConfig, "context_budget", "--context-budget", note=_shared("context_budget")),
     reply_budget: int = config_option(PALConfig, "reply_budget", "--reply-budget", note=_shared("reply_budget")),
@@ -96,7 +97,7 @@ def train(
 
     cfg = PALConfig(stage1_replies=stage1_replies, dpo_pairs=dpo_pairs, batch_size=batch_size,
                     dpo_batch=dpo_batch, lr=lr, dpo_lr=dpo_lr, beta=beta, rank=rank, top_layers=top_layers,
-                    score_selection=score_selection, dev_replies=dev_replies,
+                    score_selection=score_selection, dev_replies=dev_replies, stage1_loss=stage1_loss,
                     context_budget=context_budget, reply_budget=reply_budget,
                     dev_pairs=dev_pairs, max_minutes=max_minutes, seed=seed)
     train_ex, dev_ex, provenance = _spc_examples(spc_csv, threads)

@@ -99,6 +99,26 @@ def test_no_selection_answer_follows_the_bare_reply_header(tiny_onnx, tmp_path):
         assert list(gen.ids[gen.n_prompt - len(header): gen.n_prompt]) == header
 
 
+def test_stage1_loss_weighs_a_selection_answer_like_a_whole_reply(tiny_backbone):
+    """Per-example averaging: a one-number selection answer counts as much as a long reply (per token, the
+    first PAL's selection answers were ~1/20 of stage 1's gradient and never learned)."""
+    from persona_sdk.training.backbone import load_backbone
+    from persona_sdk.training.data import Encoded
+    from persona_sdk.training.pal import stage1_dev_loss, stage1_loss
+
+    bb = load_backbone(tiny_backbone)
+    short = Encoded(tuple(range(5, 17)), 10, 0)  # 2 predicted tokens
+    long = Encoded(tuple(range(20, 60)), 6, 0)  # 34 predicted tokens
+    alone = [float(stage1_loss(bb, [e], "per-example")) for e in (short, long)]
+    both = float(stage1_loss(bb, [short, long], "per-example"))
+    assert both == pytest.approx(sum(alone) / 2, rel=1e-5)
+    per_token = float(stage1_loss(bb, [short, long], "per-token"))
+    assert per_token == pytest.approx((2 * alone[0] + 34 * alone[1]) / 36, rel=1e-5)
+    assert abs(both - per_token) > 1e-4  # the two weightings really differ here
+    assert stage1_dev_loss(bb, [short, long, long], "per-example", 2) == pytest.approx(
+        (alone[0] + 2 * alone[1]) / 3, rel=1e-5)
+
+
 def test_adapter_of_an_older_prompt_layout_is_refused(tiny_adapter, tmp_path):
     import shutil
 

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 
 METHODS = ("prefix", "rand-prefix", "prompt")
 BF16_MODES = ("auto", "on", "off")
+PAL_STAGE1_LOSS = ("per-example", "per-token")
 DEFAULT_PROMPT_INIT = "Reply as yourself: in your own words, tone and style, as you always write to friends."
 # The default learning rate. From a source prefix the block has to move far enough to change how
 # replies *read* (length, casing, topics), not only their perplexity: a gentle rate refines the
@@ -217,6 +218,10 @@ class PALConfig:
     stage1_replies: int = _help(1600, "labelled train replies in stage 1 (each gives a selection and a "
                                         "generation example)")
     stage1_epochs: int = _help(1, "passes over the stage-1 examples")
+    stage1_loss: str = _help("per-example", "how stage 1 averages its loss: per-example (each example's mean "
+                                            "token loss, then the mean over examples: the one-number selection "
+                                            "answers weigh as much as whole replies) or per-token (every reply "
+                                            "token alike: selection is ~1/20 of the gradient)")
     warmup: float = _help(0.06, "share of each stage with linear warm-up")
     grad_clip: float = _help(1.0, "max gradient L2 norm (0 disables)")
     dpo_pairs: int = _help(384, "preference pairs in stage 2 (other labelled replies than stage 1's)")
@@ -257,6 +262,8 @@ class PALConfig:
             raise ConfigError("max_minutes must be > 0 or None")
         if self.bf16 not in BF16_MODES:
             raise ConfigError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
+        if self.stage1_loss not in PAL_STAGE1_LOSS:
+            raise ConfigError(f"stage1_loss must be one of {PAL_STAGE1_LOSS}, got {self.stage1_loss!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

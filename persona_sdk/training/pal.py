@@ -147,6 +147,32 @@ def stage1_data(fmt, items: Sequence[Labelled], config: PALConfig) -> list[Encod
     return out
 
 
+def stage1_loss(bb: TrainBackbone, batch: Sequence[Encoded], how: str, bf16: bool = False):
+    """Stage 1's loss on ``batch`` (a scalar with its graph). ``per-example``: the mean over examples of each
+    example's mean token NLL, so a selection example (a number and the end of turn) weighs as much as a
+    generation example (a whole reply); ``per-token``: every predicted token alike."""
+    from .data import batch_mean_loss, example_losses
+
+    if how == "per-token":
+        return batch_mean_loss(bb, batch, bf16=bf16)
+    return example_losses(bb, batch, bf16=bf16).mean()
+
+
+def stage1_dev_loss(bb: TrainBackbone, data: Sequence[Encoded], how: str, batch_size: int, bf16: bool = False
+                    ) -> float:
+    """Stage 1's loss over ``data``, averaged the way training averages it (``how``)."""
+    if how == "per-token":
+        return mean_loss(bb, data, batch_size=batch_size, bf16=bf16)
+    from .data import example_losses
+
+    torch = torch_module()
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(data), batch_size):
+            total += float(example_losses(bb, data[s : s + batch_size], bf16=bf16).sum())
+    return total / max(len(data), 1)
+
+
 def subsample(items: Sequence[Any], n: int, seed: int, salt: str,
               key: Callable[[Any], str] = lambda it: it.example.key) -> list:
     """``n`` items in a seeded order that does not depend on RNG state (hash of seed, salt and ``key``:
@@ -346,12 +372,11 @@ def train_pal(
     batches = mixing.plain_batches([s1], config.batch_size, rng)
 
     def step1(batch):
-        from .data import batch_mean_loss
-
-        return gradient_step(opt, params, lambda: batch_mean_loss(bb, batch, bf16=use_bf16), config.grad_clip)
+        return gradient_step(opt, params, lambda: stage1_loss(bb, batch, config.stage1_loss, use_bf16),
+                             config.grad_clip)
 
     def eval1() -> float:
-        return mean_loss(bb, s1_dev, batch_size=config.batch_size, bf16=use_bf16)
+        return stage1_dev_loss(bb, s1_dev, config.stage1_loss, config.batch_size, use_bf16)
 
     say(f"PAL stage 1: {len(stage1_items)} labelled replies → {len(s1)} examples, {steps1} steps; "
         f"dev {len(s1_dev)} examples")
