@@ -348,9 +348,13 @@ def score(raw: dict, data: Data, embed, cache: dict) -> dict:
     vecs = embed(replies)
     if "persona_vecs" not in cache:
         cache["persona_vecs"] = [embed(list(p)) for p in data.personas]
+    candidates = [data.candidates[o] for o in owners]
+    copied = X.copies(replies, personas)
     row = {
-        "consistency": X.consistency_at_k(vecs, cache["persona_vecs"], owners, [data.candidates[o] for o in owners]),
-        "copy_rate": X.copy_rate(replies, personas),
+        "consistency": X.consistency_at_k(vecs, cache["persona_vecs"], owners, candidates),
+        # the same, a restated persona sentence counting as a miss: echoing the persona games Cons@20
+        "consistency_no_copy": X.consistency_at_k(vecs, cache["persona_vecs"], owners, candidates, exclude=copied),
+        "copy_rate": float(np.mean(copied)),
         **X.perspective(replies, personas),
     }
     if raw.get("losses"):
@@ -391,7 +395,8 @@ COLUMNS = [("perplexity", "PPL", "{:.2f}"), ("perplexity_other", "PPL other", "{
            ("reliance", "Reliance", "{:.3f}"), ("f1", "F1", "{:.3f}"), ("bleu1", "BLEU-1", "{:.3f}"),
            ("bleu2", "BLEU-2", "{:.3f}"), ("rouge_l", "ROUGE-L", "{:.3f}"), ("dist1", "Dist-1", "{:.3f}"),
            ("dist2", "Dist-2", "{:.3f}"), ("ent4", "Ent-4", "{:.2f}"), ("hits_at_1", "Hits@1", "{:.3f}"),
-           ("consistency", "Cons@20", "{:.3f}"), ("copy_rate", "Copy", "{:.3f}"),
+           ("consistency", "Cons@20", "{:.3f}"), ("consistency_no_copy", "Cons@20 w/o copies", "{:.3f}"),
+           ("copy_rate", "Copy", "{:.3f}"),
            ("perspective", "Persp.", "{:.3f}"), ("selection_accuracy", "Sel. acc", "{:.3f}"),
            ("median_words", "Words", "{:.0f}")]
 
@@ -405,7 +410,8 @@ def table_md(results: dict) -> str:
         lines.append(f"| {results['labels'][key]} | " + " | ".join(cells) + " |")
     lines += vs_prompting(results)
     meta = results["meta"]
-    lines += ["", f"Cons@20 = persona consistency at K = {k} (chance {1 / k:.3f}); Hits@1 chance "
+    lines += ["", f"Cons@20 = persona consistency at K = {k} (chance {1 / k:.3f}); \"w/o copies\": a reply "
+              "restating one of its persona's sentences (Copy) counts as a miss; Hits@1 chance "
               f"{1 / (results['settings']['distractors'] + 1):.3f}; selection chance "
               f"{results['selection_chance']:.3f} (mean 1/N).", "",
               f"- command: `{meta['command']}`", f"- commit: `{meta['commit']}`", f"- date (UTC): {meta['date']}",

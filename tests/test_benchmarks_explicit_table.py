@@ -55,8 +55,10 @@ def test_explicit_table_smoke(tiny_backbone, setup, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["rows"]) == set(bench.ROWS) | {"human"}
     for key, row in saved["rows"].items():
-        for col in ("consistency", "copy_rate", "perspective", "first_person", "about_user"):
+        for col in ("consistency", "consistency_no_copy", "copy_rate", "perspective", "first_person", "about_user"):
             assert 0 <= row[col] <= 1, (key, col)
+        # a copied reply can only lose its hit
+        assert row["consistency"] - row["copy_rate"] - 1e-9 <= row["consistency_no_copy"] <= row["consistency"], key
         if key == "human":
             continue
         assert math.isfinite(row["perplexity"]) and row["perplexity"] > 1

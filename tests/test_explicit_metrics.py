@@ -18,6 +18,7 @@ def test_restates_and_copy_rate():
     assert not X.restates("cats", "I have two cats.")
     replies = ["Yes, I have two cats at home.", "The weather is nice.", "I surf."]
     assert X.copy_rate(replies, [NURSE, NURSE, SURFER]) == pytest.approx(1 / 3)
+    assert X.copies(replies, [NURSE, NURSE, SURFER]) == [True, False, False]  # "I surf." is too short to count
     with pytest.raises(MetricError):
         X.copy_rate(replies, [NURSE])
 
@@ -40,5 +41,10 @@ def test_consistency_at_k_by_hand():
     cands = [[0, 1, 2], [1, 0, 2], [1, 0, 2], [0, 1, 2]]
     # reply 0 -> persona 0 (hit); 1 -> persona 1 (hit); 2 -> persona 0 (miss); 3: tie of 0 and 1 (miss)
     assert X.consistency_at_k(replies, personas, owners, cands) == pytest.approx(0.5)
+    assert X.consistency_hits(replies, personas, owners, cands) == [True, True, False, False]
+    # a copied reply counts as a miss: excluding reply 1 (a hit) and reply 2 (a miss anyway) leaves 1 of 4
+    assert X.consistency_at_k(replies, personas, owners, cands, exclude=[False, True, True, False]) == pytest.approx(0.25)
+    with pytest.raises(MetricError):
+        X.consistency_at_k(replies, personas, owners, cands, exclude=[True])
     with pytest.raises(MetricError, match="not among"):
         X.consistency_at_k(replies[:1], personas, [2], [[0, 1]])

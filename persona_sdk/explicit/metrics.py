@@ -59,10 +59,15 @@ def restates(reply: str, sentence: str, threshold: float = 0.8, min_words: int =
     return _lcs(s, words(reply)) >= threshold * len(s)
 
 
+def copies(replies: Sequence[str], personas: Sequence[Sequence[str]], threshold: float = 0.8) -> list[bool]:
+    """Per reply: does it restate one of its own persona's sentences nearly verbatim (:func:`restates`)?"""
+    _same(replies, personas)
+    return [any(restates(r, s, threshold) for s in p) for r, p in zip(replies, personas)]
+
+
 def copy_rate(replies: Sequence[str], personas: Sequence[Sequence[str]], threshold: float = 0.8) -> float:
     """Share of replies restating one of their own persona's sentences nearly verbatim (:func:`restates`)."""
-    _same(replies, personas)
-    return float(np.mean([any(restates(r, s, threshold) for s in p) for r, p in zip(replies, personas)]))
+    return float(np.mean(copies(replies, personas, threshold)))
 
 
 def second_person(sentence: str) -> str:
@@ -102,8 +107,19 @@ def perspective(replies: Sequence[str], personas: Sequence[Sequence[str]]) -> di
 
 
 def consistency_at_k(reply_vecs: np.ndarray, persona_vecs: Sequence[np.ndarray], owners: Sequence[int],
-                     candidates: Sequence[Sequence[int]]) -> float:
-    """Share of replies whose best-matching candidate persona is their own.
+                     candidates: Sequence[Sequence[int]], exclude: Sequence[bool] | None = None) -> float:
+    """Share of replies whose best-matching candidate persona is their own (:func:`consistency_hits`);
+    replies flagged in ``exclude`` (e.g. :func:`copies`) count as misses."""
+    hits = consistency_hits(reply_vecs, persona_vecs, owners, candidates)
+    if exclude is not None:
+        _same(hits, exclude)
+        hits = [h and not x for h, x in zip(hits, exclude)]
+    return float(np.mean(hits))
+
+
+def consistency_hits(reply_vecs: np.ndarray, persona_vecs: Sequence[np.ndarray], owners: Sequence[int],
+                     candidates: Sequence[Sequence[int]]) -> list[bool]:
+    """Per reply: is its best-matching candidate persona its own?
 
     ``reply_vecs`` (R, d); ``persona_vecs[p]`` (S_p, d) the sentences of persona p;
     ``owners[r]`` the persona of reply r; ``candidates[r]`` the K personas it is
@@ -124,7 +140,7 @@ def consistency_at_k(reply_vecs: np.ndarray, persona_vecs: Sequence[np.ndarray],
         scores = {c: float((normed[c] @ r[i]).max()) for c in cands}  # persona -> best sentence similarity
         best = max(scores.values())
         hits.append(scores[own] == best and sum(v == best for v in scores.values()) == 1)
-    return float(np.mean(hits))
+    return hits
 
 
 def _same(a: Sequence, b: Sequence) -> None:
