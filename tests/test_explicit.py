@@ -68,7 +68,7 @@ def test_formats_put_the_persona_in_a_system_turn(tiny_onnx):
     assert text.startswith("<|im_start|>system\nYou are this person: I bake cookies. I have a dog.")
     assert text.endswith("<|im_start|>user\nwhat do you do?<|im_end|>\n<|im_start|>assistant\n")
     sel = fmt.tokenizer.decode(formats.selection_prompt_ids(fmt, PERSONA, history, 400), skip_special_tokens=False)
-    assert "1. I bake cookies.\n2. I have a dog.\n" in sel and formats.selection_label(1) == "2"
+    assert "1. I bake cookies.\n2. I have a dog.\n" in sel and formats.selection_answer(" I have a dog. ") == " I have a dog."
     # the selection answer follows a cue, never the bare reply header that generation replies follow
     assert sel.endswith("<|im_start|>assistant\n" + formats.SELECTION_CUE)
     full = len(formats.selection_prompt_ids(fmt, PERSONA, history, 400))

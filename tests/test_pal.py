@@ -34,7 +34,7 @@ def test_silver_label_is_the_sentence_sharing_most_content_words():
 
 # --- select, then generate: the prediction, never a gold label ------------------------------
 class ScriptedEngine:
-    """An engine stand-in whose next-token scores favour one answer number (the 'model's choice')."""
+    """An engine stand-in whose next-token scores favour one answer (the sentence written out) (the 'model's choice')."""
 
     def __init__(self, fmt, favourite: int) -> None:
         self.format, self.favourite, self.max_positions = fmt, favourite, 512
@@ -46,7 +46,8 @@ class ScriptedEngine:
     def forward(self, ids, past, past_len, all_logits=False):
         vocab = self.format.tokenizer.get_vocab_size()
         logits = np.zeros((1, ids.shape[1], vocab), dtype=np.float32)
-        favoured = self.format.reply_ids(formats.selection_label(self.favourite))[0]
+        # every token of the favourite's answer (the sentence written out); the others share only some
+        favoured = self.format.reply_ids(formats.selection_answer(PERSONA[self.favourite]))
         logits[..., favoured] = 10.0
         return StepOutput(logits if all_logits else logits[:, -1], [], past_len + ids.shape[1])
 
@@ -94,14 +95,14 @@ def test_no_selection_answer_follows_the_bare_reply_header(tiny_onnx, tmp_path):
     assert items and len(selection) == len(generation) == len(items)
     for sel, it in zip(selection, items):
         assert list(sel.ids[sel.n_prompt - len(cue) - len(header): sel.n_prompt]) == header + cue
-        assert fmt.decode(list(sel.ids[sel.n_prompt:])).strip() == str(it.label + 1)
+        assert fmt.decode(list(sel.ids[sel.n_prompt:])).strip() == it.example.persona[it.label].strip()
     for gen in generation:
         assert list(gen.ids[gen.n_prompt - len(header): gen.n_prompt]) == header
 
 
 def test_stage1_loss_weighs_a_selection_answer_like_a_whole_reply(tiny_backbone):
-    """Per-example averaging: a one-number selection answer counts as much as a long reply (per token, the
-    first PAL's selection answers were ~1/20 of stage 1's gradient and never learned)."""
+    """Per-example averaging: a short selection answer counts as much as a long reply (the first PAL
+    averaged per token: its one-number answers were ~1/20 of stage 1's gradient)."""
     from persona_sdk.training.backbone import load_backbone
     from persona_sdk.training.data import Encoded
     from persona_sdk.training.pal import stage1_dev_loss, stage1_loss

@@ -12,11 +12,14 @@ time exactly the layout it was trained on::
 - ``persona_system(sentences)``: the persona to speak as (the prompting
   baseline and PAL's generation step; no sentences = no persona);
 - ``selection_system(sentences)``: PAL's selection step lists the sentences
-  numbered from 1; the answer is a number (``selection_label``), written after
-  a cue (``SELECTION_CUE``) that the prompt already holds, so that no selection
+  numbered from 1; the answer is the relevant sentence itself
+  (``selection_answer``), as in the PAL paper, written after a cue
+  (``SELECTION_CUE``) that the prompt already holds, so that no selection
   answer ever follows the bare reply header. (Without the cue, the first token
   after the header was a digit in half of PAL's training examples, and a
-  briefly trained adapter answered chat messages with a sentence number.)
+  briefly trained adapter answered chat messages with a sentence number. With
+  numbers as answers, 600 steps left dev selection accuracy below chance; with
+  the sentence as the answer, the untrained backbone already picks 0.40.)
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from ..errors import PersonaSentencesError
 
 SYSTEM = "system"
 NO_PERSONA = "You are chatting with someone. Reply in one or two short sentences."
-PAL_FORMAT = 2  # PAL.json's "format": the prompt layout a PAL adapter was trained on (2 = with SELECTION_CUE)
-SELECTION_CUE = "Sentence #"  # opens the assistant's answer in the selection prompt; the number follows
+PAL_FORMAT = 3  # PAL.json's "format": the prompt layout a PAL adapter was trained on (3 = the cue + the sentence)
+SELECTION_CUE = "Relevant sentence:"  # opens the assistant's answer in the selection prompt; the number follows
 MIN_CONVERSATION_TOKENS = 24  # what the persona must leave for the conversation in a prompt
 
 
@@ -49,12 +52,12 @@ def selection_system(sentences: Sequence[str]) -> str:
     """PAL's selection prompt: the sentences numbered from 1, and the question."""
     listed = "\n".join(f"{i}. {s}" for i, s in enumerate(sentences, 1))
     return ("Persona sentences:\n" + listed +
-            "\nWhich sentence matters most for your next reply? Answer with its number.")
+            "\nWhich sentence matters most for your next reply? Answer with that sentence.")
 
 
-def selection_label(index: int) -> str:
-    """The answer naming sentence ``index`` (0-based): its number from 1."""
-    return str(index + 1)
+def selection_answer(sentence: str) -> str:
+    """The selection step's answer choosing ``sentence``: the sentence itself, after the cue and a space."""
+    return " " + sentence.strip()
 
 
 def prompt_ids(fmt: ChatFormat, system: str, history: Sequence[Turn], budget: int) -> list[int]:

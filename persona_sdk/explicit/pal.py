@@ -9,8 +9,8 @@ against torch) the first time PAL is used, announced; afterwards the runtime
 Each reply takes two steps on that one engine:
 
 1. *select*: the selection prompt (all sentences, numbered) is run once, and
-   every sentence's number (+ end of turn) is scored after it; the best-scored
-   sentence is the prediction. Only the conversation and the sentences the mode
+   every sentence, written out as the answer (+ end of turn), is scored after it
+   (mean log-prob per token); the best-scored sentence is the prediction. Only the conversation and the sentences the mode
    was opened with go in: there is no argument through which a gold label could
    reach this step.
 2. *generate*: the generation prompt with the predicted sentence, decoded by
@@ -33,7 +33,7 @@ from ..config import GenerationConfig, RuntimeConfig
 from ..conversation import Turn
 from ..errors import AdapterError
 from .base import ExplicitMode, Prepared, Progress, check_history
-from .formats import PAL_FORMAT, persona_prompt_ids, selection_label, selection_prompt_ids
+from .formats import PAL_FORMAT, persona_prompt_ids, selection_answer, selection_prompt_ids
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "pal_adapter"
 INFO = "PAL.json"
@@ -87,7 +87,8 @@ class PALMode(ExplicitMode):
 
     # --- select ----------------------------------------------------------------------------
     def selection_scores(self, history: Sequence[Turn], gen: GenerationConfig | None = None) -> np.ndarray:
-        """Summed log-prob of each sentence's number (+ end of turn) after the selection prompt. (N,)"""
+        """Mean log-prob per token of each sentence written out (+ end of turn) after the selection prompt
+        (the prompt is run once; each candidate continues from its KV cache). (N,)"""
         gen = gen or GenerationConfig()
         eng = self.engine
         fmt = eng.format
@@ -96,14 +97,14 @@ class PALMode(ExplicitMode):
         out = eng.forward(np.asarray([prompt], dtype=np.int64), past, plen)
         first = _log_softmax(out.logits[0])  # (V,) predicts the answer's first token
         scores = []
-        for i in range(len(self.sentences)):
-            cand = fmt.reply_ids(selection_label(i))  # the number's tokens + end of turn
+        for sentence in self.sentences:
+            cand = fmt.reply_ids(selection_answer(sentence))  # the sentence's tokens + end of turn
             total = float(first[cand[0]])
             if len(cand) > 1:
                 step = eng.forward(np.asarray([cand[:-1]], dtype=np.int64), out.past, out.past_len, all_logits=True)
                 logp = _log_softmax(step.logits[0])  # (len(cand) - 1, V)
                 total += float(logp[np.arange(len(cand) - 1), cand[1:]].sum())
-            scores.append(total)
+            scores.append(total / len(cand))
         return np.asarray(scores)
 
     def predict(self, history: Sequence[Turn], gen: GenerationConfig | None = None) -> tuple[int, ...]:

@@ -219,9 +219,9 @@ class PALConfig:
                                         "generation example)")
     stage1_epochs: int = _help(1, "passes over the stage-1 examples")
     stage1_loss: str = _help("per-example", "how stage 1 averages its loss: per-example (each example's mean "
-                                            "token loss, then the mean over examples: the one-number selection "
-                                            "answers weigh as much as whole replies) or per-token (every reply "
-                                            "token alike: selection is ~1/20 of the gradient)")
+                                            "token loss, then the mean over examples: a short selection answer "
+                                            "weighs as much as a whole reply) or per-token (every reply token "
+                                            "alike: longer replies weigh more)")
     warmup: float = _help(0.06, "share of each stage with linear warm-up")
     grad_clip: float = _help(1.0, "max gradient L2 norm (0 disables)")
     dpo_pairs: int = _help(384, "preference pairs in stage 2 (other labelled replies than stage 1's)")

@@ -3,7 +3,7 @@
 Stage 1, persona-aware learning: one mixed SFT over two prompt formats
 (:mod:`persona_sdk.explicit.formats`), every labelled reply giving one of each:
 
-- *selection*: context + all persona sentences (numbered) → the number of the
+- *selection*: context + all persona sentences (numbered) → the text of the
   relevant sentence;
 - *generation*: context + that sentence → the reply.
 
@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, TrainingError
-from ..explicit.formats import (PAL_FORMAT, persona_prompt_ids, selection_label, selection_prompt_ids)
+from ..explicit.formats import (PAL_FORMAT, persona_prompt_ids, selection_answer, selection_prompt_ids)
 from ..fileio import atomic_write
 from .config import PALConfig
 from .backbone import TrainBackbone, bf16_supported, load_backbone, torch_module
@@ -123,10 +123,11 @@ class PALResult:
 
 # --- encoding -----------------------------------------------------------------------------
 def encode_selection(fmt, item: Labelled, budget: int) -> Encoded:
-    """Context + all sentences → the silver sentence's number."""
+    """Context + all sentences → the silver sentence (written out)."""
     ex = item.example
     prompt = selection_prompt_ids(fmt, ex.persona, ex.context, budget)
-    return Encoded(tuple(prompt + fmt.reply_ids(selection_label(item.label))), len(prompt), int(ex.conversation))
+    return Encoded(tuple(prompt + fmt.reply_ids(selection_answer(ex.persona[item.label]))), len(prompt),
+                   int(ex.conversation))
 
 
 def encode_generation(fmt, sentences: Sequence[str], context, reply: str, budget: int, reply_budget: int,
@@ -149,7 +150,7 @@ def stage1_data(fmt, items: Sequence[Labelled], config: PALConfig) -> list[Encod
 
 def stage1_loss(bb: TrainBackbone, batch: Sequence[Encoded], how: str, bf16: bool = False):
     """Stage 1's loss on ``batch`` (a scalar with its graph). ``per-example``: the mean over examples of each
-    example's mean token NLL, so a selection example (a number and the end of turn) weighs as much as a
+    example's mean token NLL, so a selection example (one short sentence and the end of turn) weighs as much as a
     generation example (a whole reply); ``per-token``: every predicted token alike."""
     from .data import batch_mean_loss, example_losses
 
@@ -192,19 +193,20 @@ def data_sha256(items: Sequence[Labelled]) -> str:
 # --- selection scoring (torch) --------------------------------------------------------------
 def selection_scores(bb: TrainBackbone, persona: Sequence[str], context, budget: int, bf16: bool = False
                      ) -> np.ndarray:
-    """Summed log-prob of each sentence's number (+ end of turn) after the selection prompt. (N,)"""
+    """Mean log-prob per token of each sentence written out (+ end of turn) after the selection prompt. (N,)"""
     from .methods.dpo import sequence_logps
 
     torch = torch_module()
     fmt = bb.fmt
     prompt = selection_prompt_ids(fmt, persona, context, budget)
-    cands = [Encoded(tuple(prompt + fmt.reply_ids(selection_label(i))), len(prompt), 0) for i in range(len(persona))]
+    cands = [Encoded(tuple(prompt + fmt.reply_ids(selection_answer(s))), len(prompt), 0) for s in persona]
+    lengths = np.array([len(c.ids) - c.n_prompt for c in cands])
     with torch.no_grad():
-        return sequence_logps(bb, cands, bf16=bf16).numpy()
+        return sequence_logps(bb, cands, bf16=bf16).numpy() / lengths
 
 
 def selection_accuracy(bb: TrainBackbone, items: Sequence[Labelled], budget: int, bf16: bool = False) -> float:
-    """Share of ``items`` whose predicted sentence (the best-scored number) is the silver one."""
+    """Share of ``items`` whose predicted sentence (the best-scored one) is the silver one."""
     if not items:
         return float("nan")
     hits = sum(int(np.argmax(selection_scores(bb, it.example.persona, it.example.context, budget, bf16)))
