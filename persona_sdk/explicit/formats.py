@@ -32,7 +32,7 @@ from ..errors import PersonaSentencesError
 SYSTEM = "system"
 NO_PERSONA = "You are chatting with someone. Reply in one or two short sentences."
 PAL_FORMAT = 3  # PAL.json's "format": the prompt layout a PAL adapter was trained on (3 = the cue + the sentence)
-SELECTION_CUE = "Relevant sentence:"  # opens the assistant's answer in the selection prompt; the number follows
+SELECTION_CUE = "Relevant sentence:"  # opens the assistant's answer in the selection prompt; the sentence follows
 MIN_CONVERSATION_TOKENS = 24  # what the persona must leave for the conversation in a prompt
 
 
@@ -76,8 +76,8 @@ def persona_prompt_ids(fmt: ChatFormat, sentences: Sequence[str], history: Seque
 
 def selection_prompt_ids(fmt: ChatFormat, sentences: Sequence[str], history: Sequence[Turn], budget: int
                          ) -> list[int]:
-    """The selection system turn + ``history`` + the reply header + ``SELECTION_CUE``: the answer's number
-    comes next. At most ``budget`` ids."""
+    """The selection system turn + ``history`` + the reply header + ``SELECTION_CUE``: the answer (the chosen
+    sentence) comes next. At most ``budget`` ids."""
     cue = fmt.encode(SELECTION_CUE)
     return prompt_ids(fmt, selection_system(sentences), history, budget - len(cue)) + cue
 

@@ -10,9 +10,9 @@ Each reply takes two steps on that one engine:
 
 1. *select*: the selection prompt (all sentences, numbered) is run once, and
    every sentence, written out as the answer (+ end of turn), is scored after it
-   (mean log-prob per token); the best-scored sentence is the prediction. Only the conversation and the sentences the mode
-   was opened with go in: there is no argument through which a gold label could
-   reach this step.
+   (mean log-prob per token); the best-scored sentence is the prediction. Only
+   the conversation and the sentences the mode was opened with go in: there is
+   no argument through which a gold label could reach this step.
 2. *generate*: the generation prompt with the predicted sentence, decoded by
    the engine's ordinary decode loop.
 
