@@ -227,6 +227,8 @@ def test_voice_preset_end_to_end(tiny_backbone, tiny_onnx, tmp_path, capsys, mon
     assert rows["enroll"]["generated_replies"] == 2 * 3 * 2 and rows["backbone"]["generated_replies"] == 3 * 2 * 2
     assert rows["enroll"]["enrolled"] == 2
     assert results["identification"]["k"] == 2 and 0 <= rows["enroll"]["ident_all"] <= 1
+    detail = load_benchmark("ident_detail")  # its reading of the cached matrix gives the table's figure
+    assert detail.summary(*detail.load(out)[:2])["top1_macro"] == pytest.approx(rows["enroll"]["ident_all"])
     assert rows["enroll"]["ident_k20"] is None  # K = 2
     assert results["voice"]["k"] == 3 and rows["real"]["attribution"] is not None  # attribution: every speaker
     assert math.isfinite(rows["enroll"]["gain_vs_source_median"])
