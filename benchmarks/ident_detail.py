@@ -45,24 +45,14 @@ def load(out: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[dict]]:
     return m, owners, sids, info
 
 
-def top1(m: np.ndarray, owners: np.ndarray) -> np.ndarray:
-    """(N,) bool: the owner's persona has strictly the lowest loss."""
-    n = m.shape[1]
-    own = m[owners, np.arange(n)]
-    others = m.copy()
-    others[owners, np.arange(n)] = np.inf
-    return own < others.min(axis=0)
-
-
-def macro(hit: np.ndarray, owners: np.ndarray) -> float:
-    return float(np.mean([hit[owners == i].mean() for i in np.unique(owners)]))
-
-
 def summary(m: np.ndarray, owners: np.ndarray) -> dict:
+    """The figures above for a (K, N) loss matrix and its (N,) owners (0..K-1)."""
+    from persona_sdk.metrics import persona_identification  # the table's own definition of a hit
+
     k, n = m.shape
-    hit = top1(m, owners)
+    raw = persona_identification(m, owners)
     z = (m - m.mean(axis=1, keepdims=True)) / m.std(axis=1, keepdims=True)  # (K, N), per persona
-    hit_z = top1(z, owners)
+    normalised = persona_identification(z, owners)
     sums = np.stack([m[:, owners == i].sum(axis=1) for i in range(k)], axis=1)  # (K, K): persona x speaker
     per_speaker = float(np.mean(np.argmin(sums, axis=0) == np.arange(k)))
     ranks = (m < m[owners, np.arange(n)]).sum(axis=0) + 1  # (N,): 1 = best
@@ -70,11 +60,11 @@ def summary(m: np.ndarray, owners: np.ndarray) -> dict:
     others[owners, np.arange(n)] = np.inf
     margin = others.min(axis=0) - m[owners, np.arange(n)]  # (N,)
     wins = np.bincount(np.argmin(m, axis=0), minlength=k)  # replies each persona wins
-    return {"k": k, "n": n, "top1_macro": macro(hit, owners), "top1_micro": float(hit.mean()),
-            "top1_znorm": macro(hit_z, owners), "per_speaker": per_speaker,
+    return {"k": k, "n": n, "top1_macro": raw.accuracy, "top1_micro": raw.micro,
+            "top1_znorm": normalised.accuracy, "per_speaker": per_speaker,
             "rank_median": float(np.median(ranks)), "top3": float(np.mean(ranks <= 3)),
             "margin_median": float(np.median(margin)), "wins_min": int(wins.min()), "wins_max": int(wins.max()),
-            "per_speaker_top1": [float(hit[owners == i].mean()) for i in range(k)]}
+            "per_speaker_top1": list(raw.per_speaker)}
 
 
 def main(argv: list[str] | None = None) -> int:
