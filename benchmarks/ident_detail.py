@@ -15,7 +15,7 @@ on every enrolled speaker's identification replies, speakers in the table's orde
 - per-reply top-1 against each speaker's training replies and enrollment steps (Pearson r with
   log replies), so a lever that buys steps or data can be read against it.
 
-Pure numpy on the cached matrix: seconds, no model.
+numpy on the cached matrix (hits counted by ``persona_sdk.metrics``): seconds, no model.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"enrollment steps {s['steps_min']:.0f}..{s['steps_max']:.0f}; r(per-speaker top-1, log training "
           f"replies) = {'n/a (fewer than 3 speakers)' if r is None else f'{r:.2f}'}")
     print("\n| speaker | training replies | steps | per-reply top-1 |\n|---|---|---|---|")
-    for sid, r, st, a in sorted(zip(sids, replies, steps, acc), key=lambda t: t[1]):
-        print(f"| {sid} | {r:.0f} | {st:.0f} | {a:.1%} |")
+    for sid, n_rep, st, a in sorted(zip(sids, replies, steps, acc), key=lambda t: t[1]):
+        print(f"| {sid} | {n_rep:.0f} | {st:.0f} | {a:.1%} |")
     return 0
 
 
