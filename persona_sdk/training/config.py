@@ -107,12 +107,6 @@ class TrainConfig:
     bf16: str = _help("auto", f"bfloat16 autocast, one of {BF16_MODES} (auto = only if the CPU has native bf16)")
     prompt_init: str = _help(DEFAULT_PROMPT_INIT, "text whose token embeddings initialise the soft prompt "
                                                   "(method 'prompt')")
-    contrast: float = _help(0.0, "weight of the contrastive term: the block is kept from getting better than the "
-                                 "source prefix on other people's replies (chitchat part-A speakers), so it learns "
-                                 "what sets this person apart (0 = off; needs chitchat-dataset)")
-    contrast_margin: float = _help(0.0, "nats per token the contrastive term pushes the block above its start on "
-                                        "other people's replies")
-    contrast_batch: int = _help(4, "other people's replies in each step's contrastive term")
     dp: DPConfig | None = _help(None, "train privately: DP-SGD with a stated epsilon, delta (its own batch size "
                                       "and lr; no best-checkpoint selection) -- None = ordinary training")
 
@@ -122,7 +116,7 @@ class TrainConfig:
         if self.bf16 not in BF16_MODES:
             raise ConfigError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
         positive_ints = ("prefix_len", "epochs", "batch_size", "context_budget", "reply_budget", "evals",
-                         "min_examples", "contrast_batch")
+                         "min_examples")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -145,14 +139,6 @@ class TrainConfig:
             raise ConfigError(f"prefix_len must be at most 256, got {self.prefix_len}")
         if self.dp is not None and not isinstance(self.dp, DPConfig):
             raise ConfigError(f"dp must be a DPConfig or None, got {type(self.dp).__name__}")
-        for name in ("contrast", "contrast_margin"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                    and value >= 0):
-                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
-        if self.contrast and self.dp is not None:
-            raise ConfigError("contrast must be 0 with dp: private training's per-example accounting "
-                              "covers the owner's replies only")
 
     def learning_rate(self, from_source: bool, n_train: int | None = None) -> float:
         """``lr``, or the default policy: one rate from a source prefix (gentler when there are fewer than

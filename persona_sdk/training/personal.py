@@ -80,7 +80,6 @@ def train_prefix(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     clock: Clock | None = None,
-    background: Sequence[Any] | None = None,
 ) -> tuple[Prefix, TrainSummary]:
     """Train a personal KV block on ``train`` replies; validate on ``val``.
 
@@ -88,9 +87,7 @@ def train_prefix(
     is the source prefix for method ``prefix`` (ignored otherwise). Returns the
     best-on-validation block and a summary. Ctrl-C (or ``should_stop()``)
     raises :class:`EnrollmentCancelled` carrying the best block so far.
-    ``clock`` (seconds, monotonic) times the ``max_minutes`` budget. ``background``: other
-    people's reply examples for ``config.contrast`` (None = chitchat part-A speakers, see
-    :mod:`persona_sdk.training.contrast`).
+    ``clock`` (seconds, monotonic) times the ``max_minutes`` budget.
     """
     config = config or TrainConfig()
     clock = clock or time.monotonic
@@ -122,24 +119,11 @@ def train_prefix(
     if config.max_steps:
         total = min(total, config.max_steps)
     opt = torch.optim.AdamW(block.params, lr=lr, weight_decay=config.weight_decay)
-    contrast = None
-    if config.contrast:
-        from .contrast import Contrast, background_examples
-
-        pool = encode(bb.fmt, background if background is not None else background_examples(seed=config.seed),
-                      config.context_budget, config.reply_budget)
-        contrast = Contrast.prepare(bb, pool, block.inputs(detach=True), weight=config.contrast,
-                                    margin=config.contrast_margin, batch_size=config.contrast_batch,
-                                    rng=np.random.default_rng(config.seed + 1), bf16=use_bf16)
-
-    def backward(batch) -> float:  # the owner's loss (what is reported), the contrastive term beside it
-        value = batch_backward(bb, batch, block.inputs, bf16=use_bf16, max_tokens=config.micro_batch_tokens)
-        if contrast is not None:
-            contrast.backward(bb, block.inputs, bf16=use_bf16, max_tokens=config.micro_batch_tokens)
-        return value
 
     def step(batch) -> float:
-        return backward_step(opt, block.params, lambda: backward(batch), config.grad_clip)
+        return backward_step(opt, block.params, lambda: batch_backward(bb, batch, block.inputs, bf16=use_bf16,
+                                                                       max_tokens=config.micro_batch_tokens),
+                             config.grad_clip)
 
     def evaluate() -> float:
         return mean_loss(bb, val_data, batch_size=config.batch_size, bf16=use_bf16, **block.inputs(detach=True))
