@@ -9,14 +9,22 @@ answers each speaker's 16 held-out voice contexts with the int8 chat defaults an
 seeds (context i uses seed + i), once per variant, and scores every variant with the table's voice
 metrics (``voice.speakers_voice``, K = the speakers). Variants:
 
-* ``before`` -- the sampler as the K = 20 table ran it, which is the chat default again: the
-  end-of-turn token is penalised as a repeat, no length pull (the same replies as ``pull=0``);
-* ``--variants pull=X,temperature=T``: any generation settings (``pull`` = ``length_pull``; what
-  a variant does not set is the chat default, except ``length_pull``, which is 0 unless set);
+* ``before`` -- the sampler as the K = 20 tables up to 2026-12-01 ran it: the end-of-turn token
+  is penalised as a repeat, no length pull (``length_pull=0``);
 * ``pull=X`` -- the end-of-turn token exempt from the repetition penalty and
-  ``GenerationConfig(length_pull=X)``, the target being the speaker's median *training* reply in
-  tokens (what ``persona enroll`` now keeps in the profile; rebuilt here the way enrollment
-  builds it for profiles enrolled before it did). ``pull=0`` is the exemption alone.
+  ``GenerationConfig(length_pull=X, length_from="profile")``, the target being the speaker's median
+  *training* reply in tokens (what ``persona enroll`` keeps in the profile; rebuilt here the way
+  enrollment builds it for profiles enrolled before it did). ``pull=0`` is the exemption alone;
+* ``--variants pull=X,length_from=conversation,temperature=T``: any generation settings (``pull`` =
+  ``length_pull``); what a variant does not set is the chat default, except ``length_pull`` (0
+  unless set) and ``length_from`` (``profile`` unless set). ``pull=5,length_from=conversation`` is
+  today's chat default: the target is the median of the speaker's own earlier turns in that
+  conversation (the training median where the context holds none);
+* ``--variants default``: the chat defaults exactly (``GenerationConfig(seed=...)``), whatever they
+  are today: the replies the voice table generates.
+
+Every variant decodes through the runtime's own path (``Engine.generate_ids``), so the target is
+found the way ``persona chat`` finds it.
 
 Each speaker's figure comes from 16 replies, so one seed's table moves by several points from
 seed to seed (``--seeds``: one table per seed and their mean). Generated replies are cached per
@@ -45,6 +53,9 @@ def parse_setting(text: str) -> dict:
     for part in (x for x in text.split(",") if x.strip()):
         key, _, value = part.partition("=")
         key = "length_pull" if key.strip() == "pull" else key.strip()
+        if key == "length_from":  # a word, checked by GenerationConfig below
+            changes[key] = value.strip()
+            continue
         try:
             changes[key] = int(value) if key in ("top_k", "max_new_tokens") else float(value)
         except ValueError:
@@ -150,7 +161,7 @@ def main(argv=None) -> dict:
                     RuntimeConfig(device="cpu", threads=args.threads))
     variants = ([] if args.no_before else ["before"]) + [f"pull={p:g}" for p in pulls]
     variants += [v for v in args.variants if v not in variants]
-    settings = {v: ({} if v == "before" else parse_setting(v)) for v in variants}
+    settings = {v: (None if v == "default" else {} if v == "before" else parse_setting(v)) for v in variants}
     out = Path(args.out)
     prefixes, targets = {}, {}
     for n, p in enumerate(people, start=1):
@@ -159,10 +170,11 @@ def main(argv=None) -> dict:
             continue
         prefix = prefixes[p.sid] = vault.load(p.profile, table.VOICE_PASSPHRASE, fingerprint=fingerprint)
         targets[p.sid] = profile_reply_tokens(prefix.meta) or enrollment_target(table, chats, p, fmt)
-        if args.write_targets and profile_reply_tokens(prefix.meta) is None:
+        if profile_reply_tokens(prefix.meta) is None:  # enrolled before enrollment kept it: in memory here
             prefix.meta.setdefault(META_KEY, {})[REPLY_TOKENS_KEY] = targets[p.sid]
-            vault.save(p.profile, prefix, table.VOICE_PASSPHRASE, force=True)
-            table.say(f"speaker {n}: wrote its reply length ({targets[p.sid]} tokens) into its profile")
+            if args.write_targets:
+                vault.save(p.profile, prefix, table.VOICE_PASSPHRASE, force=True)
+                table.say(f"speaker {n}: wrote its reply length ({targets[p.sid]} tokens) into its profile")
     per_seed = {}
     pooled: dict[str, dict[str, list[str]]] = {}  # speaker -> variant -> replies over every seed
     for seed in seeds:
@@ -181,8 +193,11 @@ def main(argv=None) -> dict:
                 def run_variant(v=v) -> dict:
                     replies, tokens = [], []
                     for i in contexts:
-                        gen = GenerationConfig(seed=seed + i, length_pull=0.0, target_tokens=target)
-                        gen = gen.replace(**settings[v])
+                        if settings[v] is None:  # "default": the chat defaults as they are
+                            gen = GenerationConfig(seed=seed + i)
+                        else:
+                            gen = GenerationConfig(seed=seed + i, length_pull=0.0, length_from="profile")
+                            gen = gen.replace(**settings[v])  # the target: the runtime's, from profile and context
                         text, k = generate(engine, prefix, p.test[i].context, gen)
                         replies.append(text)
                         tokens.append(k)
@@ -194,7 +209,7 @@ def main(argv=None) -> dict:
                 generated[v] = got["replies"]
                 if fresh:
                     table.say(f"seed {seed}, speaker {n}/{len(people)} {v}: {len(got['replies'])} replies, median "
-                              f"{np.median(got['tokens']):.0f} tokens (target {target}) in {time.monotonic() - t0:.0f} s")
+                              f"{np.median(got['tokens']):.0f} tokens (profile length {target}) in {time.monotonic() - t0:.0f} s")
             texts[p.sid] = SpeakerTexts(train=[e.reply for e in p.train], real=[e.reply for e in p.test],
                                         generated=generated)
             for v, replies in generated.items():

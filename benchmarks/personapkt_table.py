@@ -1133,7 +1133,9 @@ def voice_markdown(results: dict) -> str:
              f"- command: `{meta['command']}`", f"- commit: `{meta['commit']}`", f"- date (UTC): {meta['date']}",
              f"- backbone: `{meta['backbone']}`; scoring (perplexity, identification): ONNX runtime "
              f"`{meta['score_variant']}`; generation: ONNX runtime `{meta['generate_variant']}` with the chat "
-             "defaults (`GenerationConfig()`, seed + context index, the same for every row)",
+             "defaults (`GenerationConfig()`, seed + context index, the same for every row"
+             + (f"; length pull {g['length_pull']:g} toward the {g['length_from']} target, personas only"
+                if (g := meta.get("generation") or {}).get("length_pull") else "") + ")",
              f"- enrollment: `{' '.join(meta['enroll_command'])}` in its own process per speaker (the speaker's "
              "train conversations as chats.json; the library's default training settings); "
              f"{rows['enroll'].get('enrolled')} of {len(results['enrollments'])} enrolled",
@@ -1452,7 +1454,8 @@ def asdict_generation() -> dict:
 
     g = GenerationConfig()
     return {f: getattr(g, f) for f in ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
-                                       "repetition_penalty", "num_beams", "context_budget")}
+                                       "repetition_penalty", "num_beams", "context_budget", "length_pull",
+                                       "length_from")}
 
 
 # --- main ----------------------------------------------------------------------------------------------

@@ -13,7 +13,11 @@ with those of all the held-out replies (the table's reference). Prints per-speak
 A persona can only know its owner from the *training* conversations, and people write longer or
 shorter in different conversations. So it also prints the share of speakers whose median
 *training* reply is within ±35% of their held-out median: what a persona that copied its owner's
-training length exactly (the target of the chat-time length pull) would get with unlimited replies.
+training length exactly (the chat-time length pull's ``profile`` target) would get with unlimited
+replies. The same for the pull's other targets, per voice context: the median of the owner's own
+earlier turns in that conversation (``conversation``; the training median where the context holds
+none) and its geometric mean with the training median (``blend``); a speaker's prediction is the
+median over their voice contexts. Words stand in for the pull's tokens.
 """
 
 from __future__ import annotations
@@ -44,9 +48,9 @@ def main(argv=None) -> dict:
     from tokenizers import Tokenizer
 
     from persona_sdk import backbone as bbmod
-    from persona_sdk.conversation import ChatFormat
+    from persona_sdk.conversation import ASSISTANT, ChatFormat
     from persona_sdk.split import SplitConfig
-    from persona_sdk.voice import median_words, starts_lowercase
+    from persona_sdk.voice import median_words, starts_lowercase, word_count
 
     size = table.VOICE_SIZES["voice20"]
     fmt = ChatFormat(Tokenizer.from_file(str(Path(bbmod.resolve(args.backbone)) / "tokenizer.json")))
@@ -63,23 +67,35 @@ def main(argv=None) -> dict:
             sample = [real[i] for i in rng.choice(len(real), size=n, replace=False)]
             length_in += median > 0 and abs(median_words(sample) / median - 1) <= LENGTH_BAND
             lower_in += abs(float(np.mean([starts_lowercase(r) for r in sample])) - lower) <= LOWERCASE_BAND
-        train_ratio = median_words([ex.reply for ex in p.train]) / median if median > 0 else float("nan")
+        usual = median_words([ex.reply for ex in p.train])
+        train_ratio = usual / median if median > 0 else float("nan")
+        here = [[word_count(t.text) for t in p.test[i].context if t.role == ASSISTANT] for i in p.voice]
+        conversation = float(np.median([np.median(h) if h else usual for h in here]))
+        blend = float(np.median([np.sqrt(np.median(h) * usual) if h else usual for h in here]))
         rows.append({"speaker": p.sid, "held_out": len(real), "median_words": median,
                      "p_length": length_in / args.draws, "p_lowercase": lower_in / args.draws,
-                     "train_ratio": train_ratio})
+                     "train_ratio": train_ratio,
+                     "conversation_ratio": conversation / median if median > 0 else float("nan"),
+                     "blend_ratio": blend / median if median > 0 else float("nan"),
+                     "contexts_with_own_turns": sum(bool(h) for h in here) / max(len(here), 1)})
         print(f"{p.sid}  held-out {len(real):4d}  median words {median:5.1f}  "
               f"P(length within) {length_in / args.draws:.2f}  P(lowercase within) {lower_in / args.draws:.2f}  "
               f"train median / held-out median {train_ratio:.2f}")
     out = {"speakers": len(rows), "sample": size.voice_contexts,
            "length_share": float(np.mean([r["p_length"] for r in rows])) if rows else float("nan"),
            "lowercase_share": float(np.mean([r["p_lowercase"] for r in rows])) if rows else float("nan"),
-           "train_median_share": (float(np.mean([abs(r["train_ratio"] - 1) <= LENGTH_BAND for r in rows]))
-                                  if rows else float("nan")),
            "rows": rows}
+    for key in ("train", "conversation", "blend"):
+        out[f"{key}_median_share"] = (float(np.mean([abs(r[f"{key}_ratio"] - 1) <= LENGTH_BAND for r in rows]))
+                                      if rows else float("nan"))
     print(f"a perfect persona, {size.voice_contexts} replies per speaker, {len(rows)} speakers: expected share "
           f"within ±35% length {out['length_share']:.3f}, within 0.15 lowercase {out['lowercase_share']:.3f}")
     print(f"the owner's training median as the prediction: share within ±35% of the held-out median "
           f"{out['train_median_share']:.3f}")
+    print(f"the owner's earlier turns in each held-out conversation as the prediction (training median where "
+          f"there are none): {out['conversation_median_share']:.3f}; blended with the training median: "
+          f"{out['blend_median_share']:.3f}; voice contexts holding an own turn: "
+          f"{np.mean([r['contexts_with_own_turns'] for r in rows]):.3f}")
     return out
 
 

@@ -30,6 +30,7 @@ def chat(
     repetition_penalty: float = config_option(GenerationConfig, "repetition_penalty", "--repetition-penalty"),
     beams: int = config_option(GenerationConfig, "num_beams", "--beams"),
     length_pull: float = config_option(GenerationConfig, "length_pull", "--length-pull"),
+    length_from: str = config_option(GenerationConfig, "length_from", "--length-from"),
     seed: Optional[int] = config_option(GenerationConfig, "seed", "--seed"),
     persona: Optional[List[str]] = typer.Option(None, "--persona", help="A persona sentence to speak as "
                                                 "(repeat for several), instead of an enrolled profile."),
@@ -55,7 +56,7 @@ def chat(
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                            repetition_penalty=repetition_penalty, num_beams=beams, seed=seed,
-                           length_pull=length_pull, do_sample=temperature > 0 and beams == 1)
+                           length_pull=length_pull, length_from=length_from, do_sample=temperature > 0 and beams == 1)
     # the first run builds the ONNX export: announced on stderr before it starts
     kwargs = dict(backbone=backbone, device=device, variant=variant, spin=spin, generation=gen, progress=err,
                   build=True)

@@ -12,9 +12,12 @@ DEVICES = ("auto", "cpu", "cuda")
 # is smaller still but loses more quality (the measurements are in BENCHMARKS.md).
 DEFAULT_VARIANT = "int8"
 GPU_VARIANT = "fp16"
-# the pull toward a persona's usual reply length: off by default, it narrows the spread of reply
-# lengths (BENCHMARKS.md, "length control"); 5 is the strength measured best when it is on
-LENGTH_PULL = 0.0
+# the pull toward the length the persona's turns run at in this conversation (its profile's usual
+# length before it has spoken): on by default at 5, measured best on the K = 20 voice table
+# (BENCHMARKS.md, "length from the conversation"); 0 turns it off
+LENGTH_PULL = 5.0
+# where the pull's target comes from (GenerationConfig.length_from)
+LENGTH_FROM = ("conversation", "profile", "blend")
 
 
 def _meta(help: str) -> dict:
@@ -37,11 +40,16 @@ class GenerationConfig:
     seed: int | None = field(default=None, metadata=_meta("Seed for reproducible sampling; default: fresh randomness."))
     context_budget: int = field(default=1024, metadata=_meta("Most conversation tokens fed to the model; oldest turns drop first."))
     length_pull: float = field(default=LENGTH_PULL, metadata=_meta(
-        "How strongly a reply is pulled toward its target length (the persona's usual reply length, kept in "
-        "its profile): end-of-turn logits get length_pull * log((n + 1) / (target + 1)) after n tokens; "
-        "0 (default) turns it off; 5 keeps replies near the target, at the cost of their natural spread."))
+        "How strongly a reply is pulled toward its target length (see length_from): end-of-turn logits get "
+        "length_pull * log((n + 1) / (target + 1)) after n tokens; 0 turns it off. Without target_tokens, only "
+        "personas whose profile keeps a usual length are pulled (not the bare backbone)."))
     target_tokens: int | None = field(default=None, metadata=_meta(
-        "Target reply length in tokens for length_pull; default: the persona's own (none for the bare backbone)."))
+        "Target reply length in tokens for length_pull; default: from length_from."))
+    length_from: str = field(default="conversation", metadata=_meta(
+        "Where length_pull's target comes from when target_tokens is not set: 'conversation' (default: the "
+        "median length of the persona's turns so far in this conversation), 'profile' (the persona's usual "
+        "reply length, kept in its profile) or 'blend' (their geometric mean); before the persona has "
+        "spoken, the profile's."))
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -65,6 +73,8 @@ class GenerationConfig:
             raise ConfigError(f"length_pull must be a number in [0, 20] (0 turns it off), got {self.length_pull!r}")
         if self.target_tokens is not None and (not isinstance(self.target_tokens, int) or self.target_tokens < 1):
             raise ConfigError(f"target_tokens must be an int >= 1 or None (the persona's own), got {self.target_tokens!r}")
+        if self.length_from not in LENGTH_FROM:
+            raise ConfigError(f"length_from must be one of {', '.join(LENGTH_FROM)}, got {self.length_from!r}")
 
     @property
     def greedy(self) -> bool:

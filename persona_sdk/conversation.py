@@ -103,6 +103,30 @@ class ChatFormat:
             turn = Turn(turn.role, turn.text[-self._keep(last):])
         return self.encode(render_turn(turn))
 
+    def own_turn_tokens(self, ids: Sequence[int]) -> list[int]:
+        """Tokens in each finished persona (``assistant``) turn of prompt ``ids``, oldest first.
+
+        A turn counts from just after its header to its end-of-turn token; the reply header
+        that ends a prompt (no end-of-turn yet) is not a turn. ``(n_own_turns,)``."""
+        head, end = self.header_ids, self.end_id
+        if not head or end is None:
+            return []
+        ids, h = list(ids), len(head)
+        out: list[int] = []
+        i = 0
+        while i + h <= len(ids):
+            if ids[i: i + h] != head:
+                i += 1
+                continue
+            start = i + h
+            try:
+                stop = ids.index(end, start)
+            except ValueError:
+                break  # the reply header at the end of the prompt
+            out.append(stop - start)
+            i = stop + 1
+        return out
+
     def count_tokens(self, text: str, at_most: int | None = None) -> int:
         """Tokens in ``text``; with ``at_most``, any number above it means "more than ``at_most``"
         (text far beyond it is not tokenised)."""

@@ -280,7 +280,8 @@ class Engine:
     def sampler(self, gen: GenerationConfig, prompt_ids: Sequence[int], prefix: Prefix | None = None) -> Sampler:
         """A reply's token picker: ``gen``'s settings, the prompt as seen tokens, the persona's length target."""
         return Sampler(gen, self.vocab_size, prompt_ids, stop_ids=self.stop_ids,
-                       target_tokens=length_target(gen, prefix))
+                       target_tokens=length_target(gen, prefix, self.format.own_turn_tokens(prompt_ids)
+                                                   if gen.length_pull else ()))
 
     def beam_search(self, prompt_ids: Sequence[int], prefix: Prefix | None, gen: GenerationConfig) -> Iterator[int]:
         """Beam search (log-prob / length**length_penalty); yields the best beam's tokens."""

@@ -259,9 +259,10 @@ def test_voice_preset_end_to_end(tiny_backbone, tiny_onnx, tmp_path, capsys, mon
     for key in bench.VOICE_ROWS:
         assert bench.SETTINGS[key] in table
     assert "ceiling" in table and "## Per speaker" in table
+    assert "length pull 5 toward the conversation target, personas only" in table  # the sampler is said
 
     # the chat-time length pull, measured on the same profiles (benchmarks/length_control.py)
-    from persona_sdk.config import LENGTH_PULL
+    from persona_sdk.config import LENGTH_PULL, GenerationConfig
     from persona_sdk.voice import profile_reply_tokens
 
     vault = bench._Home((out / "cache" / "persona-home").resolve()).vault()
@@ -282,12 +283,14 @@ def test_voice_preset_end_to_end(tiny_backbone, tiny_onnx, tmp_path, capsys, mon
             assert lc_mod.enrollment_target(bench, chats, person, fmt) == kept_now
     lc = lc_mod.main(
         ["--table-out", str(out), "--out", str(tmp_path / "lc"), "--backbone", str(tiny_backbone), "--export",
-         str(tiny_onnx), "--corpus", str(corpus), "--pulls", "0,4", "--threads", "1", "--seeds", "0,1000"])
-    assert lc["variants"] == ["before", "pull=0", "pull=4"] and lc["speakers"] == 2 and lc["pooled"] is not None
-    default = f"pull={LENGTH_PULL:g}"
+         str(tiny_onnx), "--corpus", str(corpus), "--pulls", "0,4", "--threads", "1", "--seeds", "0,1000",
+         "--variants", "default", f"pull={LENGTH_PULL:g},length_from={GenerationConfig().length_from}"])
+    spelled = f"pull={LENGTH_PULL:g},length_from={GenerationConfig().length_from}"
+    assert lc["variants"] == ["before", "pull=0", "pull=4", "default", spelled]
+    assert lc["speakers"] == 2 and lc["pooled"] is not None
     for table_file in (out / "cache" / "voice" / "generate" / "enroll").glob("*.json"):
         table_replies = json.loads(table_file.read_text())["replies"]  # seed 0's, then seed 1000's
-        for v in ("before", default):  # the chat defaults' variant is what the table generated, the old sampler too
+        for v in ("default", spelled):  # the chat defaults, named or spelled out, are what the table generated
             mine = [r for seed in (0, 1000) for r in json.loads(
                 (tmp_path / "lc" / f"seed-{seed}" / "cache" / v / table_file.name).read_text())["replies"]]
             assert mine == table_replies, v
@@ -375,8 +378,13 @@ def test_voice_noise_floor_smoke(tmp_path, tiny_backbone, capsys):
     assert 0 <= out["length_share"] <= 1 and 0 <= out["lowercase_share"] <= 1
     within = [abs(r["train_ratio"] - 1) <= floor.LENGTH_BAND for r in out["rows"]]
     assert all(r["train_ratio"] > 0 for r in out["rows"]) and out["train_median_share"] == sum(within) / len(within)
+    for key in ("conversation", "blend"):  # the length pull's other targets, from each context's own turns
+        within = [abs(r[f"{key}_ratio"] - 1) <= floor.LENGTH_BAND for r in out["rows"]]
+        assert all(r[f"{key}_ratio"] > 0 for r in out["rows"]) and out[f"{key}_median_share"] == sum(within) / len(within)
+    assert all(0 < r["contexts_with_own_turns"] <= 1 for r in out["rows"])  # alternating chats: own turns seen
     printed = capsys.readouterr().out
     assert "expected share" in printed and "training median as the prediction" in printed
+    assert "earlier turns in each held-out conversation" in printed
 
 
 def test_length_control_variants_are_generation_settings():
@@ -385,6 +393,9 @@ def test_length_control_variants_are_generation_settings():
     lc = load_benchmark("length_control")
     assert lc.parse_setting("pull=5,temperature=0.5") == {"length_pull": 5.0, "temperature": 0.5}
     assert lc.parse_setting("top_k=20") == {"top_k": 20}
+    assert lc.parse_setting("pull=5,length_from=conversation") == {"length_pull": 5.0, "length_from": "conversation"}
+    with pytest.raises(ConfigError, match="length_from"):
+        lc.parse_setting("length_from=mood")
     with pytest.raises(SystemExit):
         lc.parse_setting("pull=lots")
     with pytest.raises(ConfigError, match="allowed"):

@@ -102,3 +102,17 @@ def test_unpaired_surrogates_are_tokenised_as_replacement_characters(tiny_backbo
     fmt = _fmt(tiny_backbone)
     assert fmt.encode("hi \ud800 there") == fmt.encode("hi \ufffd there")
     assert fmt.prompt_ids([Turn(USER, "\udcff")], 64)  # bytes that were not UTF-8 (surrogateescape)
+
+
+def test_own_turn_tokens_counts_the_finished_persona_turns_of_a_prompt(tiny_backbone):
+    fmt = _fmt(tiny_backbone)
+    history = [Turn(USER, "the quick brown fox jumps over the lazy dog"), Turn(ASSISTANT, "lol no"),
+               Turn(USER, "hi there"), Turn(ASSISTANT, "yes! still jetlagged, and you?"), Turn(USER, "ok")]
+    ids = fmt.prompt_ids(history, budget=10_000)
+    want = [len(fmt.encode("lol no")), len(fmt.encode("yes! still jetlagged, and you?"))]
+    assert want[0] != want[1] and fmt.own_turn_tokens(ids) == want  # oldest first, text tokens only
+    # user turns and the reply header that ends every prompt are not persona turns
+    assert fmt.own_turn_tokens(fmt.prompt_ids([Turn(USER, "hi there")], budget=10_000)) == []
+    # a turn the budget dropped is not counted
+    tail = fmt.prompt_ids(history[2:], budget=10_000)
+    assert fmt.own_turn_tokens(fmt.prompt_ids(history, budget=len(tail))) == want[1:]

@@ -421,9 +421,41 @@ def test_the_length_pull_moves_only_the_stop_logits_toward_the_target():
     assert length_target(gen, P()) == 7 and length_target(gen.replace(target_tokens=4), P()) == 4
     assert length_target(gen, None) is None and length_target(gen.replace(length_pull=0.0), P()) is None
 
+    # in a conversation: the persona's own turns so far (tokens) alone (conversation, the default), with
+    # the profile's length (blend: geometric mean) or the profile's only; none spoken yet: the profile's
+    turns = [28, 2, 30]  # median 28
+    assert gen.length_from == "conversation" and length_target(gen, P(), turns) == 28
+    assert length_target(gen.replace(length_from="blend"), P(), turns) == 14  # sqrt(28 * 7)
+    assert length_target(gen.replace(length_from="profile"), P(), turns) == 7
+    assert length_target(gen, P(), []) == 7 and length_target(gen.replace(target_tokens=4), P(), turns) == 4
+    assert length_target(gen, None, turns) is None  # the bare backbone is not pulled without target_tokens
+    assert length_target(gen, P(), [0]) == 1  # at least one token
+
+
+def test_the_engine_pulls_toward_the_persona_turns_of_the_conversation(engine):
+    prefix = _prefix(engine)
+    prefix.meta = {"voice": {"reply_tokens": 3}}
+    say = [Turn(ASSISTANT, "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 2)]
+    chat = [Turn(USER, "hi"), *say, Turn(USER, "and then?")]
+    ids = engine.format.prompt_ids(chat, 500)
+    own = engine.format.own_turn_tokens(ids)[0]
+    assert own > 12  # a long persona turn against a 3-token habit
+    chat = GenerationConfig()  # the chat defaults pull toward the conversation's own turns
+    assert chat.length_pull > 0 and engine.sampler(chat, ids, prefix).target == own
+    assert engine.sampler(chat.replace(length_from="blend"), ids, prefix).target == round((own * 3) ** 0.5)
+    assert engine.sampler(chat, _prompt(engine), prefix).target == 3  # nothing said yet: the profile's
+    assert engine.sampler(chat.replace(length_pull=0.0), ids, prefix).target is None  # off
+    assert engine.sampler(chat, ids, None).target is None  # the bare backbone is not pulled
+    # and the pull does end replies: toward a 1-token habit, the long-turn conversation's replies are longer
+    greedy = chat.replace(do_sample=False, max_new_tokens=40, length_from="profile")
+    prefix.meta = {"voice": {"reply_tokens": 1}}
+    short = len(list(engine.generate_ids(ids, prefix, greedy)))
+    long_ = len(list(engine.generate_ids(ids, prefix, greedy.replace(length_from="conversation"))))
+    assert short < long_
+
 
 @pytest.mark.parametrize("bad", [{"length_pull": -1.0}, {"length_pull": 21}, {"length_pull": "2"},
-                                 {"target_tokens": 0}, {"target_tokens": 2.5}])
+                                 {"target_tokens": 0}, {"target_tokens": 2.5}, {"length_from": "median"}])
 def test_length_settings_are_checked(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         GenerationConfig(**bad)
