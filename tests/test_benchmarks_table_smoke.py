@@ -301,6 +301,14 @@ def test_voice_preset_end_to_end(tiny_backbone, tiny_onnx, tmp_path, capsys, mon
                                                if isinstance(x, float)})  # the mean over the seeds
     assert "lol" not in (tmp_path / "lc" / "results.json").read_text()
 
+    # a multi-turn chat through PersonaAgent with the same profiles (benchmarks/chat_drift.py)
+    drift = load_benchmark("chat_drift").main(
+        ["--table-out", str(out), "--backbone", str(tiny_backbone), "--export", str(tiny_onnx), "--corpus", str(corpus),
+         "--speakers", "1", "--turns", "3", "--threads", "1"])
+    assert drift["speakers"] == 1 and drift["pulls"] == [f"{LENGTH_PULL:g}", "0"]
+    row = drift["rows"][0]
+    assert all(len(w) == 3 and all(n >= 0 for n in w) for w in row["words"].values()) and row["usual_tokens"] >= 1
+
     # resumable: a second run enrolls nothing and gives the same numbers
     again = bench.main(argv)
     err = capsys.readouterr().err
