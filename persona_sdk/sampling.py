@@ -21,9 +21,9 @@ penalty, so the target is where replies end. On the K = 20 voice table this
 put 85% of speakers' median length within ±35% of their own (no pull: 55%;
 the profile's length as the target: 65%); the distance between generated and
 real length distributions (KS) did not grow, though the spread narrowed to
-two thirds of a person's (BENCHMARKS.md, "length from the conversation"). With ``length_pull=0``, or for the bare backbone, the
-end-of-turn token is penalised like any token already in the conversation (as
-in transformers).
+two thirds of a person's (BENCHMARKS.md, "length from the conversation").
+With ``length_pull=0``, or for the bare backbone, the end-of-turn token is
+penalised like any token already in the conversation (as in transformers).
 """
 
 from __future__ import annotations
